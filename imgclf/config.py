@@ -40,6 +40,7 @@ class DedupeParams(_Section):
     threshold: int = Field(default=4, ge=0)
     workers: int = Field(default=0, ge=0)
     contact_sheet_groups: int = Field(default=12, ge=0)
+    decode_size: int = Field(default=128, ge=0)  # JPEG draft decode: both sides >= this; 0 = full
 
 
 class SplitParams(_Section):
@@ -56,10 +57,74 @@ class SplitParams(_Section):
         return self
 
 
+class AugmentParams(_Section):
+    """Keras preprocessing-layer factors; active in training only."""
+
+    enabled: bool = False
+    rotation: float = Field(default=0.05, ge=0, le=0.5)  # fraction of a full turn
+    shift: float = Field(default=0.1, ge=0, le=0.5)  # fraction of width/height
+    zoom: float = Field(default=0.1, ge=0, le=0.5)
+    flip: bool = True  # horizontal
+    brightness: float = Field(default=0.1, ge=0, le=1)
+    contrast: float = Field(default=0.1, ge=0, le=1)
+
+
+class FineTuneParams(_Section):
+    blocks: int = Field(default=0, ge=0)  # top backbone blocks unfrozen after the head phase
+    epochs: int = Field(default=3, ge=0)
+    lr: float = Field(default=1e-5, gt=0)
+
+
+Arch = Literal[
+    "efficientnet_lite0",
+    "seed_cnn",
+    "small_cnn",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+]
+
+
+class TrainParams(_Section):
+    arch: Arch = "efficientnet_lite0"
+    weights: Literal["imagenet"] | None = "imagenet"  # pretrained backbones only; null = random
+    image_size: int = Field(default=224, ge=32)
+    batch_size: int = Field(default=32, ge=1)
+    epochs: int = Field(default=30, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    early_stopping_patience: int = Field(default=5, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    class_weights: Literal["auto", "none"] = "auto"
+    cache_features: bool = True  # frozen pretrained backbone + no augmentation: extract once
+    strategy: Literal["default", "mirrored"] = "default"
+    seed: int = 42
+    augment: AugmentParams = AugmentParams()
+    fine_tune: FineTuneParams = FineTuneParams()
+
+
+class EvaluateParams(_Section):
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    calibration_bins: int = Field(default=15, ge=2)
+    misclassified_grid: int = Field(default=16, ge=0)  # worst test mistakes drawn in a grid
+    batch_size: int = Field(default=64, ge=1)
+
+
+class MlflowParams(_Section):
+    """Where runs go. $MLFLOW_TRACKING_URI wins over tracking_uri; neither reruns a stage."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"  # for a local store; relative to the project root
+    experiment: str = "imgclf"
+
+
 class Params(_Section):
     download: DownloadParams
     dedupe: DedupeParams
     split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    mlflow: MlflowParams
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
@@ -95,6 +160,18 @@ class Paths:
 
         self.split_dir = self.artifacts / "split"
         self.split_report = self.reports / "split.json"
+
+        self.pretrained_dir = self.artifacts / "pretrained"
+        self.pretrained_weights = self.pretrained_dir / "efficientnet_lite0.weights.h5"
+
+        self.train_dir = self.artifacts / "train"
+        self.model = self.train_dir / "model.keras"
+        self.history = self.train_dir / "history.csv"
+        self.mlflow_run = self.train_dir / "mlflow_run.json"
+
+        self.evaluate_dir = self.artifacts / "evaluate"
+        self.predictions = self.evaluate_dir / "predictions.tsv"  # every split, every file
+        self.metrics = self.reports / "metrics.json"
 
     def split_manifest(self, split: str) -> Path:
         return self.split_dir / f"{split}.tsv"

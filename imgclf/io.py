@@ -19,11 +19,20 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def write_tsv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """Write rows (only `columns`, in that order) with Unix newlines, so reruns are byte-identical."""
+def write_tsv(
+    path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str], delimiter: str = "\t"
+) -> None:
+    """Write rows (only `columns`, in that order) with Unix newlines, so reruns are byte-identical.
+
+    `delimiter=","` writes CSV (what DVC plots and spreadsheets read).
+    """
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(
-            fh, fieldnames=list(columns), delimiter="\t", lineterminator="\n", extrasaction="ignore"
+            fh,
+            fieldnames=list(columns),
+            delimiter=delimiter,
+            lineterminator="\n",
+            extrasaction="ignore",
         )
         writer.writeheader()
         writer.writerows(rows)
@@ -52,6 +61,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    scratch.chmod(0o755)  # mkdtemp's 0700 would make outputs private to this user
     try:
         yield scratch
     except BaseException:

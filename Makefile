@@ -1,0 +1,37 @@
+# Self-documenting: `make help` lists the targets.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+SOURCE ?=
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==0.13.9
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	touch $@
+
+install: $(BIN)/.installed ## Create .venv and install the pinned dependencies
+
+run: install ## Run the whole pipeline (dvc repro); SOURCE=path|url|s3://... overrides download.source
+	mkdir -p data
+	PATH=$(CURDIR)/$(BIN):$$PATH; \
+	if [ -n "$(SOURCE)" ]; then dvc exp run -S 'download.source=$(SOURCE)'; else dvc repro; fi
+
+test: install ## Lint, then run the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: install ## Fix what ruff can fix
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove pipeline outputs (not the DVC cache)
+	rm -rf artifacts
+
+.PHONY: help install run test lint clean

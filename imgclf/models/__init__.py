@@ -1,0 +1,1 @@
+"""Model architectures (Keras 3)."""

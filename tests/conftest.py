@@ -1,0 +1,89 @@
+"""Fixtures shared by the whole suite: the real sample photos and throwaway copies of the repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir() -> Path:
+    """The real Dogs-vs-Cats photos (../shared/data/dogs-vs-cats, or $IMGCLF_SAMPLE_DATA).
+
+    Missing photos skip the test on a laptop but fail it in CI, where they must be present.
+    """
+    default = REPO_ROOT.parent / "shared" / "data" / "dogs-vs-cats"
+    path = Path(os.environ.get("IMGCLF_SAMPLE_DATA", default))
+    if not (path / "cat").is_dir():
+        message = f"sample photos not found at {path} (set IMGCLF_SAMPLE_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _project_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files: what a clean clone plus the change holds."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A fresh git repository holding the project's files, as a clean clone would."""
+    copy = tmp_path / "repo"
+    for name in _project_files():
+        target = copy / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    (copy / "data").mkdir(exist_ok=True)  # data.dvc's folder; empty until a user adds images
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
+        subprocess.run(["git", *command], cwd=copy, check=True)
+    return copy
+
+
+@pytest.fixture
+def set_params() -> Callable[[Path, dict[str, object]], None]:
+    """Edit a repo copy's params.yaml: {"download.source": "...", "split.seed": 7}."""
+
+    def update(repo: Path, overrides: dict[str, object]) -> None:
+        params_file = repo / "params.yaml"
+        params = yaml.safe_load(params_file.read_text())
+        for dotted, value in overrides.items():
+            section, key = dotted.split(".", 1)
+            params[section][key] = value
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    return update
+
+
+@pytest.fixture
+def run_dvc() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the venv's `dvc` in a repo with the venv first on PATH (stages call `python`)."""
+
+    def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+        result = subprocess.run(
+            [str(VENV_BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return run
