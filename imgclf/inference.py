@@ -18,7 +18,10 @@ def predict_batches(
 
     `total` is the number of batches, for the progress bar.
     """
-    forward = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    # One trace for every batch size: the signature leaves the batch dimension open.
+    forward = tf.function(
+        lambda batch: model(batch, training=False), input_signature=[dataset.element_spec]
+    )
     outputs = [
         forward(batch).numpy()
         for batch in tqdm(dataset, total=total, desc=desc, unit="batch", disable=not desc)

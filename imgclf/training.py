@@ -18,7 +18,7 @@ import tensorflow as tf
 from imgclf.config import TrainParams
 from imgclf.data import LabelledFiles, image_dataset
 from imgclf.inference import predict_batches
-from imgclf.models.factory import Classifier, unfreeze_top
+from imgclf.models.factory import Classifier, augmentation, unfreeze_top
 
 
 def set_seeds(seed: int) -> None:
@@ -115,9 +115,17 @@ def _feature_dataset(
     return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def _images(split: LabelledFiles, params: TrainParams, shuffle: bool) -> tf.data.Dataset:
-    seed = params.seed if shuffle else None
-    return image_dataset(split.files, params.image_size, params.batch_size, split.labels, seed)
+def _images(split: LabelledFiles, params: TrainParams, training: bool) -> tf.data.Dataset:
+    """Labelled batches; the training set is shuffled and, when enabled, augmented."""
+    seed = params.seed if training else None
+    dataset = image_dataset(split.files, params.image_size, params.batch_size, split.labels, seed)
+    augment = augmentation(params.augment) if training else None
+    if augment is None:
+        return dataset
+    return dataset.map(
+        lambda images, labels: (augment(images, training=True), labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def train_classifier(
@@ -150,7 +158,7 @@ def train_classifier(
             initial_epoch=initial_epoch,
         )
 
-    images = (_images(train, params, shuffle=True), _images(val, params, shuffle=False))
+    images = (_images(train, params, training=True), _images(val, params, training=False))
     backbone, head = classifier.backbone, classifier.head
     if backbone is None or head is None:
         return fit(classifier.model, images, params.lr, params.epochs)

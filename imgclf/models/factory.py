@@ -26,7 +26,11 @@ class Classifier:
 
 
 def augmentation(params: AugmentParams) -> keras.Sequential | None:
-    """Keras preprocessing layers; they act only when called with training=True."""
+    """Keras preprocessing layers for the training input pipeline (None when disabled).
+
+    They run in tf.data, never inside the saved model: a Keras random layer called without
+    `training=False` augments, and a served model must never do that.
+    """
     if not params.enabled:
         return None
     layers = keras.layers
@@ -66,16 +70,13 @@ def _backbone(params: TrainParams, pretrained_weights: Path | None) -> keras.Mod
 
 
 def build_classifier(params: TrainParams, pretrained_weights: Path | None = None) -> Classifier:
-    """The classifier for `params.arch`, with augmentation in front when enabled."""
-    inputs = keras.Input((params.image_size, params.image_size, 3), name="image")
-    augment = augmentation(params.augment)
-    x = augment(inputs) if augment is not None else inputs
+    """The classifier for `params.arch`: [0, 1] images in, probability of class 1 out."""
     if params.arch == "seed_cnn":
-        seed = cnn.seed_cnn(params.image_size)
-        return Classifier(keras.Model(inputs, seed(x), name="seed_cnn_classifier"))
+        return Classifier(cnn.seed_cnn(params.image_size))
+    inputs = keras.Input((params.image_size, params.image_size, 3), name="image")
     backbone = _backbone(params, pretrained_weights)
     head = binary_head(backbone.output_shape[-1], params.dropout)
-    model = keras.Model(inputs, head(backbone(x)), name=f"{params.arch}_classifier")
+    model = keras.Model(inputs, head(backbone(inputs)), name=f"{params.arch}_classifier")
     if params.arch not in PRETRAINED_ARCHS or params.weights is None:
         return Classifier(model)  # nothing worth freezing: train end to end
     return Classifier(model, backbone, head)
