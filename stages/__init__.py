@@ -1,1 +1,1 @@
-"""Thin DVC stage entry points: `python -m stages.<name>` reads params, calls imgclf, writes outs."""
+"""Thin DVC stage entry points: `python -m stages.<name>` reads params, calls imgclf, writes."""
