@@ -6,6 +6,7 @@ Only this module knows the params file format; everything else receives values.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +119,38 @@ class MlflowParams(_Section):
     experiment: str = "imgclf"
 
 
+class ServeParams(_Section):
+    """The BentoML service (service.py). Each value can be overridden by an IMGCLF_SERVE_<NAME>
+    environment variable; see imgclf/serving/settings.py."""
+
+    model_name: str | None = None  # registered model to serve; null = register.model_name
+    alias: str = "champion"  # registry alias served and polled
+    poll_seconds: float = Field(default=30.0, gt=0)  # how often the alias is re-resolved
+    max_bytes: int = Field(default=10_000_000, ge=1)  # per uploaded image
+    max_pixels: int = Field(default=25_000_000, ge=1)  # width x height, checked from the header
+    max_images_per_request: int = Field(default=32, ge=1)  # /predict_batch
+    max_batch_size: int = Field(default=32, ge=1)  # adaptive batching: images per forward pass
+    max_latency_ms: float = Field(default=5.0, ge=0)  # adaptive batching: longest wait to fill
+    prediction_db: str = "predictions.db"  # SQLAlchemy URL or a SQLite file (relative to cwd)
+
+
+class RegisterParams(_Section):
+    """Model registry gate (stages/register.py, imgclf/registry.py)."""
+
+    model_name: str = Field(default="dogs-vs-cats", min_length=1)
+    metric: str = Field(default="accuracy", min_length=1)  # a key of metrics.json's "test"
+    # higher | lower is better; auto: lower for loss/error metrics (log_loss, ece, fp, fn, ...)
+    direction: Literal["auto", "higher", "lower"] = "auto"
+    min_delta: float = Field(default=0.0, ge=0)  # must beat the champion by more than this
+    min_value: float | None = None  # absolute bar (a ceiling when lower is better); null = none
+    auto_promote: bool = True  # false: the gate only reports; a person moves `champion`
+
+
+# `register` (the params.yaml section) shadows ABCMeta.register on the class, which pydantic
+# warns about; Params is never used as an ABC, so instances read the field as usual.
+warnings.filterwarnings("ignore", 'Field name "register" in "Params"', UserWarning)
+
+
 class Params(_Section):
     download: DownloadParams
     dedupe: DedupeParams
@@ -125,6 +158,8 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     mlflow: MlflowParams
+    register: RegisterParams = RegisterParams()
+    serve: ServeParams = ServeParams()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

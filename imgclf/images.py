@@ -24,6 +24,7 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -309,19 +310,21 @@ class _Decoder:
         self.workers = resolve_workers(workers)
         self.function = partial(_process_task, **options)
         self.progress = progress
-        self.pool = None
+        self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> _Decoder:
         if self.workers > 1:
-            self.pool = multiprocessing.get_context(_start_method()).Pool(self.workers)
-        # After the pool: tqdm starts a monitor thread, and fork wants a single-threaded parent.
+            # An executor, not multiprocessing.Pool: if a worker dies (a decoder crash), Pool
+            # waits forever for its task; the executor raises BrokenProcessPool.
+            context = multiprocessing.get_context(_start_method())
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self.pool.submit(int).result()  # start the workers now, before tqdm starts a thread
         self.bar = tqdm(total=0, desc="decode", unit="img", disable=not self.progress, leave=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.terminate() if exc[0] else self.pool.close()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
         self.bar.close()
 
     def run(self, tasks: list[tuple[str, str]]) -> list[ImageResult]:
@@ -331,7 +334,7 @@ class _Decoder:
             results = map(self.function, tasks)
         else:
             chunksize = max(1, min(32, len(tasks) // (self.workers * 8)))
-            results = self.pool.imap(self.function, tasks, chunksize=chunksize)
+            results = self.pool.map(self.function, tasks, chunksize=chunksize)
         out = []
         for result in results:
             out.append(result)

@@ -48,7 +48,7 @@ def test_repro_split_writes_leak_free_manifests(data_repo: Path) -> None:
 def test_second_repro_does_nothing(data_repo: Path, run_dvc) -> None:
     result = run_dvc(data_repo, "repro", "split")
     assert _ran(result.stdout) == set(), result.stdout
-    assert "up to date" in run_dvc(data_repo, "status").stdout
+    assert "up to date" in run_dvc(data_repo, "status", "split").stdout
 
 
 def test_split_param_reruns_split_alone(data_repo: Path, set_params, run_dvc) -> None:
@@ -60,6 +60,6 @@ def test_split_param_reruns_split_alone(data_repo: Path, set_params, run_dvc) ->
 
 
 def test_dedupe_param_reruns_dedupe_and_split(data_repo: Path, set_params, run_dvc) -> None:
-    set_params(data_repo, {"dedupe.threshold": 6})
+    set_params(data_repo, {"dedupe.threshold": 2})
     result = run_dvc(data_repo, "repro", "split")
     assert _ran(result.stdout) == {"dedupe", "split"}, result.stdout

@@ -1,0 +1,153 @@
+"""JWT bearer authentication for the service's endpoints (an ASGI middleware).
+
+Environment:
+    IMGCLF_AUTH             jwt (default) | disabled   (auth is off only when explicitly disabled)
+    IMGCLF_JWT_SECRET       HS256 shared secret, or
+    IMGCLF_JWT_PUBLIC_KEY   RS256 public key (PEM text), or IMGCLF_JWT_PUBLIC_KEY_FILE (a path)
+    IMGCLF_JWT_AUDIENCE     required `aud` (default: imgclf)
+    IMGCLF_JWT_ISSUER       required `iss`, when set
+    IMGCLF_JWT_LEEWAY       seconds of clock skew allowed on exp/nbf (default 0)
+
+Every token must carry `exp` and `aud`; exactly one algorithm is accepted (no alg confusion).
+Health and metrics paths stay open; every other path needs a valid token: missing, malformed,
+badly signed, expired or wrong-audience tokens get a 401 JSON answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+
+class AuthError(Exception):
+    """Why a request is not authenticated (safe to show the client)."""
+
+
+@dataclass(frozen=True)
+class JWTVerifier:
+    key: str
+    algorithm: str  # HS256 or RS256
+    audience: str
+    issuer: str | None = None
+    leeway: float = 0.0
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, or AuthError."""
+        try:
+            return jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "aud"] + (["iss"] if self.issuer else [])},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError("token audience not accepted") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token ({type(exc).__name__})") from exc
+
+    def verify_header(self, authorization: str | None) -> dict[str, Any]:
+        if not authorization:
+            raise AuthError("missing bearer token (Authorization: Bearer <JWT>)")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("expected an Authorization: Bearer <JWT> header")
+        return self.verify(token.strip())
+
+
+def verifier_from_env(environ: Mapping[str, str] | None = None) -> JWTVerifier | None:
+    """The configured verifier, or None when IMGCLF_AUTH=disabled. Raises ValueError when
+    auth is on but no key is configured: the service refuses to start open by accident."""
+    env = os.environ if environ is None else environ
+    mode = env.get("IMGCLF_AUTH", "jwt").strip().lower()
+    if mode == "disabled":
+        return None
+    if mode != "jwt":
+        raise ValueError(f"IMGCLF_AUTH must be 'jwt' or 'disabled', got {mode!r}")
+    secret = env.get("IMGCLF_JWT_SECRET")
+    public_key = env.get("IMGCLF_JWT_PUBLIC_KEY")
+    if not public_key and env.get("IMGCLF_JWT_PUBLIC_KEY_FILE"):
+        public_key = Path(env["IMGCLF_JWT_PUBLIC_KEY_FILE"]).read_text()
+    if bool(secret) == bool(public_key):
+        raise ValueError(
+            "JWT auth needs exactly one of IMGCLF_JWT_SECRET (HS256) or IMGCLF_JWT_PUBLIC_KEY"
+            "[_FILE] (RS256); set IMGCLF_AUTH=disabled to run without auth"
+        )
+    if secret and len(secret.encode()) < 32:
+        raise ValueError("IMGCLF_JWT_SECRET must be at least 32 bytes for HS256")
+    return JWTVerifier(
+        key=secret or public_key or "",
+        algorithm="HS256" if secret else "RS256",
+        audience=env.get("IMGCLF_JWT_AUDIENCE", "imgclf"),
+        issuer=env.get("IMGCLF_JWT_ISSUER") or None,
+        leeway=float(env.get("IMGCLF_JWT_LEEWAY", "0")),
+    )
+
+
+class JWTAuthMiddleware:
+    """Pure ASGI middleware: 401 unless the request carries a valid bearer token.
+
+    `verifier_factory` is called once, when the middleware stack is built in the worker, so a
+    misconfiguration fails the start-up instead of the first request.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        verifier_factory: Callable[[], JWTVerifier | None] = verifier_from_env,
+        open_paths: Collection[str] = OPEN_PATHS,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier_factory()
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if (
+            self.verifier is None
+            or scope["type"] not in ("http", "websocket")
+            or scope.get("method") == "OPTIONS"
+            or scope.get("path", "").rstrip("/") in self.open_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            claims = self.verifier.verify_header(headers.get("authorization"))
+        except AuthError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await _unauthorized(send, str(exc))
+            return
+        scope.setdefault("state", {})["jwt_claims"] = claims
+        await self.app(scope, receive, send)
+
+
+async def _unauthorized(send: Callable, message: str) -> None:
+    body = json.dumps({"error": "unauthorized", "detail": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer error="invalid_token"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
