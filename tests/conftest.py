@@ -87,3 +87,14 @@ def run_dvc() -> Callable[..., subprocess.CompletedProcess[str]]:
         return result
 
     return run
+
+
+def stages_ran(dvc_output: str) -> set[str]:
+    """Names of the stages `dvc repro`/`dvc exp run` executed, from its console output."""
+    prefix = "Running stage '"
+    return {line.split("'")[1] for line in dvc_output.splitlines() if line.startswith(prefix)}
+
+
+@pytest.fixture
+def ran() -> Callable[[str], set[str]]:
+    return stages_ran

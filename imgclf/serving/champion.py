@@ -167,6 +167,11 @@ class ChampionHolder:
         self._thread.start()
 
     def _poll(self) -> None:
+        try:  # the heavy imports, before any champion exists: a promotion then loads fast
+            import mlflow.keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        except Exception:
+            logger.exception("pre-import failed")
         self.refresh()
         while not self._stop.wait(self.poll_seconds):
             self.refresh()

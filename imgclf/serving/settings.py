@@ -3,7 +3,7 @@
 Environment variables (all optional):
     IMGCLF_SERVE_<KEY>          any `serve:` key, e.g. IMGCLF_SERVE_POLL_SECONDS=2
     IMGCLF_PREDICTION_DB_URL    prediction log database (SQLAlchemy URL); wins over serve.prediction_db
-    IMGCLF_MODEL_SOURCE         auto (default) | registry | bento: where the model comes from
+    IMGCLF_MODEL_SOURCE         registry (default: poll the alias) | bento (the packaged model)
     IMGCLF_PARAMS_FILE          another params.yaml
     MLFLOW_TRACKING_URI         the registry; default: mlflow.tracking_uri of params.yaml
 Auth variables are read by imgclf.serving.auth.
@@ -39,7 +39,7 @@ class ServeSettings(BaseModel):
     tracking_uri: str
     classes: tuple[str, ...]
     threshold: float
-    model_source: Literal["auto", "registry", "bento"] = "auto"
+    model_source: Literal["registry", "bento"] = "registry"
 
 
 def database_url(value: str, base: Path) -> str:
@@ -80,5 +80,5 @@ def load_settings(
         tracking_uri=env.get("MLFLOW_TRACKING_URI") or tracking_uri(params.mlflow, root),
         classes=tuple(params.download.classes),
         threshold=params.evaluate.threshold,
-        model_source=env.get("IMGCLF_MODEL_SOURCE", "auto"),
+        model_source=env.get("IMGCLF_MODEL_SOURCE", "registry"),
     )

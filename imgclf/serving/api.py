@@ -1,0 +1,276 @@
+"""The classification endpoints (a Starlette app that service.py mounts on the BentoML service)
+and `ServingRuntime`, which owns the model holder, the batcher and the prediction log.
+
+POST /predict        one image: multipart field `image` (any single file field), or the raw
+                     bytes with Content-Type image/jpeg|png|webp|bmp
+                     -> {label, probability, confidence, model_version, request_id}
+POST /predict_batch  multipart, one or more file fields (`images`), at most
+                     serve.max_images_per_request -> [{index, label, ..., request_id}, ...]
+Errors are JSON {error, detail[, index]} with a 4xx status (503 while no model is loaded).
+
+The routes are plain Starlette rather than `@bentoml.api` methods so that the body is read under
+a byte limit before anything parses it, every bad upload gets its own status and message, and
+BentoML's multipart parser (which fetches a URL given in a file field) is never involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from imgclf.serving.champion import (
+    Batcher,
+    ChampionHolder,
+    LoadedModel,
+    ModelNotReady,
+    RegistryChampion,
+    load_bento_model,
+)
+from imgclf.serving.prediction_log import PredictionLog, PredictionRecord
+from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, load_settings
+from imgclf.serving.validation import InvalidImage, ValidatedImage, check_content_type
+
+logger = logging.getLogger(__name__)
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
+class ServingRuntime:
+    """Everything a worker needs to answer; `start()` returns at once (the model loads in the
+    background and `ready` turns True when it is in), `close()` flushes the prediction log."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from imgclf.serving.metrics import service_metrics
+
+        self.settings = settings
+        self.metrics = service_metrics()
+        registry = None
+        if settings.model_source == "registry":
+            registry = RegistryChampion(settings.tracking_uri, settings.model_name, settings.alias)
+        self.holder = ChampionHolder(registry, settings.poll_seconds, on_swap=self._swapped)
+        self.batcher = Batcher(
+            settings.max_batch_size,
+            settings.max_latency_ms,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.log = PredictionLog(
+            settings.prediction_db_url, on_drop=lambda n: self.metrics.log_dropped.inc(n)
+        )
+
+    @classmethod
+    def from_env(cls) -> ServingRuntime:
+        return cls(load_settings())
+
+    def start(self) -> None:
+        if self.settings.model_source == "bento":
+            threading.Thread(target=self._load_bento, name="bento-model", daemon=True).start()
+        else:
+            self.holder.start_polling()
+
+    def _load_bento(self) -> None:
+        try:
+            model = load_bento_model(f"{BENTO_MODEL_NAME}:latest")
+            if model is None:
+                self.holder.last_error = f"no {BENTO_MODEL_NAME} model in this bento"
+            else:
+                self.holder.set(model)
+        except Exception as exc:
+            self.holder.last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("loading the packaged model failed")
+
+    def _swapped(self, model: LoadedModel) -> None:
+        try:
+            self.metrics.model_version.set(float(model.version))
+        except ValueError:
+            self.metrics.model_version.set(0)
+
+    @property
+    def ready(self) -> bool:
+        return self.holder.current is not None
+
+    def close(self) -> None:
+        self.holder.stop()
+        self.batcher.close()
+        self.log.close()
+
+    # ---------------------------------------------------------------------------------------
+
+    async def classify(
+        self, images: list[ValidatedImage], request_id: str, started: float
+    ) -> list[dict[str, Any]]:
+        """Preprocess (THE preprocessing) and batch-predict validated images on one snapshot."""
+        model = self.holder.require()
+        inputs = await run_in_threadpool(_preprocess, [i.model_bytes for i in images], model)
+        futures = [self.batcher.submit(x, model) for x in inputs]
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        classes, threshold = self.settings.classes, self.settings.threshold
+        answers = []
+        for index, (image, (probability, version)) in enumerate(zip(images, results, strict=True)):
+            label = classes[1] if probability >= threshold else classes[0]
+            confidence = max(probability, 1.0 - probability)
+            answers.append(
+                {
+                    "label": label,
+                    "probability": probability,
+                    "confidence": confidence,
+                    "model_version": version,
+                    "request_id": request_id,
+                }
+            )
+            self.metrics.predictions.labels(label=label, model_version=version).inc()
+            self.metrics.confidence.labels(label=label).observe(confidence)
+            self.log.log(
+                PredictionRecord(
+                    request_id=request_id,
+                    item=index,
+                    sha256=image.sha256,
+                    width=image.width,
+                    height=image.height,
+                    label=label,
+                    probability=probability,
+                    model_version=version,
+                    latency_ms=latency_ms,
+                )
+            )
+        return answers
+
+
+def _preprocess(encoded: list[bytes], model: LoadedModel) -> list[np.ndarray]:
+    import tensorflow as tf
+
+    from imgclf.preprocess import preprocess_bytes
+
+    try:
+        return [preprocess_bytes(tf.constant(b), model.image_size).numpy() for b in encoded]
+    except tf.errors.InvalidArgumentError as exc:
+        raise InvalidImage(422, "corrupt", "the image cannot be decoded") from exc
+
+
+# -------------------------------------------------------------------------------------------
+# HTTP
+# -------------------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InvalidImage(413, "too_many_bytes", f"request body {declared} bytes > limit {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidImage(413, "too_many_bytes", f"request body over the limit of {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploads(request: Request, settings: ServeSettings, max_count: int) -> list[tuple]:
+    """[(bytes, declared content type)] from a multipart form or a raw image body."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        limit = max_count * (settings.max_bytes + _MULTIPART_OVERHEAD)
+        body = await _read_body(request, limit)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(
+                max_files=max_count + 1, max_fields=max_count + 8
+            )
+        except HTTPException as exc:
+            raise InvalidImage(400, "bad_multipart", str(exc.detail)) from exc
+        except Exception as exc:
+            raise InvalidImage(400, "bad_multipart", f"cannot parse the form: {exc}") from exc
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise InvalidImage(400, "no_file", "the form holds no file field (e.g. `image`)")
+        if len(files) > max_count:
+            raise InvalidImage(
+                413, "too_many_images", f"{len(files)} images > limit of {max_count} per request"
+            )
+        uploads = [(await f.read(), f.content_type) for f in files]
+        await form.close()
+        return uploads
+    if max_count == 1 and (media.startswith("image/") or media == "application/octet-stream"):
+        check_content_type(media)
+        return [(await _read_body(request, settings.max_bytes), media)]
+    raise InvalidImage(
+        415,
+        "unsupported_media_type",
+        f"content type {media or 'none'!r}: send multipart/form-data"
+        + (" or a raw image body" if max_count == 1 else ""),
+    )
+
+
+def build_app(get_runtime: Callable[[], ServingRuntime]) -> Starlette:
+    """The /predict and /predict_batch routes over whatever runtime `get_runtime` returns."""
+    from imgclf.serving.validation import validate_image
+
+    async def handle(request: Request, endpoint: str, batch: bool) -> JSONResponse:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        runtime = get_runtime()
+        settings = runtime.settings
+        index = None
+        try:
+            max_count = settings.max_images_per_request if batch else 1
+            uploads = await _uploads(request, settings, max_count)
+            images = []
+            for index, (data, content_type) in enumerate(uploads):  # noqa: B007
+                images.append(
+                    await run_in_threadpool(
+                        validate_image,
+                        data,
+                        max_bytes=settings.max_bytes,
+                        max_pixels=settings.max_pixels,
+                        content_type=content_type,
+                    )
+                )
+            index = None
+            answers = await runtime.classify(images, request_id, started)
+            if batch:
+                payload: Any = [{"index": i, **a} for i, a in enumerate(answers)]
+            else:
+                payload = answers[0]
+            status = 200
+        except InvalidImage as exc:
+            status = exc.status
+            payload = exc.to_json() | ({"index": index} if batch and index is not None else {})
+        except ModelNotReady as exc:
+            status, payload = 503, {"error": "not_ready", "detail": str(exc)}
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            status, payload = 500, {"error": "internal", "detail": "see the server log"}
+        if status != 200:
+            payload = {**payload, "request_id": request_id}
+        runtime.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        runtime.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        return JSONResponse(payload, status_code=status, headers={"X-Request-ID": request_id})
+
+    async def predict(request: Request) -> JSONResponse:
+        return await handle(request, "predict", batch=False)
+
+    async def predict_batch(request: Request) -> JSONResponse:
+        return await handle(request, "predict_batch", batch=True)
+
+    return Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/predict_batch", predict_batch, methods=["POST"]),
+        ]
+    )

@@ -1,0 +1,74 @@
+"""The whole DAG on a few real photos through `dvc repro`, then a one-line experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from imgclf.io import read_json
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "download.max_per_class": 16,
+    "train.image_size": 96,
+    "train.epochs": 3,
+    "train.batch_size": 8,
+    "evaluate.misclassified_grid": 4,
+}
+
+
+def _downstream_of_train(repo: Path) -> set[str]:
+    """train and every stage declared after it (evaluate, register, ...)."""
+    names = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    return set(names[names.index("train") :])
+
+
+@pytest.fixture
+def trained_repo(repo_copy: Path, sample_data_dir: Path, set_params, run_dvc, ran) -> Path:
+    set_params(repo_copy, {"download.source": str(sample_data_dir), **TINY})
+    result = run_dvc(repo_copy, "repro")
+    stages = set(yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"])
+    assert ran(result.stdout) == stages, result.stdout
+    return repo_copy
+
+
+def test_repro_produces_metrics_plots_and_one_mlflow_run(trained_repo: Path, run_dvc) -> None:
+    metrics = read_json(trained_repo / "reports" / "metrics.json")
+    for split in ("train", "val", "test"):
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+        assert {"precision", "recall", "f1", "roc_auc", "log_loss", "ece"} <= metrics[split].keys()
+    shown = json.loads(run_dvc(trained_repo, "metrics", "show", "--json").stdout)
+    assert "test" in json.dumps(shown)
+    assert (trained_repo / "artifacts" / "train" / "model.keras").is_file()
+    for plot in ("test_confusion.csv", "roc.csv", "precision_recall.csv", "misclassified.png"):
+        assert (trained_repo / "artifacts" / "evaluate" / plot).is_file(), plot
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained_repo / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name == "imgclf"]
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.params["train.image_size"] == "96"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert {"git_commit", "data_version"} <= run.data.tags.keys()
+    history = _csv_rows(trained_repo / "artifacts" / "train" / "history.csv")
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == len(history)
+    logged = {item.path for item in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/MLmodel" in logged
+
+
+def test_exp_run_with_a_train_param_reruns_train_and_after(
+    trained_repo: Path, run_dvc, ran
+) -> None:
+    result = run_dvc(trained_repo, "exp", "run", "-S", "train.lr=1e-4")
+    assert ran(result.stdout) == _downstream_of_train(trained_repo), result.stdout
+    shown = json.loads(run_dvc(trained_repo, "exp", "show", "--json").stdout)
+    assert "1e-4" in json.dumps(shown) or "0.0001" in json.dumps(shown)
+
+
+def _csv_rows(csv_path: Path) -> list[str]:
+    """Data lines of a small CSV (header excluded)."""
+    return csv_path.read_text().strip().splitlines()[1:]

@@ -1,0 +1,323 @@
+"""Serving pieces without a server: JWT auth, upload validation, prediction log, batcher,
+settings."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import jwt
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image, ImageFile
+
+from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
+from imgclf.serving.champion import Batcher, LoadedModel
+from imgclf.serving.prediction_log import PredictionLog, PredictionRecord, count_rows, predictions
+from imgclf.serving.settings import database_url, load_settings
+from imgclf.serving.validation import InvalidImage, validate_image
+
+SECRET = "s" * 32
+LIMITS = {"max_bytes": 1_000_000, "max_pixels": 1_000_000}
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def photo(size=(80, 60)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------- auth
+
+
+def hs256() -> JWTVerifier:
+    return JWTVerifier(key=SECRET, algorithm="HS256", audience="imgclf")
+
+
+def test_valid_token_passes_and_bad_ones_fail() -> None:
+    verifier = hs256()
+    good = jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, SECRET, "HS256")
+    assert verifier.verify_header(f"Bearer {good}")["aud"] == "imgclf"
+    bad = {
+        "expired": jwt.encode({"aud": "imgclf", "exp": time.time() - 1}, SECRET, "HS256"),
+        "audience": jwt.encode({"aud": "other", "exp": time.time() + 60}, SECRET, "HS256"),
+        "no exp": jwt.encode({"aud": "imgclf"}, SECRET, "HS256"),
+        "no aud": jwt.encode({"exp": time.time() + 60}, SECRET, "HS256"),
+        "secret": jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, "t" * 32, "HS256"),
+        "none": jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, None, "none"),
+        "garbage": "abc.def.ghi",
+    }
+    for name, token in bad.items():
+        with pytest.raises(AuthError):
+            verifier.verify(token)
+        assert name
+    for header in (None, "", "Bearer", "Basic abc", good):
+        with pytest.raises(AuthError):
+            verifier.verify_header(header)
+
+
+def test_rs256_public_key_and_no_alg_confusion(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "pub.pem").write_bytes(public_pem)
+    verifier = verifier_from_env({"IMGCLF_JWT_PUBLIC_KEY_FILE": str(tmp_path / "pub.pem")})
+    assert verifier is not None and verifier.algorithm == "RS256"
+    claims = {"aud": "imgclf", "exp": time.time() + 60}
+    assert verifier.verify(jwt.encode(claims, key, "RS256"))["aud"] == "imgclf"
+    # HS256 signed with the public key as the secret (the classic confusion attack) fails.
+    forged = jwt.api_jws.PyJWS().encode(
+        jwt.utils.force_bytes('{"aud":"imgclf","exp":%d}' % (time.time() + 60)),
+        b"k" * 32,
+        algorithm="HS256",
+    )
+    with pytest.raises(AuthError):
+        verifier.verify(forged)
+
+
+def test_auth_config_from_env() -> None:
+    assert verifier_from_env({"IMGCLF_AUTH": "disabled"}) is None
+    with pytest.raises(ValueError, match="IMGCLF_AUTH=disabled"):
+        verifier_from_env({})  # on by default: no key configured refuses to start
+    with pytest.raises(ValueError, match="32 bytes"):
+        verifier_from_env({"IMGCLF_JWT_SECRET": "short"})
+    with pytest.raises(ValueError):
+        verifier_from_env({"IMGCLF_AUTH": "off"})
+    v = verifier_from_env({"IMGCLF_JWT_SECRET": SECRET, "IMGCLF_JWT_AUDIENCE": "a"})
+    assert (v.algorithm, v.audience) == ("HS256", "a")
+
+
+def _call(middleware, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(middleware(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_middleware_protects_all_but_health_and_metrics() -> None:
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = JWTAuthMiddleware(app, verifier_factory=hs256)
+    assert _call(middleware, "/predict", {})[0] == 401
+    assert b"missing bearer token" in _call(middleware, "/predict", {})[1]
+    assert _call(middleware, "/docs.json", {})[0] == 401
+    for path in ("/readyz", "/livez", "/healthz", "/metrics"):
+        assert _call(middleware, path, {})[0] == 200
+    good = jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, SECRET, "HS256")
+    assert _call(middleware, "/predict", {"Authorization": f"Bearer {good}"})[0] == 200
+    assert _call(JWTAuthMiddleware(app, verifier_factory=lambda: None), "/predict", {})[0] == 200
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def test_plain_rgb_jpeg_passes_through_unchanged() -> None:
+    data = encode(photo(), "JPEG", quality=90)
+    result = validate_image(data, **LIMITS)
+    assert result.model_bytes is data and not result.converted
+    assert (result.width, result.height, result.format) == (80, 60, "jpeg")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "P", {}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("BMP", "RGB", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+    ],
+)
+def test_other_images_become_rgb_png(fmt: str, mode: str, options: dict) -> None:
+    result = validate_image(encode(photo().convert(mode), fmt, **options), **LIMITS)
+    assert result.converted and result.model_bytes.startswith(b"\x89PNG")
+    decoded = Image.open(io.BytesIO(result.model_bytes))
+    assert decoded.mode == "RGB" and decoded.size == (80, 60)
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to view
+    result = validate_image(encode(photo(), "JPEG", exif=exif), **LIMITS)
+    assert result.converted and (result.width, result.height) == (60, 80)
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (lambda: b"", 400, "empty"),
+        (lambda: b"\0" * 1_000_001, 413, "too_many_bytes"),
+        (lambda: b"plain text, not an image", 415, "not_an_image"),
+        (lambda: encode(photo(), "GIF"), 415, "unsupported_format"),
+        (lambda: encode(photo(), "TIFF"), 415, "unsupported_format"),
+        (lambda: encode(photo((400, 300)), "JPEG")[:20_000], 422, "truncated"),
+        (lambda: encode(Image.new("RGB", (1001, 1000)), "PNG"), 413, "too_many_pixels"),
+        (lambda: encode(Image.new("1", (3000, 3000)), "PNG"), 413, "too_many_pixels"),
+        (
+            lambda: encode(
+                Image.new("L", (9, 9)),
+                "PNG",
+                save_all=True,
+                append_images=[Image.new("L", (9, 9), 255)],
+            ),
+            422,
+            "animated",
+        ),
+        (
+            lambda: encode(Image.fromarray(np.zeros((9, 9), np.uint16)), "PNG"),
+            422,
+            "high_bit_depth",
+        ),
+    ],
+)
+def test_bad_uploads_raise_invalid_image(make, status: int, code: str) -> None:
+    with pytest.raises(InvalidImage) as caught:
+        validate_image(make(), **LIMITS)
+    assert (caught.value.status, caught.value.code) == (status, code)
+    assert caught.value.to_json()["detail"]
+
+
+def test_declared_content_type_is_checked() -> None:
+    data = encode(photo(), "PNG")
+    assert validate_image(data, content_type="image/png", **LIMITS).format == "png"
+    assert validate_image(data, content_type="application/octet-stream", **LIMITS)
+    with pytest.raises(InvalidImage) as caught:
+        validate_image(data, content_type="text/plain", **LIMITS)
+    assert caught.value.status == 415
+
+
+def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(self):
+        raise AssertionError("decoded a bomb")
+
+    big = encode(Image.new("RGB", (1001, 1000)), "PNG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(InvalidImage) as caught:
+        validate_image(big, **LIMITS)
+    assert caught.value.code == "too_many_pixels"
+
+
+# ------------------------------------------------------------------------ prediction log
+
+
+def record(i: int) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=f"r{i}",
+        sha256="0" * 64,
+        width=4,
+        height=3,
+        label="cat",
+        probability=0.25,
+        model_version="7",
+        latency_ms=1.5,
+    )
+
+
+def test_prediction_log_batches_and_flushes_on_close(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    log = PredictionLog(url, batch_size=50, flush_seconds=10)
+    start = time.perf_counter()
+    for i in range(1234):
+        log.log(record(i))
+    assert time.perf_counter() - start < 1.0  # the request path only enqueues
+    log.close()
+    assert count_rows(url) == 1234 and log.written == 1234 and log.dropped == 0
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(predictions).where(predictions.c.request_id == "r7")).one()
+    engine.dispose()
+    assert (row.label, row.model_version, row.width, row.probability) == ("cat", "7", 4, 0.25)
+    log.log(record(0))  # after close: counted as dropped, never raises
+    assert log.dropped == 1
+
+
+def test_prediction_log_survives_a_broken_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    dropped = []
+    log = PredictionLog(url, on_drop=dropped.append)
+    predictions.drop(log.engine)  # inserts now fail
+    log.log(record(1))
+    log.close()
+    assert sum(dropped) == 1
+
+
+# ------------------------------------------------------------------------ batcher, settings
+
+
+def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
+    sizes = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)
+        return batch.reshape(len(batch), -1).mean(axis=1)
+
+    old = LoadedModel(version="1", source="a", image_size=2, forward=forward)
+    new = LoadedModel(version="2", source="b", image_size=2, forward=forward)
+    batcher = Batcher(max_batch_size=8, max_latency_ms=20, on_batch=sizes.append)
+    futures = [
+        batcher.submit(np.full((2, 2, 3), i / 20, "float32"), old if i < 10 else new)
+        for i in range(20)
+    ]
+    results = [f.result(timeout=10) for f in futures]
+    batcher.close()
+    assert [v for _, v in results] == ["1"] * 10 + ["2"] * 10
+    assert [p for p, _ in results] == pytest.approx([i / 20 for i in range(20)])
+    assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_batcher_passes_model_errors_to_the_request() -> None:
+    def broken(batch):
+        raise RuntimeError("boom")
+
+    batcher = Batcher(max_batch_size=4, max_latency_ms=1)
+    future = batcher.submit(np.zeros((2, 2, 3)), LoadedModel("1", "x", 2, broken))
+    with pytest.raises(RuntimeError, match="boom"):
+        future.result(timeout=5)
+    batcher.close()
+
+
+def test_settings_from_params_and_env(tmp_path: Path) -> None:
+    env = {
+        "IMGCLF_SERVE_MODEL_NAME": "m",
+        "IMGCLF_SERVE_POLL_SECONDS": "2.5",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+    }
+    settings = load_settings(env)
+    assert (settings.model_name, settings.poll_seconds, settings.alias) == ("m", 2.5, "champion")
+    assert settings.tracking_uri == "http://127.0.0.1:5000"
+    assert settings.classes == ("cat", "dog") and settings.model_source == "registry"
+    assert settings.prediction_db_url.startswith("sqlite:////")
+    with pytest.raises(ValueError, match="poll_seconds"):
+        load_settings({**env, "IMGCLF_SERVE_POLL_SECONDS": "-1"})
+    assert database_url("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"
+    assert database_url("p.db", tmp_path) == f"sqlite:///{tmp_path / 'p.db'}"
+    url = load_settings({**env, "IMGCLF_PREDICTION_DB_URL": "sqlite:///x.db"}).prediction_db_url
+    assert url == "sqlite:///x.db"
