@@ -261,7 +261,8 @@ def _model_version(client, name: str, version: str | int):
 
 def champion_version(client, name: str) -> str | None:
     """The version `champion` points at, or None."""
-    return _registered_model(client, name).aliases.get(CHAMPION)
+    version = _registered_model(client, name).aliases.get(CHAMPION)
+    return None if version is None else str(version)  # the SQL store answers an int
 
 
 def aliases_of(client, name: str, version: str) -> list[str]:
@@ -443,7 +444,7 @@ def model_card(
     params: RegisterParams,
     classes: Sequence[str] | None = None,
 ) -> str:
-    """The version's model card (Markdown): identity, metrics, data, params, use and limits."""
+    """The version's model card (Markdown): identity, metrics, data, use, limits, params."""
     tags, run_params = run.data.tags, run.data.params
     test = metrics.get("test", {})
     classes = list(classes or [])
@@ -494,9 +495,6 @@ def model_card(
         lines.append(f"| total | {split_counts.get('total')} | | {totals} |")
     else:
         lines.append("Split counts not available (reports/split.json missing).")
-    lines += ["", "## Parameters", "", "| param | value |", "|---|---|"]
-    for key in sorted(run_params):
-        lines.append(f"| {key} | {_cell(run_params[key])} |")
     label = " / ".join(classes) if classes else "the training classes"
     n, accuracy = test.get("n"), test.get("accuracy")
     interval = ""
@@ -524,6 +522,10 @@ def model_card(
     ]
     if ece is not None:
         lines.append(f"- Probabilities are calibrated to about ECE {ece:.4f} on the test split.")
+    # Last: a description longer than the SQL column is cut here, keeping the sections above.
+    lines += ["", "## Parameters", "", "| param | value |", "|---|---|"]
+    for key in sorted(run_params):
+        lines.append(f"| {key} | {_cell(run_params[key])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -531,7 +533,8 @@ def _description(card: str) -> str:
     if len(card) <= MAX_DESCRIPTION:
         return card
     tail = "\n\n… (truncated: the full card is the run artifact model_card.md)\n"
-    return card[: MAX_DESCRIPTION - len(tail)] + tail
+    head = card[: MAX_DESCRIPTION - len(tail)]
+    return head[: head.rfind("\n")] + tail  # whole lines only
 
 
 # --------------------------------------------------------------------------------------------

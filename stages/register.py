@@ -53,8 +53,12 @@ def run(args: argparse.Namespace) -> None:
 
     if args.command == "promote":
         out = registry.promote(client, name, args.version, args.reason)
-        note = f" ({out['note']})" if out["note"] else ""
-        print(f"register: {name} champion v{out['previous']} -> v{out['version']}{note}")
+        if out["event"] is None:
+            print(f"register: {name} v{out['version']} is the champion already")
+        else:
+            note = f" ({out['note']})" if out["note"] else ""
+            previous = f"v{out['previous']}" if out["previous"] else "none"
+            print(f"register: {name} champion {previous} -> v{out['version']}{note}")
     elif args.command == "rollback":
         out = registry.rollback(client, name, args.reason)
         print(f"register: {name} champion rolled back v{out['previous']} -> v{out['version']}")

@@ -44,21 +44,31 @@ def _project_files() -> list[str]:
     return [name for name in listing.split("\0") if name and (REPO_ROOT / name).is_file()]
 
 
-@pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
-    """A fresh git repository holding the project's files, as a clean clone would."""
-    copy = tmp_path / "repo"
+def copy_project(dest: Path) -> Path:
+    """A fresh git repository at `dest` holding the project's files, as a clean clone would."""
     for name in _project_files():
-        target = copy / name
+        target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, target)
-    (copy / "data").mkdir(exist_ok=True)  # data.dvc's folder; empty until a user adds images
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
-        subprocess.run(["git", *command], cwd=copy, check=True)
-    return copy
+    (dest / "data").mkdir(exist_ok=True)  # data.dvc's folder; empty until a user adds images
+    for command in (
+        ["init", "-q"],
+        # An identity of its own: `git commit` and `dvc exp run` must work on any CI machine.
+        ["config", "user.name", "imgclf tests"],
+        ["config", "user.email", "tests@imgclf.invalid"],
+        ["add", "-A"],
+        ["commit", "-qm", "copy"],
+    ):
+        subprocess.run(["git", *command], cwd=dest, check=True)
+    return dest
 
 
 @pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
 def set_params() -> Callable[[Path, dict[str, object]], None]:
     """Edit a repo copy's params.yaml: {"download.source": "...", "split.seed": 7}."""
 
@@ -73,7 +83,7 @@ def set_params() -> Callable[[Path, dict[str, object]], None]:
     return update
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_dvc() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the venv's `dvc` in a repo with the venv first on PATH (stages call `python`)."""
 
@@ -95,6 +105,6 @@ def stages_ran(dvc_output: str) -> set[str]:
     return {line.split("'")[1] for line in dvc_output.splitlines() if line.startswith(prefix)}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ran() -> Callable[[str], set[str]]:
     return stages_ran

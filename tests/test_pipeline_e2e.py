@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
+from tests.conftest import copy_project
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +29,17 @@ def _downstream_of_train(repo: Path) -> set[str]:
     return set(names[names.index("train") :])
 
 
-@pytest.fixture
-def trained_repo(repo_copy: Path, sample_data_dir: Path, set_params, run_dvc, ran) -> Path:
-    set_params(repo_copy, {"download.source": str(sample_data_dir), **TINY})
-    result = run_dvc(repo_copy, "repro")
-    stages = set(yaml.safe_load((repo_copy / "dvc.yaml").read_text())["stages"])
+@pytest.fixture(scope="module")
+def trained_repo(
+    tmp_path_factory: pytest.TempPathFactory, sample_data_dir: Path, set_params, run_dvc, ran
+) -> Path:
+    """One tiny `dvc repro` of the whole DAG, shared by the tests below (in file order)."""
+    repo = copy_project(tmp_path_factory.mktemp("e2e") / "repo")
+    set_params(repo, {"download.source": str(sample_data_dir), **TINY})
+    result = run_dvc(repo, "repro")
+    stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     assert ran(result.stdout) == stages, result.stdout
-    return repo_copy
+    return repo
 
 
 def test_repro_produces_metrics_plots_and_one_mlflow_run(trained_repo: Path, run_dvc) -> None:

@@ -57,18 +57,39 @@ def test_gate_lower_is_better() -> None:
     assert _gate(0.05, 0.07, metric="accuracy", direction="lower").rule == "better"
 
 
+def test_model_card_keeps_use_and_limits_when_the_description_is_cut() -> None:
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(
+        info=SimpleNamespace(run_id="r1"),
+        data=SimpleNamespace(
+            tags={"data_version": "dv1", "git_commit": "abc"},
+            params={f"p{i:03d}": "x" * 60 for i in range(100)},
+        ),
+    )
+    metrics = {s: {"accuracy": 0.9, "n": 100, "ece": 0.02} for s in ("train", "val", "test")}
+    card = registry.model_card("m", "3", run, metrics, None, RegisterParams(), ["cat", "dog"])
+    assert card.startswith("# m v3") and "| accuracy | 0.9000 | 0.9000 | 0.9000 |" in card
+    assert "±0.0588" in card and "ECE 0.0200" in card and "| p099 |" in card
+    description = registry._description(card)
+    assert len(description) <= registry.MAX_DESCRIPTION < len(card)
+    assert "## Limitations" in description and description.endswith("model_card.md)\n")
+
+
 # --------------------------------------------------------------------------------------------
 # A real server
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models, mlflow_server: str):
-    """The server as this process's tracking URI (what `tracking_uri()` and MLflow read)."""
+def server(tiny_models, mlflow_server_process):
+    """The server (booted while tiny_models imported TensorFlow) as this process's tracking URI:
+    what `tracking_uri()` and MLflow read."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(mlflow_server):
-        yield mlflow_server
+    url = mlflow_server_process.wait()
+    with _use_tracking_uri(url):
+        yield url
 
 
 @pytest.fixture(scope="module")

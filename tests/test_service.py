@@ -120,8 +120,15 @@ class Server:
         }
         self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "bentoml"), "serve", "service:ImageClassifier"]
-            + ["--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                str(VENV_BIN / "bentoml"),
+                "serve",
+                "service:ImageClassifier",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             cwd=REPO_ROOT,
             env=env,
             stdout=self.log,

@@ -4,7 +4,10 @@ settings."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import io
+import json
 import time
 from pathlib import Path
 
@@ -77,12 +80,13 @@ def test_rs256_public_key_and_no_alg_confusion(tmp_path: Path) -> None:
     assert verifier is not None and verifier.algorithm == "RS256"
     claims = {"aud": "imgclf", "exp": time.time() + 60}
     assert verifier.verify(jwt.encode(claims, key, "RS256"))["aud"] == "imgclf"
+
     # HS256 signed with the public key as the secret (the classic confusion attack) fails.
-    forged = jwt.api_jws.PyJWS().encode(
-        jwt.utils.force_bytes('{"aud":"imgclf","exp":%d}' % (time.time() + 60)),
-        b"k" * 32,
-        algorithm="HS256",
-    )
+    def b64(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    body = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(claims).encode())
+    forged = (body + b"." + b64(hmac.digest(public_pem, body, "sha256"))).decode()
     with pytest.raises(AuthError):
         verifier.verify(forged)
 

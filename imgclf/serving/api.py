@@ -41,7 +41,7 @@ from imgclf.serving.champion import (
     load_bento_model,
 )
 from imgclf.serving.prediction_log import PredictionLog, PredictionRecord
-from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, load_settings
+from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, bento_tag, load_settings
 from imgclf.serving.validation import InvalidImage, ValidatedImage, check_content_type
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ServingRuntime:
 
     def _load_bento(self) -> None:
         try:
-            model = load_bento_model(f"{BENTO_MODEL_NAME}:latest")
+            model = load_bento_model(bento_tag() or f"{BENTO_MODEL_NAME}:latest")
             if model is None:
                 self.holder.last_error = f"no {BENTO_MODEL_NAME} model in this bento"
             else:

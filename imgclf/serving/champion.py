@@ -224,7 +224,9 @@ class Batcher:
         while len(items) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
-                item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                item = (
+                    self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is None:

@@ -2,8 +2,9 @@
 
 Environment variables (all optional):
     IMGCLF_SERVE_<KEY>          any `serve:` key, e.g. IMGCLF_SERVE_POLL_SECONDS=2
-    IMGCLF_PREDICTION_DB_URL    prediction log database (SQLAlchemy URL); wins over serve.prediction_db
-    IMGCLF_MODEL_SOURCE         registry (default: poll the alias) | bento (the packaged model)
+    IMGCLF_PREDICTION_DB_URL    prediction log database (SQLAlchemy URL); beats prediction_db
+    IMGCLF_MODEL_SOURCE         registry (poll the alias) | bento (the packaged model);
+                                default: bento inside a built bento, else registry
     IMGCLF_PARAMS_FILE          another params.yaml
     MLFLOW_TRACKING_URI         the registry; default: mlflow.tracking_uri of params.yaml
 Auth variables are read by imgclf.serving.auth.
@@ -42,6 +43,21 @@ class ServeSettings(BaseModel):
     model_source: Literal["registry", "bento"] = "registry"
 
 
+def bento_tag() -> str | None:
+    """The packaged champion's exact tag when this code runs from a built bento (its bento.yaml
+    sits next to the source folder), else None."""
+    import yaml
+
+    manifest = PROJECT_ROOT.parent / "bento.yaml"
+    if not manifest.is_file():
+        return None
+    for model in yaml.safe_load(manifest.read_text()).get("models") or []:
+        tag = model.get("tag", "") if isinstance(model, dict) else str(model)
+        if tag.split(":")[0] == BENTO_MODEL_NAME:
+            return tag
+    return None
+
+
 def database_url(value: str, base: Path) -> str:
     """A SQLAlchemy URL as is; a bare file name -> a SQLite file under `base`."""
     if "://" in value:
@@ -72,7 +88,9 @@ def load_settings(
         raise ValueError("no model to serve: set serve.model_name or register.model_name")
     db = env.get("IMGCLF_PREDICTION_DB_URL") or serve.pop("prediction_db")
     serve.pop("prediction_db", None)
-    root = params_path.resolve().parent if params_file or "IMGCLF_PARAMS_FILE" in env else PROJECT_ROOT
+    root = (
+        params_path.resolve().parent if params_file or "IMGCLF_PARAMS_FILE" in env else PROJECT_ROOT
+    )
     return ServeSettings(
         **serve,
         model_name=model_name,
@@ -80,5 +98,5 @@ def load_settings(
         tracking_uri=env.get("MLFLOW_TRACKING_URI") or tracking_uri(params.mlflow, root),
         classes=tuple(params.download.classes),
         threshold=params.evaluate.threshold,
-        model_source=env.get("IMGCLF_MODEL_SOURCE", "registry"),
+        model_source=env.get("IMGCLF_MODEL_SOURCE") or ("bento" if bento_tag() else "registry"),
     )
