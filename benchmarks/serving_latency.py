@@ -2,7 +2,8 @@
 
     python benchmarks/serving_latency.py [--photo FILE] [--requests 100] [--image-size 224]
 
-Registers a small CNN as @champion in a temp MLflow store, starts `bentoml serve` (auth disabled)
+Registers the default architecture (EfficientNet-Lite0 at 224 px, random weights: same speed as
+trained ones; `--arch` picks another of imgclf.config.Arch) as @champion in a temp MLflow store, starts `bentoml serve` (auth disabled)
 on 127.0.0.1 and prints:
   * concurrency 1: p50/p95/p99 of /predict (one JPEG) vs the bare forward call (batch 1, the
     service's own traced function on an already-preprocessed image), and their ratio;
@@ -32,18 +33,14 @@ VENV_BIN = Path(sys.executable).parent
 NAME = "imgclf-benchmark"
 
 
-def small_cnn(size: int):
-    import keras
+def build_model(arch: str, size: int):
+    from imgclf.config import TrainParams
+    from imgclf.models.factory import build_classifier
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
-    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    return build_classifier(TrainParams(arch=arch, weights=None, image_size=size)).model
 
 
-def register(tmp: Path, size: int):
+def register(tmp: Path, arch: str, size: int):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -51,7 +48,7 @@ def register(tmp: Path, size: int):
     from imgclf.tracking import log_classifier, open_run
 
     params = MlflowParams(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench")
-    model = small_cnn(size)
+    model = build_model(arch, size)
     with open_run(params, tmp) as run:
         log_classifier(model, np.zeros((1, size, size, 3), "float32"))
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", NAME).version
@@ -69,6 +66,7 @@ def main() -> int:
     default_photo = ROOT.parent / "shared/data/dogs-vs-cats/cat/cat.1.jpg"
     parser.add_argument("--photo", type=Path, default=default_photo)
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
@@ -80,7 +78,7 @@ def main() -> int:
     photo = args.photo.read_bytes()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        model, uri = register(tmp, args.image_size)
+        model, uri = register(tmp, args.arch, args.image_size)
         # Bare model: the service's traced forward on a preprocessed image.
         loaded = build_loaded_model(model, "bare", "memory")
         x = preprocess_bytes(tf.constant(photo), args.image_size).numpy()[None]
@@ -154,7 +152,7 @@ def main() -> int:
             server.wait(60)
 
     h, b = percentiles(http), percentiles(bare)
-    print(f"small CNN at {args.image_size}px; photo {args.photo.name}; {args.requests} requests")
+    print(f"{args.arch} at {args.image_size}px; photo {args.photo.name}; {args.requests} requests")
     print("concurrency 1 latency (ms)   p50      p95      p99")
     print(f"  HTTP /predict          {h['p50']:8.2f} {h['p95']:8.2f} {h['p99']:8.2f}")
     print(f"  bare forward (batch 1) {b['p50']:8.2f} {b['p95']:8.2f} {b['p99']:8.2f}")

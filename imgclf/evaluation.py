@@ -559,8 +559,11 @@ def log_to_mlflow(
 
     from imgclf.tracking import open_run
 
+    # Logged one step after the last epoch: Keras logs a per-epoch `val_accuracy` too, and MLflow
+    # shows a metric's latest step, which must be the evaluation of the kept (best) weights.
+    epochs = len(paths.history.read_text().splitlines()) - 1 if paths.history.is_file() else 0
     with open_run(params, paths.root, run_id=run_id):
-        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_metrics(flat_metrics(metrics), step=max(epochs, 0))
         for name in PNG_NAMES:
             if (paths.evaluate_dir / name).is_file():
                 mlflow.log_artifact(str(paths.evaluate_dir / name), artifact_path="evaluate")

@@ -13,95 +13,19 @@ corrupt or non-image file is reported on stderr and skipped, never fatal. Probab
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import os
-import re
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
-# Files with these suffixes are candidates (and reported if unusable); others are ignored.
-IMAGE_SUFFIXES = (
-    ".jpg",
-    ".jpeg",
-    ".jpe",
-    ".jfif",
-    ".png",
-    ".gif",
-    ".bmp",
-    ".webp",
-    ".tif",
-    ".tiff",
+from imgclf.prediction import (
+    find_images,
+    input_folder,
+    screen_images,
+    submission_id,
+    submission_order,
+    write_submission,
 )
-# What Pillow may call a file that `tf.io.decode_image` (THE preprocessing) can decode.
-DECODABLE_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "BMP"}
-_SKIPPED_DIRS = {"__MACOSX"}
-_NUMERIC_ID = re.compile(r"^(?:.*[._\-\s])?(\d+)$")
-
-
-def find_images(folder: Path) -> tuple[list[Path], int]:
-    """Candidate image files below `folder` (recursive, sorted) and how many other files there
-    were."""
-    found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-        for name in filenames:
-            path = Path(dirpath, name)
-            if not path.is_file():
-                continue
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("._"):
-                found.append(path)
-            else:
-                ignored += 1
-    return sorted(found), ignored
-
-
-def check_image(path: Path) -> str | None:
-    """None if THE preprocessing can decode the file, else a one-line reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            if image.format not in DECODABLE_FORMATS:
-                return f"unsupported image format {image.format}"
-            image.load()  # full decode: truncated or corrupt data fails here
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    return None
-
-
-def submission_id(path: Path | str) -> int | str:
-    """`123.jpg` / `cat.123.jpg` / `img_123.png` -> 123; any other name -> its stem."""
-    stem = Path(path).stem
-    match = _NUMERIC_ID.match(stem)
-    return int(match.group(1)) if match else stem
-
-
-def _sort_key(item: tuple[int | str, str]) -> tuple[int, int, str, str]:
-    ident, rel = item
-    return (0, ident, "", rel) if isinstance(ident, int) else (1, 0, ident, rel)
-
-
-@contextlib.contextmanager
-def _input_folder(source: Path) -> Iterator[Path]:
-    """A folder as is; an archive extracted (safely) into a temporary folder."""
-    if source.is_dir():
-        yield source
-        return
-    from imgclf.sources import expand_nested_archives, is_archive, safe_extract
-
-    if not (source.is_file() and is_archive(source)):
-        raise FileNotFoundError(f"{source} is neither a folder nor a .zip/.tar archive")
-    with tempfile.TemporaryDirectory(prefix="imgclf-predict-") as tmp:
-        safe_extract(source, Path(tmp))
-        expand_nested_archives(Path(tmp))
-        yield Path(tmp)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -134,18 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes = params.download.classes
     batch_size = args.batch_size or params.evaluate.batch_size
     try:
-        with _input_folder(args.input) as folder:
+        with input_folder(args.input) as folder:
             candidates, ignored = find_images(folder)
-            workers = min(8, len(os.sched_getaffinity(0)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                reasons = list(pool.map(check_image, candidates))
-            good, skipped = [], 0
-            for path, reason in zip(candidates, reasons, strict=True):
-                if reason is None:
-                    good.append(path)
-                else:
-                    skipped += 1
-                    print(f"skipped {path.relative_to(folder)}: {reason}", file=sys.stderr)
+            good, rejected = screen_images(candidates)
+            for path, reason in rejected:
+                print(f"skipped {path.relative_to(folder)}: {reason}", file=sys.stderr)
             if not good:
                 print(f"predict: no usable images in {args.input}", file=sys.stderr)
                 return 1
@@ -161,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (submission_id(rel), rel, float(prob))
             for rel, prob in zip(relative, probabilities, strict=True)
         ),
-        key=lambda row: _sort_key(row[:2]),
+        key=lambda row: submission_order(row[:2]),
     )
     duplicates = [i for i, n in Counter(row[0] for row in rows).items() if n > 1]
     if duplicates:
@@ -170,21 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "file names should be unique",
             file=sys.stderr,
         )
-    columns = ["id", "label"] + ([f"{classes[1]}_probability"] if args.proba else [])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = args.out.with_name(f".{args.out.name}.tmp")
-    with open(scratch, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(columns)
-        for ident, _, prob in rows:
-            label = int(prob >= params.evaluate.threshold)
-            writer.writerow([ident, label] + ([format(prob, ".9g")] if args.proba else []))
-    os.replace(scratch, args.out)
+    probability_column = f"{classes[1]}_probability" if args.proba else None
+    threshold = params.evaluate.threshold
+    write_submission(
+        args.out, [(ident, prob) for ident, _, prob in rows], threshold, probability_column
+    )
 
-    positives = sum(prob >= params.evaluate.threshold for _, _, prob in rows)
+    positives = sum(prob >= threshold for _, _, prob in rows)
     print(
         f"predict: {len(rows)} images -> {args.out} ({positives} {classes[1]}, "
-        f"{len(rows) - positives} {classes[0]}); skipped {skipped} unreadable, "
+        f"{len(rows) - positives} {classes[0]}); skipped {len(rejected)} unreadable, "
         f"ignored {ignored} non-image files"
     )
     return 0

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytest_plugins = ["tests.mlflow_server"]  # the real `mlflow server` fixture, one per session
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 

@@ -17,7 +17,8 @@ from PIL import Image
 from imgclf.config import EvaluateParams, Paths
 from imgclf.evaluation import read_predictions, run_evaluate
 from imgclf.io import write_tsv
-from stages.predict import check_image, find_images, main, submission_id
+from imgclf.prediction import check_image, find_images, submission_id
+from stages.predict import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog"]
