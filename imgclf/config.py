@@ -38,7 +38,7 @@ class DownloadParams(_Section):
 class DedupeParams(_Section):
     algorithm: Literal["phash", "dhash", "ahash", "whash"] = "phash"
     hash_size: int = Field(default=8, ge=4, le=16)
-    threshold: int = Field(default=4, ge=0)
+    threshold: int = Field(default=6, ge=0)
     workers: int = Field(default=0, ge=0)
     contact_sheet_groups: int = Field(default=12, ge=0)
     decode_size: int = Field(default=128, ge=0)  # JPEG draft decode: both sides >= this; 0 = full
