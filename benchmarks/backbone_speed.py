@@ -12,18 +12,10 @@ run to run on 2 cores): compare ratios within one run.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
-
-def _best_rate(fn, n_images: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return n_images / best
+from benchmarks.timing import best_rate
 
 
 def bench(size: int, batch_size: int, batches: int, repeats: int, weights: str | None) -> dict:
@@ -53,8 +45,8 @@ def bench(size: int, batch_size: int, batches: int, repeats: int, weights: str |
 
     run_tf_function()  # trace + warm up
     model.predict(data[:batch_size], batch_size=batch_size, verbose=0)
-    rate_fn = _best_rate(run_tf_function, len(data), repeats)
-    rate_predict = _best_rate(run_predict, len(data), repeats)
+    rate_fn = best_rate(run_tf_function, len(data), repeats)
+    rate_predict = best_rate(run_predict, len(data), repeats)
     return {"size": size, "tf_function": rate_fn, "predict": rate_predict}
 
 

@@ -13,18 +13,9 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import time
 
+from benchmarks.timing import best_rate
 from imgclf.config import PROJECT_ROOT, TrainParams
-
-
-def _best_rate(run, n_images: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return n_images / best
 
 
 def main() -> None:
@@ -57,9 +48,9 @@ def main() -> None:
         .batch(args.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    decode_only = _best_rate(lambda: [None for _ in from_files], len(files), args.repeats)
-    memory_rate = _best_rate(lambda: predict_batches(model, in_memory), len(files), args.repeats)
-    files_rate = _best_rate(lambda: predict_batches(model, from_files), len(files), args.repeats)
+    decode_only = best_rate(lambda: [None for _ in from_files], len(files), args.repeats)
+    memory_rate = best_rate(lambda: predict_batches(model, in_memory), len(files), args.repeats)
+    files_rate = best_rate(lambda: predict_batches(model, from_files), len(files), args.repeats)
 
     print(f"{len(files)} photos at {args.size} px, batch {args.batch_size}, {args.arch}")
     print(f"  tf.data decode + resize only : {decode_only:8.1f} img/s")

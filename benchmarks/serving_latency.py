@@ -3,8 +3,8 @@
     python benchmarks/serving_latency.py [--photo FILE] [--requests 100] [--image-size 224]
 
 Registers the default architecture (EfficientNet-Lite0 at 224 px, random weights: same speed as
-trained ones; `--arch` picks another of imgclf.config.Arch) as @champion in a temp MLflow store, starts `bentoml serve` (auth disabled)
-on 127.0.0.1 and prints:
+trained ones; `--arch` picks another of imgclf.config.Arch) as @champion in a temp MLflow store,
+starts `bentoml serve` (auth disabled) on 127.0.0.1 and prints:
   * concurrency 1: p50/p95/p99 of /predict (one JPEG) vs the bare forward call (batch 1, the
     service's own traced function on an already-preprocessed image), and their ratio;
   * concurrency 32: images/s through /predict (adaptive batching) vs a bare forward at batch 32.

@@ -137,7 +137,7 @@ def test_dedupe_and_split_stages(project: Path, capsys: pytest.CaptureFixture[st
         "algorithm": "phash",
     }
     assert {k: report[k] for k in expected} == expected
-    assert report["threshold"] == 4 and report["seconds"] >= 0
+    assert report["threshold"] == load_params().dedupe.threshold and report["seconds"] >= 0
 
     with Image.open(paths.contact_sheet) as sheet:
         assert sheet.format == "PNG"

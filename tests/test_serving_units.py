@@ -297,6 +297,32 @@ def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
     assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
 
 
+def test_batcher_dispatches_at_once_when_nothing_else_is_coming() -> None:
+    sizes: list[int] = []
+    model = LoadedModel("1", "x", 2, lambda batch: batch.reshape(len(batch), -1).mean(axis=1))
+    batcher = Batcher(max_batch_size=8, max_latency_ms=2000, on_batch=sizes.append)
+    start = time.perf_counter()
+    batcher.submit(np.zeros((2, 2, 3), "float32"), model).result(timeout=5)
+    assert time.perf_counter() - start < 0.5  # not max_latency_ms: nobody else was coming
+    # An announced request is waited for (up to max_latency_ms) and joins the same batch.
+    batcher.expect(1)
+    first = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
+    time.sleep(0.05)
+    assert not first.done()
+    rest = batcher.submit_many([np.ones((2, 2, 3), "float32")] * 3, model, announced=1)
+    assert [f.result(timeout=5)[0] for f in [first, *rest]] == [0.0, 1.0, 1.0, 1.0]
+    # A request that announces images but fails before submitting releases the wait.
+    batcher.expect(2)
+    lone = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
+    batcher.submit_many([], model, announced=2)
+    lone.result(timeout=1.5)
+    # A submit_many bigger than the room left is split, never lost.
+    many = batcher.submit_many([np.zeros((2, 2, 3), "float32")] * 13, model)
+    assert len([f.result(timeout=5) for f in many]) == 13
+    batcher.close()
+    assert sizes[:3] == [1, 4, 1] and max(sizes) <= 8 and sum(sizes) == 19
+
+
 def test_batcher_passes_model_errors_to_the_request() -> None:
     def broken(batch):
         raise RuntimeError("boom")
@@ -325,3 +351,71 @@ def test_settings_from_params_and_env(tmp_path: Path) -> None:
     assert database_url("p.db", tmp_path) == f"sqlite:///{tmp_path / 'p.db'}"
     url = load_settings({**env, "IMGCLF_PREDICTION_DB_URL": "sqlite:///x.db"}).prediction_db_url
     assert url == "sqlite:///x.db"
+
+
+# ------------------------------------------------------------------------------- OpenAPI
+
+
+def _spec() -> dict:
+    from imgclf.serving.openapi import spec_for
+
+    return spec_for(load_settings({"IMGCLF_SERVE_MODEL_NAME": "m"}))
+
+
+def test_openapi_document_is_valid_and_documents_every_route() -> None:
+    from openapi_spec_validator import validate
+    from starlette.routing import Route
+
+    from imgclf.serving.api import build_app
+    from imgclf.serving.auth import OPEN_PATHS
+    from imgclf.serving.openapi import BENTOML_DOC_PATHS, SPEC_PATH
+
+    spec = _spec()
+    validate(spec)
+    paths = spec["paths"]
+    app = build_app(lambda: None)
+    served = {
+        (method.lower(), route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    assert {("post", "/predict"), ("post", "/predict_batch"), ("get", SPEC_PATH)} <= served
+    for method, path in served:  # every route of ours, with its method
+        assert method in paths.get(path, {}), (method, path)
+    for path in OPEN_PATHS:  # BentoML's health and metrics routes: documented and open
+        assert paths[path]["get"]["security"] == [], path
+    for path in BENTOML_DOC_PATHS:
+        assert "security" not in paths[path]["get"]  # behind the JWT like everything else
+    assert set(spec["components"]["securitySchemes"]["bearerAuth"].items()) >= {
+        ("type", "http"),
+        ("scheme", "bearer"),
+        ("bearerFormat", "JWT"),
+    }
+    predict = paths["/predict"]["post"]
+    assert "multipart/form-data" in predict["requestBody"]["content"]
+    assert "image/jpeg" in predict["requestBody"]["content"]
+    batch = paths["/predict_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert batch["schema"]["properties"]["images"]["maxItems"] == 32  # params.yaml's limit
+
+
+def test_openapi_error_codes_are_the_ones_the_code_raises() -> None:
+    """Every InvalidImage(status, "code") in the serving code is documented, and vice versa."""
+    import re
+
+    import imgclf.serving.api as api
+    import imgclf.serving.validation as validation
+    from imgclf.serving.openapi import ERROR_CODES
+
+    raised = set()
+    for module in (api, validation):
+        source = Path(module.__file__).read_text()
+        for status, code in re.findall(r'InvalidImage\(\s*(\d{3}),\s*"([a-z_]+)"', source):
+            raised.add((int(status), code))
+    documented = {(s, c) for s, codes in ERROR_CODES.items() if s < 500 for c in codes}
+    assert raised == documented
+    responses = _spec()["paths"]["/predict_batch"]["post"]["responses"]
+    for status, codes in ERROR_CODES.items():
+        schema = responses[str(status)]["content"]["application/json"]["schema"]
+        assert schema["properties"]["error"]["enum"] == list(codes)

@@ -6,7 +6,9 @@ POST /predict        one image: multipart field `image` (any single file field),
                      -> {label, probability, confidence, model_version, request_id}
 POST /predict_batch  multipart, one or more file fields (`images`), at most
                      serve.max_images_per_request -> [{index, label, ..., request_id}, ...]
-Errors are JSON {error, detail[, index]} with a 4xx status (503 while no model is loaded).
+GET /openapi.json    the OpenAPI 3 document of all this (imgclf/serving/openapi.py)
+Errors are JSON {error, detail, request_id[, index]} with a 4xx status (503 while no model is
+loaded); openapi.py lists every code.
 
 The routes are plain Starlette rather than `@bentoml.api` methods so that the body is read under
 a byte limit before anything parses it, every bad upload gets its own status and message, and
@@ -16,6 +18,7 @@ BentoML's multipart parser (which fetches a URL given in a file field) is never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -40,6 +43,7 @@ from imgclf.serving.champion import (
     RegistryChampion,
     load_bento_model,
 )
+from imgclf.serving.openapi import SPEC_PATH, spec_for
 from imgclf.serving.prediction_log import PredictionLog, PredictionRecord
 from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, bento_tag, load_settings
 from imgclf.serving.validation import InvalidImage, ValidatedImage, check_content_type
@@ -113,8 +117,12 @@ class ServingRuntime:
     ) -> list[dict[str, Any]]:
         """Preprocess (THE preprocessing) and batch-predict validated images on one snapshot."""
         model = self.holder.require()
-        inputs = await run_in_threadpool(_preprocess, [i.model_bytes for i in images], model)
-        futures = [self.batcher.submit(x, model) for x in inputs]
+        self.batcher.expect(len(images))  # the batcher waits for these rather than leave
+        inputs: list[np.ndarray] = []
+        try:
+            inputs = await run_in_threadpool(_preprocess, [i.model_bytes for i in images], model)
+        finally:
+            futures = self.batcher.submit_many(inputs, model, announced=len(images))
         results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         latency_ms = (time.perf_counter() - started) * 1000.0
         classes, threshold = self.settings.classes, self.settings.threshold
@@ -152,12 +160,27 @@ class ServingRuntime:
 def _preprocess(encoded: list[bytes], model: LoadedModel) -> list[np.ndarray]:
     import tensorflow as tf
 
-    from imgclf.preprocess import preprocess_bytes
-
+    preprocess = _traced_preprocess(model.image_size)
     try:
-        return [preprocess_bytes(tf.constant(b), model.image_size).numpy() for b in encoded]
+        return [preprocess(tf.constant(b)).numpy() for b in encoded]
     except tf.errors.InvalidArgumentError as exc:
         raise InvalidImage(422, "corrupt", "the image cannot be decoded") from exc
+
+
+@functools.cache
+def _traced_preprocess(image_size: int) -> Callable[[Any], Any]:
+    """THE preprocessing (imgclf.preprocess.preprocess_bytes, unchanged) as one graph, traced
+    once per image size for a scalar string: eager op-by-op dispatch costs more per image."""
+    import tensorflow as tf
+
+    from imgclf.preprocess import preprocess_bytes
+
+    def preprocess(data: tf.Tensor) -> tf.Tensor:
+        return preprocess_bytes(data, image_size)
+
+    return tf.function(
+        preprocess, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
+    )
 
 
 # -------------------------------------------------------------------------------------------
@@ -218,7 +241,8 @@ async def _uploads(request: Request, settings: ServeSettings, max_count: int) ->
 
 
 def build_app(get_runtime: Callable[[], ServingRuntime]) -> Starlette:
-    """The /predict and /predict_batch routes over whatever runtime `get_runtime` returns."""
+    """The /predict, /predict_batch and /openapi.json routes over whatever runtime `get_runtime`
+    returns (the interface is described in openapi.py)."""
     from imgclf.serving.validation import validate_image
 
     async def handle(request: Request, endpoint: str, batch: bool) -> JSONResponse:
@@ -268,9 +292,17 @@ def build_app(get_runtime: Callable[[], ServingRuntime]) -> Starlette:
     async def predict_batch(request: Request) -> JSONResponse:
         return await handle(request, "predict_batch", batch=True)
 
+    spec: dict[str, Any] = {}
+
+    async def openapi(request: Request) -> JSONResponse:
+        if not spec:
+            spec.update(spec_for(get_runtime().settings))
+        return JSONResponse(spec)
+
     return Starlette(
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/predict_batch", predict_batch, methods=["POST"]),
+            Route(SPEC_PATH, openapi, methods=["GET"]),
         ]
     )
