@@ -51,7 +51,7 @@ QUARANTINE_REASONS = (
     "animated",
 )
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_16BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+HIGH_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _SKIPPED_DIRS = {"__MACOSX"}  # macOS resource forks inside zips: metadata, never images
 
 
@@ -163,7 +163,7 @@ def _reject(reason: str, detail: object) -> ImageResult:
 
 
 @contextlib.contextmanager
-def _pixel_guard(max_pixels: int) -> Iterator[None]:
+def pixel_limit(max_pixels: int) -> Iterator[None]:
     """Tie Pillow's decompression-bomb guard to `max_pixels` and silence its warnings (e.g.
     "Corrupt EXIF data") for one file. Pillow then refuses to even open an image over
     2 x max_pixels; the caller checks the header size against max_pixels itself."""
@@ -188,7 +188,7 @@ def standardise_image(
         return _reject("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}")
     if not data:
         return _reject("empty", "0 bytes")
-    with _pixel_guard(max_pixels):
+    with pixel_limit(max_pixels):
         try:
             image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
@@ -227,7 +227,7 @@ def standardise_image(
     )
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
     try:
         value = image.getexif().get(0x0112, 1)  # EXIF Orientation
     except Exception:  # unreadable EXIF: treat as upright rather than reject the pixels
@@ -239,7 +239,7 @@ def _standardise(image: Image.Image, quality: int) -> tuple[bytes | None, list[s
     """(JPEG bytes, reasons), or (None, []) when the original bytes are already right."""
     fmt = image.format or "unknown"
     progressive = bool(image.info.get("progressive") or image.info.get("progression"))
-    rotated = _orientation(image) != 1
+    rotated = exif_orientation(image) != 1
     if fmt == "JPEG" and image.mode == "RGB" and not progressive and not rotated:
         return None, []
     reasons = [] if fmt == "JPEG" else [fmt.lower()]
@@ -250,20 +250,20 @@ def _standardise(image: Image.Image, quality: int) -> tuple[bytes | None, list[s
     if rotated:
         image = ImageOps.exif_transpose(image)
         reasons.append("exif_rotated")
-    image, mode_reasons = _to_rgb(image)
+    image, mode_reasons = to_rgb(image)
     reasons += mode_reasons
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality, icc_profile=icc if keep_icc else None)
     return buffer.getvalue(), reasons
 
 
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
+def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     """Any Pillow mode -> 8-bit RGB, alpha flattened on white."""
     reasons = []
     if image.mode == "P":
         reasons.append("palette")
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in _16BIT_MODES:
+    if image.mode in HIGH_BIT_MODES:
         reasons.append("16bit")
         # convert("L") would clip 16-bit values at 255 instead of scaling them.
         wide = np.asarray(image).astype(np.int64)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgclf.images import _16BIT_MODES, _orientation, _pixel_guard, _to_rgb
+from imgclf.images import HIGH_BIT_MODES, exif_orientation, pixel_limit, to_rgb
 
 # Pillow format names accepted; MPO is a phone JPEG with an embedded preview (its first frame).
 ACCEPTED_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
@@ -31,7 +31,7 @@ ACCEPTED_CONTENT_TYPES = {
     "image/x-ms-bmp",
     "application/octet-stream",  # clients that do not know: the bytes decide
 }
-_HIGH_DEPTH_MODES = _16BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
+_HIGH_DEPTH_MODES = HIGH_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
 
 
 class InvalidImage(Exception):
@@ -79,7 +79,7 @@ def validate_image(
     if len(data) > max_bytes:
         raise InvalidImage(413, "too_many_bytes", f"{len(data)} bytes > limit {max_bytes}")
     check_content_type(content_type)
-    with _pixel_guard(max_pixels):
+    with pixel_limit(max_pixels):
         image = _open(data, max_pixels)
         fmt = ACCEPTED_FORMATS.get(image.format or "")
         if fmt is None:
@@ -102,7 +102,7 @@ def validate_image(
                 422, "high_bit_depth", f"{image.mode} (16-bit or float) images are not accepted"
             )
         try:
-            rotated = _orientation(image) != 1
+            rotated = exif_orientation(image) != 1
             if image.format == "JPEG" and image.mode == "RGB" and not rotated:
                 # Passed on as is, so its pixels are only checked here: decode every entropy-
                 # coded block (truncation and corruption fail as at full size) but at 1/8 scale,
@@ -162,7 +162,7 @@ def _png_bit_depth(image: Image.Image) -> int:
 def _to_png(image: Image.Image, rotated: bool) -> bytes:
     if rotated:
         image = ImageOps.exif_transpose(image)
-    rgb, _ = _to_rgb(image)
+    rgb, _ = to_rgb(image)
     buffer = io.BytesIO()
     rgb.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
