@@ -3,6 +3,7 @@
     bentoml serve service:ImageClassifier --host 127.0.0.1 --port 3000
 
 Endpoints: POST /predict, POST /predict_batch (JWT bearer auth unless IMGCLF_AUTH=disabled);
+GET /openapi.json (JWT too): the OpenAPI 3 document of all routes (imgclf/serving/openapi.py);
 open: /livez, /readyz (200 only once a model is loaded), /healthz, /metrics.
 Settings: params.yaml `serve:` + env overrides (imgclf/serving/settings.py, auth.py).
 """

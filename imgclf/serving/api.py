@@ -178,9 +178,7 @@ def _traced_preprocess(image_size: int) -> Callable[[Any], Any]:
     def preprocess(data: tf.Tensor) -> tf.Tensor:
         return preprocess_bytes(data, image_size)
 
-    return tf.function(
-        preprocess, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
-    )
+    return tf.function(preprocess, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 # -------------------------------------------------------------------------------------------
