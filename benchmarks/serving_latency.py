@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +26,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-VENV_BIN = Path(sys.executable).parent
+from tests.helpers import BentoServer  # noqa: E402
+
 NAME = "imgclf-benchmark"
+READY_TIMEOUT_S = 180
 
 
 def build_model(arch: str, size: int):
@@ -94,9 +93,6 @@ def main() -> int:
             loaded.forward(batch)
         bare_throughput = rounds * args.concurrency / (time.perf_counter() - t)
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": uri,
@@ -105,31 +101,10 @@ def main() -> int:
             "IMGCLF_PREDICTION_DB_URL": f"sqlite:///{tmp / 'predictions.db'}",
             "BENTOML_HOME": str(tmp / "bentoml"),
         }
-        server = subprocess.Popen(
-            [
-                str(VENV_BIN / "bentoml"),
-                "serve",
-                "service:ImageClassifier",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
+        server = BentoServer(env, tmp / "server.log")
+        url = server.url
         try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.5)
+            server.wait_for("/readyz", READY_TIMEOUT_S)
             session = requests.Session()
 
             def call(sess=session) -> float:
@@ -148,8 +123,7 @@ def main() -> int:
                 list(pool.map(lambda _: call(requests.Session()), range(total)))
                 http_throughput = total / (time.perf_counter() - t)
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            server.stop()
 
     h, b = percentiles(http), percentiles(bare)
     print(f"{args.arch} at {args.image_size}px; photo {args.photo.name}; {args.requests} requests")

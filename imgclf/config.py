@@ -147,19 +147,20 @@ class RegisterParams(_Section):
 
 
 # `register` (the params.yaml section) shadows ABCMeta.register on the class, which pydantic
-# warns about; Params is never used as an ABC, so instances read the field as usual.
-warnings.filterwarnings("ignore", 'Field name "register" in "Params"', UserWarning)
+# warns about when it builds the class; Params is never used as an ABC, so instances read the
+# field as usual. The filter covers only the class statement: importing changes no global state.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", 'Field name "register" in "Params"', UserWarning)
 
-
-class Params(_Section):
-    download: DownloadParams
-    dedupe: DedupeParams
-    split: SplitParams
-    train: TrainParams
-    evaluate: EvaluateParams
-    mlflow: MlflowParams
-    register: RegisterParams = RegisterParams()
-    serve: ServeParams = ServeParams()
+    class Params(_Section):
+        download: DownloadParams
+        dedupe: DedupeParams
+        split: SplitParams
+        train: TrainParams
+        evaluate: EvaluateParams
+        mlflow: MlflowParams
+        register: RegisterParams = RegisterParams()
+        serve: ServeParams = ServeParams()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

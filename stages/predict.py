@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = load_model(args.model or paths.model)
             probabilities = predict_probabilities(model, good, batch_size, desc="predict")
             relative = [p.relative_to(folder).as_posix() for p in good]
-    except (SourceError, FileNotFoundError, OSError) as exc:
+    except (SourceError, OSError) as exc:  # FileNotFoundError is an OSError
         print(f"predict: {exc}", file=sys.stderr)
         return 1
 

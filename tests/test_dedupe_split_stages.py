@@ -8,7 +8,6 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -19,25 +18,10 @@ from imgclf.contact_sheet import draw_contact_sheet
 from imgclf.hashing import CONFLICT_COLUMNS, MANIFEST_COLUMNS
 from imgclf.io import read_tsv, write_tsv
 from imgclf.splitting import SPLIT_COLUMNS, SPLITS
+from tests.helpers import textured_image
 
+PHOTO_SIZE = (200, 150)  # width, height of the generated photos
 DOWNLOAD_COLUMNS = ("path", "label", "sha256", "width", "height", "bytes", "source", "converted")
-
-
-def textured_image(seed: int, width: int = 200, height: int = 150) -> Image.Image:
-    """A photo-like RGB image: 1/f² noise."""
-    rng = np.random.default_rng(seed)
-    fy = np.fft.fftfreq(height)[:, None] * height / max(width, height)
-    fx = np.fft.rfftfreq(width)[None, :] * width / max(width, height)
-    freq = np.hypot(fx, fy)
-    freq[0, 0] = 1.0
-    channels = []
-    for _ in range(3):
-        spectrum = (rng.normal(size=freq.shape) + 1j * rng.normal(size=freq.shape)) / freq**2
-        spectrum[0, 0] = 0
-        channels.append(np.fft.irfft2(spectrum, s=(height, width)))
-    pixels = np.stack(channels, axis=-1)
-    pixels = (pixels - pixels.mean()) / (4 * pixels.std()) + 0.5
-    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
 
 
 def add_image(root: Path, rows: list[dict], rel: str, label: str, image: Image.Image) -> None:
@@ -73,9 +57,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     rows: list[dict] = []
     for i in range(40):
         label = "cat" if i < 24 else "dog"
-        add_image(root, rows, f"{images}/{label}/{label}.{i}.jpg", label, textured_image(i))
+        photo = textured_image(i, *PHOTO_SIZE)
+        add_image(root, rows, f"{images}/{label}/{label}.{i}.jpg", label, photo)
     # near duplicate: cat.0 at a larger size (so the copy is the one kept)
-    add_image(root, rows, f"{images}/cat/big.jpg", "cat", textured_image(0).resize((300, 225)))
+    bigger = textured_image(0, *PHOTO_SIZE).resize((300, 225))
+    add_image(root, rows, f"{images}/cat/big.jpg", "cat", bigger)
     # exact duplicate with the same label
     shutil.copy(root / f"{images}/dog/dog.30.jpg", root / f"{images}/dog/copy.jpg")
     add_file(root, rows, f"{images}/dog/copy.jpg", "dog")

@@ -28,22 +28,10 @@ from imgclf.evaluation import (
     worst_mistakes,
 )
 from imgclf.io import read_json, read_tsv, write_json, write_tsv
+from tests.helpers import tiny_model
 
 CLASSES = ["cat", "dog"]
 PNGS = ("roc", "precision_recall", "confusion_matrix", "calibration", "misclassified")
-
-
-def tiny_model(size: int = 32, seed: int = 0):
-    """Input(S, S, 3) -> Conv -> GAP -> Dense(1, sigmoid), with weights big enough to spread
-    the probabilities."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(x)
-    return keras.Model(inputs, outputs)
 
 
 def write_image(path: Path, seed: int, brightness: int) -> None:

@@ -21,25 +21,9 @@ from imgclf.hashing import (
     near_pairs,
 )
 from imgclf.io import read_tsv
+from tests.helpers import textured_image
 
 DEFAULTS = DedupeParams()
-
-
-def textured_image(seed: int, width: int = 320, height: int = 240) -> Image.Image:
-    """A photo-like RGB image: 1/f² noise (energy at every scale, like natural images)."""
-    rng = np.random.default_rng(seed)
-    fy = np.fft.fftfreq(height)[:, None] * height / max(width, height)
-    fx = np.fft.rfftfreq(width)[None, :] * width / max(width, height)
-    freq = np.hypot(fx, fy)
-    freq[0, 0] = 1.0
-    channels = []
-    for _ in range(3):
-        spectrum = (rng.normal(size=freq.shape) + 1j * rng.normal(size=freq.shape)) / freq**2
-        spectrum[0, 0] = 0
-        channels.append(np.fft.irfft2(spectrum, s=(height, width)))
-    pixels = np.stack(channels, axis=-1)
-    pixels = (pixels - pixels.mean()) / (4 * pixels.std()) + 0.5
-    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
 
 
 def save_jpeg(image: Image.Image, path: Path, quality: int = 92) -> Path:

@@ -19,20 +19,10 @@ from imgclf.evaluation import read_predictions, run_evaluate
 from imgclf.io import write_tsv
 from imgclf.prediction import check_image, find_images, submission_id
 from stages.predict import main
+from tests.helpers import tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog"]
-
-
-def tiny_model(size: int = 32, seed: int = 0):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(x)
-    return keras.Model(inputs, outputs)
 
 
 def write_image(path: Path, seed: int, fmt: str = "JPEG") -> None:

@@ -12,10 +12,6 @@ import concurrent.futures
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,10 +21,10 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.helpers import VENV_BIN, BentoServer, tiny_model
+
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 MODEL_NAME = "imgclf-service-test"
 SECRET = "test-secret-0123456789abcdef0123456789"
 AUDIENCE = "imgclf"
@@ -47,17 +43,6 @@ def token(**claims) -> str:
 
 
 AUTH = {"Authorization": f"Bearer {token()}"}
-
-
-def tiny_model(seed: int):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(x)
-    return keras.Model(inputs, outputs)
 
 
 class Registry:
@@ -79,7 +64,7 @@ class Registry:
 
         from imgclf.tracking import log_classifier, open_run
 
-        model = tiny_model(seed)
+        model = tiny_model(IMAGE_SIZE, seed)
         with open_run(self.params, self.root) as run:
             log_classifier(model, np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), "float32"))
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME).version
@@ -93,18 +78,12 @@ class Registry:
         return predict_probabilities(self.models[version], files, batch_size=8, desc="")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(BentoServer):
+    """The service under test: this module's registry, limits, prediction DB and JWT secret;
+    returns once /livez answers (not /readyz: there may be no champion yet)."""
 
-
-class Server:
     def __init__(self, tmp: Path, tracking_uri: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = f"sqlite:///{tmp / 'predictions.db'}"
-        self.log_path = tmp / "server.log"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))},
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
@@ -119,48 +98,12 @@ class Server:
             "IMGCLF_JWT_SECRET": SECRET,
             "IMGCLF_JWT_AUDIENCE": AUDIENCE,
         }
-        self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
-        self.process = subprocess.Popen(
-            [
-                str(VENV_BIN / "bentoml"),
-                "serve",
-                "service:ImageClassifier",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.wait_for("/livez", STARTUP_TIMEOUT)
-
-    def wait_for(self, path: str, timeout: float) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(self.url + path, timeout=2).status_code == 200:
-                    return time.monotonic() - start
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"{path} not 200 after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
+        super().__init__(env, tmp / "server.log")
+        try:
+            self.wait_for("/livez", STARTUP_TIMEOUT)
+        except BaseException:
+            self.stop()  # the fixture never gets a server to stop
+            raise
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ ERROR_DESCRIPTIONS = {
     503: "No model loaded yet (no champion in the registry, or it failed to load)",
 }
 _UNAUTHORIZED = "#/components/schemas/Unauthorized"
+_UNAUTHORIZED_RESPONSE = {"$ref": "#/components/responses/Unauthorized"}
 RAW_IMAGE_TYPES = tuple(sorted(ACCEPTED_CONTENT_TYPES))
 
 
@@ -93,20 +94,31 @@ def _classification_responses(batch: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": _json(ok, "One prediction per image, in upload order" if batch else "Prediction")
     }
-    for status in (400, 413, 415, 422):
-        responses[str(status)] = _json(
-            _error_schema(status, batch=batch), ERROR_DESCRIPTIONS[status]
-        )
-    responses["401"] = {"$ref": "#/components/responses/Unauthorized"}
-    for status in (500, 503):
-        responses[str(status)] = _json(
-            _error_schema(status, batch=batch), ERROR_DESCRIPTIONS[status]
+    for status in (400, 413, 415, 422, 401, 500, 503):
+        responses[str(status)] = (
+            copy.deepcopy(_UNAUTHORIZED_RESPONSE)
+            if status == 401
+            else _json(_error_schema(status, batch=batch), ERROR_DESCRIPTIONS[status])
         )
     return responses
 
 
 def _plain(description: str, media: str = "text/plain") -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+
+def _protected_json_get(operation_id: str, summary: str, description: str) -> dict[str, Any]:
+    """A GET route that answers a JSON document and needs the bearer token."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": {
+                "200": _json({"type": "object"}, description, request_id=False),
+                "401": copy.deepcopy(_UNAUTHORIZED_RESPONSE),
+            },
+        }
+    }
 
 
 def build_spec(
@@ -213,16 +225,7 @@ def build_spec(
                     "responses": _classification_responses(batch=True),
                 }
             },
-            SPEC_PATH: {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "responses": {
-                        "200": _json({"type": "object"}, "OpenAPI 3 document", request_id=False),
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                    },
-                }
-            },
+            SPEC_PATH: _protected_json_get("openapi", "This document", "OpenAPI 3 document"),
             **{
                 path: {
                     "get": {
@@ -253,26 +256,14 @@ def build_spec(
                     "responses": {"200": _plain("Prometheus text exposition format")},
                 }
             },
-            "/docs.json": {
-                "get": {
-                    "operationId": "bentoml_docs",
-                    "summary": "BentoML's generated spec (its @bentoml.api methods only: none)",
-                    "responses": {
-                        "200": _json({"type": "object"}, "OpenAPI document", request_id=False),
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                    },
-                }
-            },
-            "/schema.json": {
-                "get": {
-                    "operationId": "bentoml_schema",
-                    "summary": "BentoML's service schema",
-                    "responses": {
-                        "200": _json({"type": "object"}, "Service schema", request_id=False),
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                    },
-                }
-            },
+            "/docs.json": _protected_json_get(
+                "bentoml_docs",
+                "BentoML's generated spec (its @bentoml.api methods only: none)",
+                "OpenAPI document",
+            ),
+            "/schema.json": _protected_json_get(
+                "bentoml_schema", "BentoML's service schema", "Service schema"
+            ),
         },
         "components": {
             "securitySchemes": {

@@ -1,0 +1,121 @@
+"""Builders shared by several test modules (and benchmarks/serving_latency.py): generated images,
+a tiny Keras model, a free loopback port and a real `bentoml serve` process.
+
+Plain functions and classes, not fixtures: each module wraps them in fixtures of its own scope.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def textured_image(seed: int, width: int = 320, height: int = 240) -> Image.Image:
+    """A photo-like RGB image: 1/f² noise (energy at every scale, like natural images)."""
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(height)[:, None] * height / max(width, height)
+    fx = np.fft.rfftfreq(width)[None, :] * width / max(width, height)
+    freq = np.hypot(fx, fy)
+    freq[0, 0] = 1.0
+    channels = []
+    for _ in range(3):
+        spectrum = (rng.normal(size=freq.shape) + 1j * rng.normal(size=freq.shape)) / freq**2
+        spectrum[0, 0] = 0
+        channels.append(np.fft.irfft2(spectrum, s=(height, width)))
+    pixels = np.stack(channels, axis=-1)
+    pixels = (pixels - pixels.mean()) / (4 * pixels.std()) + 0.5
+    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+
+
+def tiny_model(size: int = 32, seed: int = 0):
+    """Input(S, S, 3) -> Conv -> GAP -> Dense(1, sigmoid), with weights big enough to spread
+    the probabilities. Seeded: the same (size, seed) gives the same weights."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(x)
+    return keras.Model(inputs, outputs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BentoServer:
+    """`bentoml serve service:ImageClassifier` on 127.0.0.1 with `env`, output in `log_path`.
+
+    Runs in its own process group; `stop()` sends SIGTERM and kills the group if it lingers.
+    """
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115  (closed in stop)
+        try:
+            self.process = subprocess.Popen(
+                [
+                    str(VENV_BIN / "bentoml"),
+                    "serve",
+                    "service:ImageClassifier",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=REPO_ROOT,
+                env=dict(env),
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            self.log.close()
+            raise
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_for(self, path: str, timeout: float) -> float:
+        """Poll `path` until it answers 200; return the seconds that took."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + path, timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{path} not 200 after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> int:
+        """SIGTERM, wait up to 60 s, then SIGKILL the process group; return the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
