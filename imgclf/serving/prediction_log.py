@@ -144,8 +144,15 @@ class PredictionLog:
         if self._closed:
             return
         self._closed = True
-        self.queue.put(_STOP)
+        try:
+            self.queue.put(_STOP, timeout=timeout)  # a full queue and a hung DB must not hang us
+        except queue.Full:
+            logger.error("prediction log: queue still full after %.0f s; rows lost", timeout)
+            return
         self._thread.join(timeout)
+        if self._thread.is_alive():  # the writer still holds a connection: leave the engine be
+            logger.error("prediction log: writer did not finish within %.0f s", timeout)
+            return
         self.engine.dispose()
 
 
