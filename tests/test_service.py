@@ -42,7 +42,9 @@ def token(**claims) -> str:
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, SECRET, "HS256")
 
 
-AUTH = {"Authorization": f"Bearer {token()}"}
+def auth() -> dict[str, str]:
+    """A fresh valid bearer header: a token minted at import would expire in a long CI run."""
+    return {"Authorization": f"Bearer {token()}"}
 
 
 class Registry:
@@ -129,7 +131,7 @@ ANSWERED: list[tuple[str, int]] = []  # (request_id, images) of every 200 answer
 
 
 def post(server: Server, path: str, **kwargs) -> requests.Response:
-    kwargs.setdefault("headers", AUTH)
+    kwargs.setdefault("headers", auth())
     response = requests.post(server.url + path, timeout=60, **kwargs)
     if response.status_code == 200:
         body = response.json()
@@ -210,7 +212,7 @@ def test_predict_matches_evaluate_probability(
         server,
         "/predict",
         data=photos[0].read_bytes(),
-        headers={**AUTH, "Content-Type": "image/jpeg"},
+        headers={**auth(), "Content-Type": "image/jpeg"},
     )
     assert raw.json()["probability"] == pytest.approx(bodies[0]["probability"], abs=1e-7)
 
@@ -299,7 +301,7 @@ def test_openapi_document_is_served_and_covers_the_live_routes(server: Server, r
     from imgclf.serving.settings import load_settings
 
     assert requests.get(server.url + SPEC_PATH, timeout=5).status_code == 401  # like /docs.json
-    response = requests.get(server.url + SPEC_PATH, headers=AUTH, timeout=5)
+    response = requests.get(server.url + SPEC_PATH, headers=auth(), timeout=5)
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     spec = response.json()
     settings = load_settings(
@@ -314,11 +316,11 @@ def test_openapi_document_is_served_and_covers_the_live_routes(server: Server, r
     # Every documented operation exists on the live server (no 404/405) ...
     for path, item in spec["paths"].items():
         for method in item:
-            answer = requests.request(method, server.url + path, headers=AUTH, timeout=30)
+            answer = requests.request(method, server.url + path, headers=auth(), timeout=30)
             assert answer.status_code not in (404, 405), (method, path, answer.status_code)
     # ... and what is not documented is not served.
     for path in ("/predict/x", "/classify", "/admin"):
-        assert requests.post(server.url + path, headers=AUTH, timeout=5).status_code == 404
+        assert requests.post(server.url + path, headers=auth(), timeout=5).status_code == 404
 
 
 def _bad_inputs(photo: Path) -> dict[str, tuple[dict, int, str]]:
@@ -377,7 +379,7 @@ def _bad_inputs(photo: Path) -> dict[str, tuple[dict, int, str]]:
 def test_bad_inputs_get_a_clear_4xx(server: Server, ready: dict, photos: list[Path]) -> None:
     failures = []
     for name, (kwargs, status, code) in _bad_inputs(photos[0]).items():
-        headers = {**AUTH, **kwargs.pop("headers", {})}
+        headers = {**auth(), **kwargs.pop("headers", {})}
         response = post(server, "/predict", headers=headers, **kwargs)
         body = response.json() if response.headers.get("content-type") == "application/json" else {}
         if response.status_code != status or body.get("error") != code or not body.get("detail"):

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from imgclf.serving.openapi import SPEC_PATH, build_spec
-from tests.test_service import AUTH, Registry, Server, registry, server  # noqa: F401  (fixtures)
+from tests.test_service import Registry, Server, auth, registry, server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def live(server: Server, registry: Registry) -> Server:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def api_schema(live: Server):
-    response = requests.get(live.url + SPEC_PATH, headers=AUTH, timeout=30)
+    response = requests.get(live.url + SPEC_PATH, headers=auth(), timeout=30)
     assert response.status_code == 200, response.text
     schema = schemathesis.openapi.from_dict(response.json())
     schema.config.update(base_url=live.url)
@@ -97,7 +97,7 @@ def test_api_conforms_to_its_openapi_document(api_schema, method: str, path: str
     def run(case) -> None:
         if time.monotonic() - _STARTED[0] > BUDGET_S:
             return  # the module's fuzzing budget is spent: stop sending
-        response = case.call_and_validate(headers=AUTH, checks=CHECKS, timeout=30)
+        response = case.call_and_validate(headers=auth(), checks=CHECKS, timeout=30)
         calls.append(response.status_code)
 
     run()
