@@ -22,12 +22,18 @@ from mlflow.tracking import MlflowClient
 from imgclf.config import MlflowParams
 
 
+def store_root(root: Path) -> Path:
+    """Where a local store lives: the project root, also for a queued or `--temp` `dvc exp run`,
+    whose stages run in a scratch copy that DVC deletes (DVC_ROOT names the real repo there)."""
+    return Path(os.environ.get("DVC_ROOT") or root)
+
+
 def tracking_uri(params: MlflowParams, root: Path) -> str:
-    """$MLFLOW_TRACKING_URI wins; a relative sqlite path is anchored at the project root."""
+    """$MLFLOW_TRACKING_URI wins; a relative sqlite path is anchored at the store root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(root / uri.removeprefix(prefix))
+        uri = prefix + str(store_root(root) / uri.removeprefix(prefix))
     return uri
 
 
@@ -38,7 +44,7 @@ def _experiment_id(params: MlflowParams, root: Path, uri: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     remote = uri.startswith(("http://", "https://", "databricks"))
-    location = None if remote else (root / params.artifact_location).resolve().as_uri()
+    location = None if remote else (store_root(root) / params.artifact_location).resolve().as_uri()
     return client.create_experiment(params.experiment, artifact_location=location)
 
 
