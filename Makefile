@@ -22,6 +22,9 @@ run: install ## Run the whole pipeline (dvc repro); SOURCE=path|url|s3://... ove
 	PATH=$(CURDIR)/$(BIN):$$PATH; \
 	if [ -n "$(SOURCE)" ]; then dvc exp run -S 'download.source=$(SOURCE)'; else dvc repro; fi
 
+bento: install ## Import the registry's champion into the BentoML store and build the bento
+	$(BIN)/python -m imgclf.serving.bento_model --build
+
 test: install ## Lint, then run the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -34,4 +37,4 @@ lint: install ## Fix what ruff can fix
 clean: ## Remove pipeline outputs (not the DVC cache)
 	rm -rf artifacts
 
-.PHONY: help install run test lint clean
+.PHONY: help install run bento test lint clean

@@ -1,5 +1,7 @@
 """The BentoML service end to end: a real `bentoml serve` on 127.0.0.1, real HTTP requests, a
-real MLflow registry (temp SQLite) whose `@champion` alias the service polls every 2 s.
+real `mlflow server` on loopback (the session's `mlflow_server` fixture, tests/mlflow_server.py)
+whose `@champion` alias the service polls every 2 s. Each Registry registers under a name of its
+own, so modules sharing the session's server never see each other's models.
 
 One server for the whole module: it starts before any champion exists (not ready), becomes
 ready once one is registered, answers predictions/auth/bad-input cases, follows an alias move,
@@ -9,11 +11,14 @@ and finally gets SIGTERM, after which the prediction log must hold every answere
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,7 @@ from tests.helpers import VENV_BIN, BentoServer, tiny_model
 
 pytestmark = pytest.mark.integration
 
-MODEL_NAME = "imgclf-service-test"
+MODEL_PREFIX = "imgclf-service-test"
 SECRET = "test-secret-0123456789abcdef0123456789"
 AUDIENCE = "imgclf"
 POLL_SECONDS = 2
@@ -48,13 +53,15 @@ def auth() -> dict[str, str]:
 
 
 class Registry:
-    """A temp MLflow store; `promote(seed)` logs, registers and moves @champion to a model."""
+    """A registered-model name of its own in the real MLflow server at `uri`; `promote(seed)`
+    logs, registers and moves @champion to a model."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, uri: str) -> None:
         from imgclf.config import MlflowParams
 
         self.root = root
-        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.uri = uri
+        self.model_name = f"{MODEL_PREFIX}-{uuid.uuid4().hex[:12]}"
         self.params = MlflowParams(
             tracking_uri=self.uri, artifact_location="mlartifacts", experiment="service-test"
         )
@@ -69,8 +76,9 @@ class Registry:
         model = tiny_model(IMAGE_SIZE, seed)
         with open_run(self.params, self.root) as run:
             log_classifier(model, np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), "float32"))
-        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME).version
-        MlflowClient(self.uri).set_registered_model_alias(MODEL_NAME, "champion", version)
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", self.model_name).version
+        client = MlflowClient(self.uri, self.uri)
+        client.set_registered_model_alias(self.model_name, "champion", version)
         self.models[str(version)] = model
         return str(version)
 
@@ -84,14 +92,14 @@ class Server(BentoServer):
     """The service under test: this module's registry, limits, prediction DB and JWT secret;
     returns once /livez answers (not /readyz: there may be no champion yet)."""
 
-    def __init__(self, tmp: Path, tracking_uri: str) -> None:
+    def __init__(self, tmp: Path, tracking_uri: str, model_name: str) -> None:
         self.db_url = f"sqlite:///{tmp / 'predictions.db'}"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))},
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
             "MLFLOW_TRACKING_URI": tracking_uri,
             "BENTOML_HOME": str(tmp / "bentoml"),
-            "IMGCLF_SERVE_MODEL_NAME": MODEL_NAME,
+            "IMGCLF_SERVE_MODEL_NAME": model_name,
             "IMGCLF_SERVE_POLL_SECONDS": str(POLL_SECONDS),
             "IMGCLF_SERVE_MAX_BYTES": str(MAX_BYTES),
             "IMGCLF_SERVE_MAX_PIXELS": str(MAX_PIXELS),
@@ -108,21 +116,41 @@ class Server(BentoServer):
             raise
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory):
+@contextlib.contextmanager
+def mlflow_uris(uri: str) -> Iterator[None]:
+    """Point this process's MLflow tracking and registry at `uri`, then put back exactly what was
+    there: mlflow.set_tracking_uri/set_registry_uri also write MLFLOW_TRACKING_URI/
+    MLFLOW_REGISTRY_URI into os.environ, which would leak into later test modules."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous = mlflow.get_tracking_uri()
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield Registry(tmp_path_factory.mktemp("registry"))
-    mlflow.set_tracking_uri(previous)
-    if saved is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)  # None: unset, as before
+        registry_utils._registry_uri = saved_registry
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Iterator[Registry]:
+    with mlflow_uris(mlflow_server):
+        yield Registry(tmp_path_factory.mktemp("registry"), mlflow_server)
 
 
 @pytest.fixture(scope="module")
 def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory):
-    server = Server(tmp_path_factory.mktemp("server"), registry.uri)
+    server = Server(tmp_path_factory.mktemp("server"), registry.uri, registry.model_name)
     yield server
     server.stop()
 
@@ -296,7 +324,9 @@ def test_health_and_metrics_are_open(server: Server, ready: dict) -> None:
         assert requests.get(server.url + path, timeout=5).status_code == 200, path
 
 
-def test_openapi_document_is_served_and_covers_the_live_routes(server: Server, ready: dict) -> None:
+def test_openapi_document_is_served_and_covers_the_live_routes(
+    server: Server, ready: dict, registry: Registry
+) -> None:
     from imgclf.serving.openapi import SPEC_PATH, spec_for
     from imgclf.serving.settings import load_settings
 
@@ -306,7 +336,7 @@ def test_openapi_document_is_served_and_covers_the_live_routes(server: Server, r
     spec = response.json()
     settings = load_settings(
         {
-            "IMGCLF_SERVE_MODEL_NAME": MODEL_NAME,
+            "IMGCLF_SERVE_MODEL_NAME": registry.model_name,
             "IMGCLF_SERVE_MAX_BYTES": str(MAX_BYTES),
             "IMGCLF_SERVE_MAX_PIXELS": str(MAX_PIXELS),
             "IMGCLF_SERVE_MAX_IMAGES_PER_REQUEST": "8",
