@@ -199,6 +199,7 @@ class Paths:
 
         self.pretrained_dir = self.artifacts / "pretrained"
         self.pretrained_weights = self.pretrained_dir / "efficientnet_lite0.weights.h5"
+        self.pretrained_info = self.pretrained_dir / "efficientnet_lite0.json"
 
         self.train_dir = self.artifacts / "train"
         self.model = self.train_dir / "model.keras"

@@ -27,6 +27,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from imgclf.io import sha256_file
+
 OFFLINE_HINT = (
     "to use local images instead, point download.source at a folder or archive, e.g. "
     "`dvc exp run -S download.source=../shared/data/dogs-vs-cats` or edit download.source "
@@ -254,15 +256,6 @@ def _short_reason(exc: BaseException) -> str:
         if match:
             return match.group(0).strip()
     return text[:160]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str, *, remove: bool) -> None:

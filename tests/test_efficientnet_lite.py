@@ -36,11 +36,12 @@ def state_dict():
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """(weights .h5 written by the stage, the stage's info dict)."""
-    from stages.pretrained import WEIGHTS_FILENAME, run
+    from imgclf.config import Paths
+    from stages.pretrained import run
 
-    out = tmp_path_factory.mktemp("pretrained") / "pretrained"
-    info = run(out)
-    return out / WEIGHTS_FILENAME, info
+    paths = Paths(tmp_path_factory.mktemp("pretrained"))
+    info = run(paths)
+    return paths.pretrained_weights, info
 
 
 @pytest.fixture(scope="module")

@@ -370,3 +370,33 @@ def load_pretrained_backbone(
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
     return backbone
+
+
+def export_imagenet_weights(weights_path: Path, checkpoint: Path | str | None = None) -> dict:
+    """Port `checkpoint` (default: the packaged .pth) and save the full 1000-class model's Keras
+    weights at `weights_path`; return the provenance (source sha256, tensor counts, versions).
+
+    Keeping the ImageNet head lets anyone re-check the port; `load_pretrained_backbone` turns the
+    file into the feature extractor used for transfer learning.
+    """
+    import importlib.metadata
+
+    from imgclf.io import sha256_file
+
+    checkpoint = Path(checkpoint or packaged_checkpoint_path())
+    model, counts = imagenet_model_from_torch(checkpoint)
+    model.save_weights(weights_path)
+    return {
+        "architecture": "efficientnet_lite0",
+        "weights_file": weights_path.name,
+        "weights_layout": "full 1000-class model; use load_pretrained_backbone() for features",
+        "source_package": PACKAGE_WITH_WEIGHTS,
+        "source_package_version": importlib.metadata.version(
+            PACKAGE_WITH_WEIGHTS.replace("_", "-")
+        ),
+        "source_file": checkpoint.name,
+        "source_sha256": sha256_file(checkpoint),
+        "input": "float32 RGB in [0, 1] (imgclf.preprocess); normalised inside the model",
+        "keras_version": keras.__version__,
+        **counts,
+    }
