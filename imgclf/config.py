@@ -132,6 +132,8 @@ class ServeParams(_Section):
     max_batch_size: int = Field(default=32, ge=1)  # adaptive batching: images per forward pass
     max_latency_ms: float = Field(default=5.0, ge=0)  # adaptive batching: longest wait to fill
     prediction_db: str = "predictions.db"  # SQLAlchemy URL or a SQLite file (relative to cwd)
+    feedback_window: int = Field(default=500, ge=1)  # live accuracy: last N labelled predictions
+    log_format: Literal["json", "text"] = "json"  # the service's own log lines
 
 
 class RegisterParams(_Section):

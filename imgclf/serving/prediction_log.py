@@ -36,6 +36,9 @@ predictions = sa.Table(
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
+    # Ground truth, filled later by POST /feedback (NULL until someone labels the request).
+    sa.Column("true_label", sa.String(64), nullable=True),
+    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True, index=True),
 )
 
 

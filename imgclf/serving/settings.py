@@ -40,6 +40,8 @@ class ServeSettings(BaseModel):
     tracking_uri: str
     classes: tuple[str, ...]
     threshold: float
+    feedback_window: int = 500
+    log_format: Literal["json", "text"] = "json"
     model_source: Literal["registry", "bento"] = "registry"
 
 
