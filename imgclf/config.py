@@ -148,6 +148,19 @@ class RegisterParams(_Section):
     auto_promote: bool = True  # false: the gate only reports; a person moves `champion`
 
 
+class MonitorParams(_Section):
+    """Drift report: the last `days` of the prediction log against the test split
+    (stages/monitor.py, imgclf/drift.py). Not a DVC stage: changing it reruns nothing."""
+
+    days: int = Field(default=7, ge=1)  # live window: the last N days before now
+    psi_threshold: float = Field(default=0.2, gt=0)  # population stability index: a material shift
+    p_value: float = Field(default=0.01, gt=0, lt=1)  # chi-square / KS: a significant shift
+    min_rows: int = Field(default=200, ge=1)  # fewer live predictions: "insufficient data"
+    min_labelled: int = Field(default=100, ge=1)  # fewer labelled: no accuracy verdict
+    accuracy_drop: float = Field(default=0.02, ge=0, le=1)  # flag live accuracy this far below test
+    bins: int = Field(default=10, ge=2)  # PSI bins (confidence, image size)
+
+
 # `register` (the params.yaml section) shadows ABCMeta.register on the class, which pydantic
 # warns about when it builds the class; Params is never used as an ABC, so instances read the
 # field as usual. The filter covers only the class statement: importing changes no global state.
@@ -163,6 +176,7 @@ with warnings.catch_warnings():
         mlflow: MlflowParams
         register: RegisterParams = RegisterParams()
         serve: ServeParams = ServeParams()
+        monitor: MonitorParams = MonitorParams()
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -324,7 +324,7 @@ def sync_history(client, name: str) -> dict[str, Any] | None:
     )
 
 
-def _metric_of(client, version, metric: str) -> float | None:
+def test_metric(client, version, metric: str) -> float | None:
     """A version's test_<metric>: its tag, else its run's metric."""
     key = f"test_{metric}"
     if key in version.tags:
@@ -347,7 +347,9 @@ def _data_version_of(client, version) -> str | None:
 
 def _candidate(client, version, metric: str) -> Candidate:
     return Candidate(
-        str(version.version), _metric_of(client, version, metric), _data_version_of(client, version)
+        str(version.version),
+        test_metric(client, version, metric),
+        _data_version_of(client, version),
     )
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest_plugins = ["tests.mlflow_server"]  # the real `mlflow server` fixture, one per session
+# Real servers on loopback, one per session: `mlflow server`, moto S3, and a champion service.
+pytest_plugins = ["tests.mlflow_server", "tests.s3_server", "tests.champion_service"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -1,18 +1,21 @@
 """Builders shared by several test modules (and benchmarks/serving_latency.py): generated images,
-a tiny Keras model, a free loopback port and a real `bentoml serve` process.
+a tiny Keras model, a free loopback port, a real `bentoml serve` process, and a registry that
+promotes tiny models in a real MLflow server.
 
 Plain functions and classes, not fixtures: each module wraps them in fixtures of its own scope.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +122,68 @@ class BentoServer:
                 self.process.wait()
         self.log.close()
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def mlflow_uris(uri: str) -> Iterator[None]:
+    """Point this process's MLflow tracking and registry at `uri`, then put back exactly what was
+    there: mlflow.set_tracking_uri/set_registry_uri also write MLFLOW_TRACKING_URI/
+    MLFLOW_REGISTRY_URI into os.environ, which would leak into later test modules."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)  # None: unset, as before
+        registry_utils._registry_uri = saved_registry
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class Registry:
+    """A registered-model name of its own in the real MLflow server at `uri`; `promote(seed)`
+    logs, registers and moves @champion to a model."""
+
+    def __init__(self, root: Path, uri: str, image_size: int = 48) -> None:
+        from imgclf.config import MlflowParams
+
+        self.root = root
+        self.image_size = image_size
+        self.uri = uri
+        self.model_name = f"imgclf-test-{uuid.uuid4().hex[:12]}"
+        self.params = MlflowParams(
+            tracking_uri=self.uri, artifact_location="mlartifacts", experiment="service-test"
+        )
+        self.models: dict[str, object] = {}
+
+    def promote(self, seed: int, tags: Mapping[str, str] | None = None) -> str:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        from imgclf.tracking import log_classifier, open_run
+
+        model = tiny_model(self.image_size, seed)
+        with open_run(self.params, self.root) as run:
+            log_classifier(model, np.zeros((1, self.image_size, self.image_size, 3), "float32"))
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", self.model_name).version
+        client = MlflowClient(self.uri, self.uri)
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(self.model_name, version, key, value)
+        client.set_registered_model_alias(self.model_name, "champion", version)
+        self.models[str(version)] = model
+        return str(version)
+
+    def expected(self, version: str, files: list[Path]) -> np.ndarray:
+        from imgclf.evaluation import predict_probabilities
+
+        return predict_probabilities(self.models[version], files, batch_size=8, desc="")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -47,8 +47,18 @@ def _healthy(url: str) -> bool:
 class MlflowServer:
     """`mlflow server` storing into `folder`: `start()` returns at once, `wait()` until ready."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        artifacts_destination: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`artifacts_destination`: where the server stores artifacts (default: a local folder;
+        s3://bucket/prefix with `env` holding the S3 endpoint and credentials)."""
         self.folder = folder
+        self.artifacts_destination = artifacts_destination or str(folder / "artifacts")
+        self.extra_env = dict(env or {})
         self.url = f"http://127.0.0.1:{port or free_port()}"
         self.process: subprocess.Popen | None = None
         self.started = 0.0
@@ -62,10 +72,10 @@ class MlflowServer:
             "--host", "127.0.0.1",
             "--port", self.url.rsplit(":", 1)[1],
             "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-            "--artifacts-destination", str(self.folder / "artifacts"),
+            "--artifacts-destination", self.artifacts_destination,
             "--workers", "1",
         ]  # fmt: skip
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, **self.extra_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         self.started = time.monotonic()
         with open(self.folder / "server.log", "wb") as log:

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.serving.settings import BENTO_MODEL_NAME
-from tests.helpers import REPO_ROOT, VENV_BIN
-from tests.test_service import Registry, mlflow_uris
+from tests.helpers import REPO_ROOT, VENV_BIN, Registry, mlflow_uris
 
 pytestmark = pytest.mark.integration
 

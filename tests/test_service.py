@@ -11,13 +11,11 @@ and finally gets SIGTERM, after which the prediction log must hold every answere
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import io
 import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,17 +24,15 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.helpers import VENV_BIN, BentoServer, tiny_model
+from tests.helpers import VENV_BIN, BentoServer, Registry, mlflow_uris
 
 pytestmark = pytest.mark.integration
 
-MODEL_PREFIX = "imgclf-service-test"
 SECRET = "test-secret-0123456789abcdef0123456789"
 AUDIENCE = "imgclf"
 POLL_SECONDS = 2
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 4_000_000
-IMAGE_SIZE = 48
 STARTUP_TIMEOUT = 120
 
 
@@ -50,42 +46,6 @@ def token(**claims) -> str:
 def auth() -> dict[str, str]:
     """A fresh valid bearer header: a token minted at import would expire in a long CI run."""
     return {"Authorization": f"Bearer {token()}"}
-
-
-class Registry:
-    """A registered-model name of its own in the real MLflow server at `uri`; `promote(seed)`
-    logs, registers and moves @champion to a model."""
-
-    def __init__(self, root: Path, uri: str) -> None:
-        from imgclf.config import MlflowParams
-
-        self.root = root
-        self.uri = uri
-        self.model_name = f"{MODEL_PREFIX}-{uuid.uuid4().hex[:12]}"
-        self.params = MlflowParams(
-            tracking_uri=self.uri, artifact_location="mlartifacts", experiment="service-test"
-        )
-        self.models: dict[str, object] = {}
-
-    def promote(self, seed: int) -> str:
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        from imgclf.tracking import log_classifier, open_run
-
-        model = tiny_model(IMAGE_SIZE, seed)
-        with open_run(self.params, self.root) as run:
-            log_classifier(model, np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), "float32"))
-        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", self.model_name).version
-        client = MlflowClient(self.uri, self.uri)
-        client.set_registered_model_alias(self.model_name, "champion", version)
-        self.models[str(version)] = model
-        return str(version)
-
-    def expected(self, version: str, files: list[Path]) -> np.ndarray:
-        from imgclf.evaluation import predict_probabilities
-
-        return predict_probabilities(self.models[version], files, batch_size=8, desc="")
 
 
 class Server(BentoServer):
@@ -114,32 +74,6 @@ class Server(BentoServer):
         except BaseException:
             self.stop()  # the fixture never gets a server to stop
             raise
-
-
-@contextlib.contextmanager
-def mlflow_uris(uri: str) -> Iterator[None]:
-    """Point this process's MLflow tracking and registry at `uri`, then put back exactly what was
-    there: mlflow.set_tracking_uri/set_registry_uri also write MLFLOW_TRACKING_URI/
-    MLFLOW_REGISTRY_URI into os.environ, which would leak into later test modules."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {name: os.environ.get(name) for name in names}
-    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_tracking)  # None: unset, as before
-        registry_utils._registry_uri = saved_registry
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")

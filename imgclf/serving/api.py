@@ -6,6 +6,9 @@ POST /predict        one image: multipart field `image` (any single file field),
                      -> {label, probability, confidence, model_version, request_id}
 POST /predict_batch  multipart, one or more file fields (`images`), at most
                      serve.max_images_per_request -> [{index, label, ..., request_id}, ...]
+POST /feedback       JSON {request_id, label[, index]}: the true label of a logged prediction
+                     -> {request_id, index, label, predicted, correct, model_version, recorded};
+                     feeds imgclf_live_accuracy (the served version's last N labelled answers)
 GET /openapi.json    the OpenAPI 3 document of all this (imgclf/serving/openapi.py)
 Errors are JSON {error, detail, request_id[, index]} with a 4xx status (503 while no model is
 loaded); openapi.py lists every code.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -43,13 +48,31 @@ from imgclf.serving.champion import (
     RegistryChampion,
     load_bento_model,
 )
+from imgclf.serving.metrics import ProcessSampler
 from imgclf.serving.openapi import SPEC_PATH, spec_for
-from imgclf.serving.prediction_log import PredictionLog, PredictionRecord
+from imgclf.serving.prediction_log import (
+    ConflictingLabel,
+    LabelledPrediction,
+    PredictionLog,
+    PredictionRecord,
+    UnknownPrediction,
+)
 from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, bento_tag, load_settings
-from imgclf.serving.validation import InvalidImage, ValidatedImage, check_content_type
+from imgclf.serving.validation import InvalidImage, Rejected, ValidatedImage, check_content_type
 
 logger = logging.getLogger(__name__)
 _MULTIPART_OVERHEAD = 64 * 1024
+_MAX_FEEDBACK_BYTES = 4096
+
+
+class FeedbackRequest(BaseModel):
+    """POST /feedback body: the true label of one logged prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(pattern="^[0-9a-f]{32}$")  # as answered by /predict(_batch)
+    label: str  # one of the classes
+    index: int = Field(default=0, ge=0)  # position in a /predict_batch request
 
 
 class ServingRuntime:
@@ -73,12 +96,14 @@ class ServingRuntime:
         self.log = PredictionLog(
             settings.prediction_db_url, on_drop=lambda n: self.metrics.log_dropped.inc(n)
         )
+        self.sampler = ProcessSampler(self.metrics)
 
     @classmethod
     def from_env(cls) -> ServingRuntime:
         return cls(load_settings())
 
     def start(self) -> None:
+        self.sampler.start()
         if self.settings.model_source == "bento":
             threading.Thread(target=self._load_bento, name="bento-model", daemon=True).start()
         else:
@@ -100,12 +125,48 @@ class ServingRuntime:
             self.metrics.model_version.set(float(model.version))
         except ValueError:
             self.metrics.model_version.set(0)
+        accuracy = model.test_accuracy
+        self.metrics.champion_test_accuracy.set(math.nan if accuracy is None else accuracy)
+        try:  # a restarted or newly promoted server picks up the feedback already logged
+            self.refresh_live_accuracy()
+        except Exception:
+            logger.exception("live accuracy: reading the prediction log failed")
+
+    def refresh_live_accuracy(self) -> None:
+        """Recompute the live-accuracy gauges for the served version from the prediction log."""
+        model = self.holder.current
+        if model is None:
+            return
+        accuracy, count = self.log.live_accuracy(model.version, self.settings.feedback_window)
+        self.metrics.live_accuracy.set(math.nan if accuracy is None else accuracy)
+        self.metrics.live_accuracy_samples.set(count)
+
+    def record_feedback(self, feedback: FeedbackRequest) -> LabelledPrediction:
+        """Store a true label beside its prediction and update the live-accuracy metrics."""
+        if feedback.label not in self.settings.classes:
+            classes = ", ".join(self.settings.classes)
+            raise Rejected(
+                422, "unknown_label", f"label {feedback.label!r} is not one of {classes}"
+            )
+        record = functools.partial(
+            self.log.record_label, feedback.request_id, feedback.index, feedback.label
+        )
+        try:
+            labelled = record()
+        except UnknownPrediction:  # maybe still queued: answered a moment ago, not yet written
+            self.log.flush()
+            labelled = record()
+        if labelled.recorded:
+            self.metrics.feedback.labels(correct=str(labelled.correct).lower()).inc()
+            self.refresh_live_accuracy()
+        return labelled
 
     @property
     def ready(self) -> bool:
         return self.holder.current is not None
 
     def close(self) -> None:
+        self.sampler.stop()
         self.holder.stop()
         self.batcher.close()
         self.log.close()
@@ -238,9 +299,39 @@ async def _uploads(request: Request, settings: ServeSettings, max_count: int) ->
     )
 
 
+def _respond(
+    runtime: ServingRuntime,
+    endpoint: str,
+    started: float,
+    request_id: str,
+    status: int,
+    payload: Any,
+) -> JSONResponse:
+    """Count and time the request, then answer; error bodies carry the request id."""
+    if status != 200:
+        payload = {**payload, "request_id": request_id}
+    runtime.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+    runtime.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+    return JSONResponse(payload, status_code=status, headers={"X-Request-ID": request_id})
+
+
+async def _feedback(request: Request) -> FeedbackRequest:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise Rejected(415, "unsupported_media_type", "send the feedback as application/json")
+    body = await _read_body(request, _MAX_FEEDBACK_BYTES)
+    try:
+        return FeedbackRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise Rejected(422, "invalid_feedback", problems) from exc
+
+
 def build_app(get_runtime: Callable[[], ServingRuntime]) -> Starlette:
-    """The /predict, /predict_batch and /openapi.json routes over whatever runtime `get_runtime`
-    returns (the interface is described in openapi.py)."""
+    """The /predict, /predict_batch, /feedback and /openapi.json routes over whatever runtime
+    `get_runtime` returns (the interface is described in openapi.py)."""
     from imgclf.serving.validation import validate_image
 
     async def handle(request: Request, endpoint: str, batch: bool) -> JSONResponse:
@@ -278,17 +369,42 @@ def build_app(get_runtime: Callable[[], ServingRuntime]) -> Starlette:
         except Exception:
             logger.exception("request %s failed", request_id)
             status, payload = 500, {"error": "internal", "detail": "see the server log"}
-        if status != 200:
-            payload = {**payload, "request_id": request_id}
-        runtime.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-        runtime.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
-        return JSONResponse(payload, status_code=status, headers={"X-Request-ID": request_id})
+        return _respond(runtime, endpoint, started, request_id, status, payload)
 
     async def predict(request: Request) -> JSONResponse:
         return await handle(request, "predict", batch=False)
 
     async def predict_batch(request: Request) -> JSONResponse:
         return await handle(request, "predict_batch", batch=True)
+
+    async def feedback(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        runtime = get_runtime()
+        try:
+            labelled = await run_in_threadpool(runtime.record_feedback, await _feedback(request))
+            status, payload = (
+                200,
+                {
+                    "request_id": labelled.request_id,
+                    "index": labelled.item,
+                    "label": labelled.true_label,
+                    "predicted": labelled.predicted,
+                    "correct": labelled.correct,
+                    "model_version": labelled.model_version,
+                    "recorded": labelled.recorded,
+                },
+            )
+        except Rejected as exc:
+            status, payload = exc.status, exc.to_json()
+        except UnknownPrediction as exc:
+            status, payload = 404, {"error": "unknown_prediction", "detail": str(exc)}
+        except ConflictingLabel as exc:
+            status, payload = 409, {"error": "conflicting_label", "detail": str(exc)}
+        except Exception:
+            logger.exception("feedback %s failed", request_id)
+            status, payload = 500, {"error": "internal", "detail": "see the server log"}
+        return _respond(runtime, "feedback", started, request_id, status, payload)
 
     spec: dict[str, Any] = {}
 
@@ -301,6 +417,7 @@ def build_app(get_runtime: Callable[[], ServingRuntime]) -> Starlette:
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/predict_batch", predict_batch, methods=["POST"]),
+            Route("/feedback", feedback, methods=["POST"]),
             Route(SPEC_PATH, openapi, methods=["GET"]),
         ]
     )

@@ -37,13 +37,16 @@ class LoadedModel:
     image_size: int
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     loaded_at: float = field(default_factory=time.time)
+    test_accuracy: float | None = None  # as registered: the bar live accuracy is held to
 
 
 class ModelNotReady(Exception):
     """No model is loaded yet (no champion in the registry, or it failed to load)."""
 
 
-def build_loaded_model(model: Any, version: str, source: str) -> LoadedModel:
+def build_loaded_model(
+    model: Any, version: str, source: str, test_accuracy: float | None = None
+) -> LoadedModel:
     """Trace one forward function with an open batch dimension and warm it up."""
     import tensorflow as tf
 
@@ -59,7 +62,13 @@ def build_loaded_model(model: Any, version: str, source: str) -> LoadedModel:
         return np.asarray(traced(tf.convert_to_tensor(batch, tf.float32))).reshape(-1)
 
     forward(np.zeros((1, size, size, 3), "float32"))  # trace + warm up before serving
-    return LoadedModel(version=version, source=source, image_size=size, forward=forward)
+    return LoadedModel(
+        version=version,
+        source=source,
+        image_size=size,
+        forward=forward,
+        test_accuracy=test_accuracy,
+    )
 
 
 class RegistryChampion:
@@ -88,11 +97,14 @@ class RegistryChampion:
         import mlflow
 
         from imgclf.evaluation import load_model
+        from imgclf.registry import test_metric
 
         uri = f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile
         mlflow.set_registry_uri(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
-        return build_loaded_model(load_model(uri), version, uri)
+        registered = self.client.get_model_version(self.name, version)
+        accuracy = test_metric(self.client, registered, "accuracy")
+        return build_loaded_model(load_model(uri), version, uri, accuracy)
 
 
 def load_bento_model(tag: str) -> LoadedModel | None:
@@ -107,8 +119,10 @@ def load_bento_model(tag: str) -> LoadedModel | None:
     except bentoml.exceptions.NotFound:
         return None
     model = mlflow.keras.load_model(stored.path_of("mlflow_model"))
-    version = stored.info.labels.get("registered_version") or f"bento:{stored.tag.version}"
-    return build_loaded_model(model, str(version), f"bento:{stored.tag}")
+    labels = stored.info.labels
+    version = labels.get("registered_version") or f"bento:{stored.tag.version}"
+    accuracy = float(labels["test_accuracy"]) if "test_accuracy" in labels else None
+    return build_loaded_model(model, str(version), f"bento:{stored.tag}", accuracy)
 
 
 class ChampionHolder:

@@ -4,8 +4,12 @@ service's own `/metrics` next to BentoML's request metrics (`bentoml_service_req
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -21,6 +25,12 @@ class ServiceMetrics:
     batch_size: Any  # Histogram: images per forward pass
     model_version: Any  # Gauge: the served registry version (0 = none/unnumbered)
     log_dropped: Any  # Counter: prediction-log rows lost
+    feedback: Any  # Counter{correct}: ground-truth labels received
+    live_accuracy: Any  # Gauge: share correct of the served version's last N labelled answers
+    live_accuracy_samples: Any  # Gauge: N actually in that window
+    champion_test_accuracy: Any  # Gauge: the served version's registered test accuracy
+    process_cpu: Any  # Counter: CPU seconds of this worker process
+    process_memory: Any  # Gauge: resident memory of the worker processes
 
 
 @functools.cache
@@ -65,4 +75,74 @@ def service_metrics() -> ServiceMetrics:
             name="imgclf_prediction_log_dropped_total",
             documentation="Prediction-log rows dropped (queue full or database error)",
         ),
+        feedback=m.Counter(
+            name="imgclf_feedback_total",
+            documentation="Ground-truth labels received, by whether the prediction was right",
+            labelnames=["correct"],
+        ),
+        # mostrecent: every worker computes these from the shared log; the latest write wins.
+        live_accuracy=m.Gauge(
+            name="imgclf_live_accuracy",
+            documentation="Share correct of the served version's last N labelled predictions",
+            multiprocess_mode="livemostrecent",
+        ),
+        live_accuracy_samples=m.Gauge(
+            name="imgclf_live_accuracy_samples",
+            documentation="Labelled predictions behind imgclf_live_accuracy (at most N)",
+            multiprocess_mode="livemostrecent",
+        ),
+        champion_test_accuracy=m.Gauge(
+            name="imgclf_champion_test_accuracy",
+            documentation="Test accuracy registered with the served model version",
+            multiprocess_mode="livemostrecent",
+        ),
+        process_cpu=m.Counter(
+            name="imgclf_process_cpu_seconds",
+            documentation="CPU seconds (user + system) used by the service's worker processes",
+        ),
+        process_memory=m.Gauge(
+            name="imgclf_process_resident_memory_bytes",
+            documentation="Resident memory of the service's worker processes",
+            multiprocess_mode="livesum",
+        ),
     )
+
+
+class ProcessSampler:
+    """Exports this worker's CPU seconds and resident memory every `interval` seconds.
+
+    BentoML's multiprocess /metrics has no process collector (prometheus_client's reads only
+    the scraping process), so each worker samples itself with psutil.
+    """
+
+    def __init__(self, metrics: ServiceMetrics, interval: float = 5.0) -> None:
+        import psutil
+
+        self.metrics = metrics
+        self.interval = interval
+        self.process = psutil.Process()
+        self._cpu_seen = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-metrics", daemon=True)
+
+    def sample(self) -> None:
+        times = self.process.cpu_times()
+        cpu = times.user + times.system
+        self.metrics.process_cpu.inc(max(cpu - self._cpu_seen, 0.0))
+        self._cpu_seen = cpu
+        self.metrics.process_memory.set(self.process.memory_info().rss)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sample()
+            except Exception:  # metrics must never take the service down
+                logger.exception("process metrics sample failed")
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()

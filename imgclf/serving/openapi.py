@@ -19,6 +19,7 @@ from imgclf.serving.validation import ACCEPTED_CONTENT_TYPES
 
 SPEC_PATH = "/openapi.json"
 PREDICT_PATHS = ("/predict", "/predict_batch")
+FEEDBACK_PATH = "/feedback"
 # Served by BentoML itself; open (no token) per auth.OPEN_PATHS, except the docs routes.
 HEALTH_PATHS = ("/livez", "/healthz", "/readyz")
 METRICS_PATH = "/metrics"
@@ -32,6 +33,23 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     422: ("corrupt", "truncated", "animated", "high_bit_depth"),
     503: ("not_ready",),
     500: ("internal",),
+}
+# The same for POST /feedback.
+FEEDBACK_ERROR_CODES: dict[int, tuple[str, ...]] = {
+    404: ("unknown_prediction",),
+    409: ("conflicting_label",),
+    413: ("too_many_bytes",),
+    415: ("unsupported_media_type",),
+    422: ("invalid_feedback", "unknown_label"),
+    500: ("internal",),
+}
+FEEDBACK_ERROR_DESCRIPTIONS = {
+    404: "No logged prediction has this request_id (and index)",
+    409: "The prediction already carries a different true label: the first one stands",
+    413: "Body over 4 KiB",
+    415: "Not application/json",
+    422: "Not a valid feedback object, or a label that is not one of the classes",
+    500: "Unexpected server error (a bug: see the server log for the request id)",
 }
 ERROR_DESCRIPTIONS = {
     400: "Empty upload, malformed multipart body, or a form without a file field",
@@ -47,9 +65,11 @@ _UNAUTHORIZED_RESPONSE = {"$ref": "#/components/responses/Unauthorized"}
 RAW_IMAGE_TYPES = tuple(sorted(ACCEPTED_CONTENT_TYPES))
 
 
-def _error_schema(status: int, *, batch: bool) -> dict[str, Any]:
+def _error_schema(
+    status: int, *, batch: bool, codes: dict[int, tuple[str, ...]] = ERROR_CODES
+) -> dict[str, Any]:
     properties: dict[str, Any] = {
-        "error": {"type": "string", "enum": list(ERROR_CODES[status])},
+        "error": {"type": "string", "enum": list(codes[status])},
         "detail": {"type": "string", "minLength": 1},
         "request_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
@@ -101,6 +121,64 @@ def _classification_responses(batch: bool) -> dict[str, Any]:
             else _json(_error_schema(status, batch=batch), ERROR_DESCRIPTIONS[status])
         )
     return responses
+
+
+def _feedback_operation(label: dict[str, Any]) -> dict[str, Any]:
+    request_id = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+    index = {"type": "integer", "minimum": 0}
+    answer = {
+        "type": "object",
+        "required": [
+            "request_id", "index", "label", "predicted", "correct", "model_version", "recorded"
+        ],
+        "properties": {
+            "request_id": request_id,
+            "index": index,
+            "label": label,
+            "predicted": label,
+            "correct": {"type": "boolean"},
+            "model_version": {"type": "string"},
+            "recorded": {
+                "type": "boolean",
+                "description": "false: this label was already recorded (a retry)",
+            },
+        },
+        "additionalProperties": False,
+    }  # fmt: skip
+    responses: dict[str, Any] = {"200": _json(answer, "The label, stored beside the prediction")}
+    for status, description in FEEDBACK_ERROR_DESCRIPTIONS.items():
+        schema = _error_schema(status, batch=False, codes=FEEDBACK_ERROR_CODES)
+        responses[str(status)] = _json(schema, description)
+    responses["401"] = copy.deepcopy(_UNAUTHORIZED_RESPONSE)
+    return {
+        "post": {
+            "operationId": "feedback",
+            "summary": "Give the true label of a logged prediction",
+            "description": (
+                "Ground truth for monitoring: stored beside the prediction in the prediction log "
+                "and counted in imgclf_live_accuracy (the served version's last "
+                "serve.feedback_window labelled predictions)."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["request_id", "label"],
+                            "properties": {
+                                "request_id": request_id,
+                                "label": label,
+                                "index": {**index, "default": 0},
+                            },
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": responses,
+        }
+    }
 
 
 def _plain(description: str, media: str = "text/plain") -> dict[str, Any]:
@@ -162,8 +240,8 @@ def build_spec(
             "title": "imgclf image classifier",
             "version": version,
             "description": (
-                "Binary image classification served by BentoML. POST /predict and "
-                "/predict_batch need `Authorization: Bearer <JWT>` (HS256 or RS256, `aud` and "
+                "Binary image classification served by BentoML. POST /predict, /predict_batch and "
+                "/feedback need `Authorization: Bearer <JWT>` (HS256 or RS256, `aud` and "
                 "`exp` required); health and metrics routes are open. " + limits
             ),
         },
@@ -225,6 +303,7 @@ def build_spec(
                     "responses": _classification_responses(batch=True),
                 }
             },
+            FEEDBACK_PATH: _feedback_operation(label),
             SPEC_PATH: _protected_json_get("openapi", "This document", "OpenAPI 3 document"),
             **{
                 path: {

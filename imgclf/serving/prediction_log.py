@@ -61,6 +61,28 @@ class PredictionRecord:
         return row
 
 
+class UnknownPrediction(LookupError):
+    """No logged prediction has this request id and index."""
+
+
+class ConflictingLabel(ValueError):
+    """The prediction already carries a different true label."""
+
+
+@dataclass(frozen=True)
+class LabelledPrediction:
+    request_id: str
+    item: int
+    predicted: str
+    true_label: str
+    model_version: str
+    recorded: bool  # False: this very label was there already (a retried feedback call)
+
+    @property
+    def correct(self) -> bool:
+        return self.predicted == self.true_label
+
+
 _STOP = object()
 
 
@@ -78,6 +100,7 @@ class PredictionLog:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
@@ -107,29 +130,36 @@ class PredictionLog:
         stopping = False
         while not stopping:
             rows: list[Mapping[str, Any]] = []
-            item = self.queue.get()
-            if item is _STOP:
-                stopping = True
-            else:
-                rows.append(item)
-            while not stopping and len(rows) < self.batch_size:
+            waiters: list[threading.Event] = []
+            stopping = _sort(self.queue.get(), rows, waiters)
+            # A flush waiter ends the batch at once: someone is waiting for exactly these rows.
+            while not stopping and not waiters and len(rows) < self.batch_size:
                 try:
                     item = self.queue.get(timeout=self.flush_seconds if rows else None)
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stopping = True
-                else:
-                    rows.append(item)
+                stopping = _sort(item, rows, waiters)
             if stopping:  # drain whatever is left behind the sentinel's producers
                 while True:
                     try:
-                        item = self.queue.get_nowait()
+                        _sort(self.queue.get_nowait(), rows, waiters)
                     except queue.Empty:
                         break
-                    if item is not _STOP:
-                        rows.append(item)
             self._write(rows)
+            for waiter in waiters:
+                waiter.set()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every row queued before this call is in the database (or was dropped);
+        False when that took longer than `timeout`."""
+        if self._closed:
+            return not self._thread.is_alive()
+        done = threading.Event()
+        try:
+            self.queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
 
     def _write(self, rows: list[Mapping[str, Any]]) -> None:
         for start in range(0, len(rows), self.batch_size):
@@ -141,6 +171,50 @@ class PredictionLog:
             except Exception:
                 logger.exception("prediction log: %d rows lost", len(chunk))
                 self._drop(len(chunk))
+
+    def record_label(
+        self, request_id: str, item: int, true_label: str, now: dt.datetime | None = None
+    ) -> LabelledPrediction:
+        """Store the ground truth beside a logged prediction. The same label again is a no-op
+        (recorded=False); a different one raises ConflictingLabel: the first answer stands."""
+        key = (predictions.c.request_id == request_id) & (predictions.c.item == item)
+        with self.engine.begin() as conn:
+            # Conditional update first: of two concurrent labellers exactly one gets rowcount 1.
+            recorded = (
+                conn.execute(
+                    sa.update(predictions)
+                    .where(key & predictions.c.true_label.is_(None))
+                    .values(true_label=true_label, feedback_at=now or dt.datetime.now(dt.UTC))
+                ).rowcount
+                > 0
+            )
+            columns = (predictions.c.label, predictions.c.model_version, predictions.c.true_label)
+            row = conn.execute(sa.select(*columns).where(key)).first()
+        if row is None:
+            raise UnknownPrediction(f"no logged prediction {request_id} (index {item})")
+        if row.true_label != true_label:
+            raise ConflictingLabel(
+                f"{request_id} (index {item}) is already labelled {row.true_label}"
+            )
+        return LabelledPrediction(
+            request_id, item, row.label, true_label, row.model_version, recorded
+        )
+
+    def live_accuracy(self, model_version: str, window: int) -> tuple[float | None, int]:
+        """(share correct, count) over the last `window` labelled predictions of a version;
+        (None, 0) before any feedback."""
+        recent = (
+            sa.select(predictions.c.label, predictions.c.true_label)
+            .where(predictions.c.model_version == model_version)
+            .where(predictions.c.true_label.is_not(None))
+            .order_by(predictions.c.feedback_at.desc(), predictions.c.id.desc())
+            .limit(window)
+            .subquery()
+        )
+        hit = sa.case((recent.c.label == recent.c.true_label, 1), else_=0)
+        with self.engine.connect() as conn:
+            count, correct = conn.execute(sa.select(sa.func.count(), sa.func.sum(hit))).one()
+        return (correct / count if count else None), count
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush every queued row, stop the thread, release the engine. Idempotent."""
@@ -157,6 +231,31 @@ class PredictionLog:
             logger.error("prediction log: writer did not finish within %.0f s", timeout)
             return
         self.engine.dispose()
+
+
+def _sort(item: Any, rows: list[Mapping[str, Any]], waiters: list[threading.Event]) -> bool:
+    """File one queued item under rows or flush waiters; True for the stop sentinel."""
+    if item is _STOP:
+        return True
+    if isinstance(item, threading.Event):
+        waiters.append(item)
+    else:
+        rows.append(item)
+    return False
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Upgrade a log created by an older release in place: its columns are a prefix of today's,
+    and every later column is nullable, so ADD COLUMN is the whole migration."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns(predictions.name)}
+    with engine.begin() as conn:
+        for column in predictions.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(
+                    sa.text(f"ALTER TABLE {predictions.name} ADD COLUMN {column.name} {kind}")
+                )
+                logger.warning("prediction log: added column %s", column.name)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -34,8 +34,8 @@ ACCEPTED_CONTENT_TYPES = {
 _HIGH_DEPTH_MODES = HIGH_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
 
 
-class InvalidImage(Exception):
-    """An upload the service will not classify: HTTP status, machine code, human message."""
+class Rejected(Exception):
+    """A request the service turns down: HTTP status, machine code, human message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -45,6 +45,10 @@ class InvalidImage(Exception):
 
     def to_json(self) -> dict[str, str]:
         return {"error": self.code, "detail": self.message}
+
+
+class InvalidImage(Rejected):
+    """An upload the service will not classify."""
 
 
 @dataclass(frozen=True)
