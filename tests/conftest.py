@@ -90,8 +90,10 @@ def set_params() -> Callable[[Path, dict[str, object]], None]:
 def run_dvc() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the venv's `dvc` in a repo with the venv first on PATH (stages call `python`)."""
 
-    def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    def run(
+        repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **(env or {}), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
         result = subprocess.run(
             [str(VENV_BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True
         )

@@ -1,8 +1,10 @@
-"""The whole DAG on a few real photos through `dvc repro`, then a one-line experiment."""
+"""The whole DAG on a few real photos through `dvc repro`; its outputs pushed to an S3 remote (a
+real moto server) and pulled into a fresh clone; then a one-line experiment."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from imgclf.io import read_json
-from tests.conftest import copy_project
+from tests.conftest import copy_project, stages_ran
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +66,51 @@ def test_repro_produces_metrics_plots_and_one_mlflow_run(trained_repo: Path, run
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == len(history)
     logged = {item.path for item in client.list_artifacts(run.info.run_id, "model")}
     assert "model/MLmodel" in logged
+
+
+def _commit(repo: Path, message: str) -> None:
+    for args in (["add", "-A"], ["commit", "-qm", message]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+
+
+def _use_bucket(repo: Path, run_dvc, bucket: str, endpoint: str) -> None:
+    """The committed remote `s3`, pointed at a test bucket in the git-ignored config.local, as
+    a user of an S3-compatible store would."""
+    run_dvc(repo, "remote", "modify", "--local", "s3", "url", f"s3://{bucket}/dvc")
+    run_dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", endpoint)
+
+
+def test_push_then_pull_into_a_fresh_clone_leaves_nothing_to_run(
+    trained_repo: Path, run_dvc, s3_server, tmp_path: Path
+) -> None:
+    bucket = s3_server.bucket("dvc-remote")
+    _commit(trained_repo, "reference run")
+    _use_bucket(trained_repo, run_dvc, bucket, s3_server.url)
+    run_dvc(trained_repo, "push", env=s3_server.env())
+    assert any(key.startswith("dvc/files/md5/") for key in s3_server.keys(bucket))
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(trained_repo), str(clone)], check=True)
+    _use_bucket(clone, run_dvc, bucket, s3_server.url)
+    run_dvc(clone, "pull", env=s3_server.env())
+    pulled = clone / "artifacts" / "train" / "model.keras"
+    assert pulled.read_bytes() == (trained_repo / "artifacts/train/model.keras").read_bytes()
+    result = run_dvc(clone, "repro", env=s3_server.env())
+    assert stages_ran(result.stdout) == set(), result.stdout
+
+
+def test_an_unreachable_remote_fails_with_a_clear_error(
+    trained_repo: Path, run_dvc, tmp_path: Path
+) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(trained_repo), str(clone)], check=True)
+    _use_bucket(clone, run_dvc, "nowhere", f"http://127.0.0.1:{free_port()}")
+    offline = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_MAX_ATTEMPTS": "1"}
+    result = run_dvc(clone, "pull", check=False, env=offline)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "127.0.0.1" in message or "connect" in message.lower(), message
+    assert not (clone / "artifacts" / "train" / "model.keras").exists()
 
 
 def test_exp_run_with_a_train_param_reruns_train_and_after(
