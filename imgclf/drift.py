@@ -313,9 +313,14 @@ def _shift_check(
     return Check(name, DRIFT if drifted else OK, value, _shift_rule(params), statistics)
 
 
-def _class_counts(labels: np.ndarray, categories: Sequence[str]) -> np.ndarray:
+def categories(live: Predictions, classes: Sequence[str]) -> list[str]:
+    """The classes, then any live label the test split never had (another model's class)."""
+    return [*classes, *sorted(set(live.label.tolist()) - set(classes))]
+
+
+def _class_counts(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
     counts = Counter(labels.tolist())
-    return np.array([counts[c] for c in categories], dtype=float)
+    return np.array([counts[c] for c in names], dtype=float)
 
 
 def check_class_mix(
@@ -324,20 +329,19 @@ def check_class_mix(
     """Predicted-class shares: PSI and scipy's chi-square test of homogeneity (2 x k table)."""
     from scipy.stats import chi2_contingency
 
-    extra = sorted(set(live.label.tolist()) - set(classes))  # a class the test split never had
-    categories = [*classes, *extra]
-    a, e = _class_counts(live.label, categories), _class_counts(reference.label, categories)
-    shares = " / ".join(
-        f"{c} {x / max(a.sum(), 1):.1%} (test {y / e.sum():.1%})"
-        for c, x, y in zip(categories, a, e, strict=True)
-    )
     if not len(live):
         return _shift_check("class mix", 0, "no live predictions", math.nan, math.nan, params)
+    names = categories(live, classes)
+    a, e = _class_counts(live.label, names), _class_counts(reference.label, names)
     table = np.array([a, e])[:, (a + e) > 0]
     p_value = 1.0 if table.shape[1] < 2 else float(chi2_contingency(table).pvalue)
     psi_value = psi(a, e)
-    live_shares = {c: x / a.sum() for c, x in zip(categories, a, strict=True)}
+    shares = " / ".join(
+        f"{c} {x / a.sum():.1%} (test {y / e.sum():.1%})"
+        for c, x, y in zip(names, a, e, strict=True)
+    )
     value = f"{shares}; PSI {psi_value:.3f}, χ² p {p_value:.2g}"
+    live_shares = {c: x / a.sum() for c, x in zip(names, a, strict=True)}
     return _shift_check(
         "class mix", len(live), value, psi_value, p_value, params, live_shares=live_shares
     )
@@ -380,16 +384,14 @@ def check_accuracy(live: Predictions, reference: Predictions, params: MonitorPar
     """Accuracy of the live predictions given a true label, against the test accuracy."""
     n = int(live.labelled.sum())
     live_acc, ref_acc = live.accuracy(), reference.accuracy()
-    rule = f"drop > {params.accuracy_drop:.1%} with ≥ {params.min_labelled} labelled"
+    rule = f"drop > {100 * params.accuracy_drop:g} points with ≥ {params.min_labelled} labelled"
     statistics = {"n": n, "accuracy": live_acc, "reference_accuracy": ref_acc, "drop": None}
     if live_acc is None or ref_acc is None:
-        value = "no labelled predictions" + (
-            f" (test {ref_acc:.2%})" if ref_acc is not None else ""
-        )
+        value = "no labelled predictions"
         return Check("accuracy", INSUFFICIENT, value, rule, statistics, "no feedback yet")
     drop = ref_acc - live_acc
     statistics["drop"] = drop
-    value = f"{live_acc:.2%} on {n} labelled (test {ref_acc:.2%}; drop {drop:+.2%})"
+    value = f"{live_acc:.2%} on {n} labelled (test {ref_acc:.2%}; drop {100 * drop:+.2f} points)"
     if n < params.min_labelled:
         note = f"{n} labelled < min_labelled {params.min_labelled}"
         return Check("accuracy", INSUFFICIENT, value, rule, statistics, note)
@@ -560,13 +562,13 @@ def plot_drift(
         verdict = verdicts[check]
         ax.set_title(f"{text}: {verdict}", color=VERDICT_COLOURS[verdict], fontweight="bold")
 
-    categories = [*classes, *sorted(set(live.label.tolist()) - set(classes))]
-    x = np.arange(len(categories))
+    names = categories(live, classes)
+    x = np.arange(len(names))
     for offset, side, style in ((-0.2, live, live_style), (0.2, reference, ref_style)):
-        shares = _shares(_class_counts(side.label, categories))
+        shares = _shares(_class_counts(side.label, names))
         bars = ax_mix.bar(x + offset, shares, width=0.4, **style)
         ax_mix.bar_label(bars, labels=[f"{s:.1%}" for s in shares], fontsize=9)
-    ax_mix.set(xticks=x, xticklabels=categories, ylabel="share of predictions", ylim=(0, 1.1))
+    ax_mix.set(xticks=x, xticklabels=names, ylabel="share of predictions", ylim=(0, 1.1))
     title(ax_mix, "Predicted class mix", "class mix")
 
     edges = np.linspace(0.5, 1.0, report.params.bins + 1)
@@ -644,7 +646,7 @@ stability index, PSI) and significant (chi-square test for the class mix, two-sa
 Kolmogorov-Smirnov for confidence and size). With fewer than {report.params.min_rows} live
 predictions ({report.params.min_labelled} labelled for accuracy) the verdict is
 "insufficient data". Confidence = max(p, 1 − p); PSI bins: {report.params.bins} equal-width bins
-of [0.5, 1] for confidence, the test split's deciles (or {report.params.bins}-quantiles) for size.
+of [0.5, 1] for confidence, {report.params.bins} bins of equal test-split mass for size.
 </p>
 <img alt="class mix, confidence, image size and daily volume, live vs test"
  src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">
