@@ -56,8 +56,9 @@ EXPORTED_METRICS = frozenset(
     }
 )
 
-SERVICE_LOGS = (
-    "/var/log/imgclf/service.log",
+# The service's own JSON lines go to CloudWatch through Docker's awslogs driver (release.sh's
+# IMGCLF_DOCKER_ARGS, docs/operations.md); the agent ships what runs outside containers.
+HOST_LOGS = (
     "/var/log/nginx/access.log",
     "/var/log/nginx/error.log",
 )
@@ -346,8 +347,8 @@ def test_cloudwatch_agent_config() -> None:
     config = json.loads(CLOUDWATCH.read_text())
     collected = config["logs"]["logs_collected"]["files"]["collect_list"]
     by_path = {entry["file_path"]: entry for entry in collected}
-    assert set(SERVICE_LOGS) <= set(by_path)
-    assert by_path["/var/log/imgclf/service.log"]["log_group_name"] == "/imgclf/service"
+    assert set(HOST_LOGS) <= set(by_path)
+    assert by_path["/var/log/nginx/access.log"]["log_group_name"] == "/imgclf/nginx/access"
     metrics = config["metrics"]["metrics_collected"]
     assert "mem_used_percent" in metrics["mem"]["measurement"]
     assert {"cpu", "disk"} <= set(metrics)
