@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-# Real servers on loopback, one per session: `mlflow server`, moto S3, and a champion service.
-pytest_plugins = ["tests.mlflow_server", "tests.s3_server", "tests.champion_service"]
+# Real servers on loopback, one per session: mlflow, moto S3, PostgreSQL, a champion service.
+pytest_plugins = [
+    "tests.mlflow_server",
+    "tests.s3_server",
+    "tests.postgres_server",
+    "tests.champion_service",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

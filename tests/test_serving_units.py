@@ -14,12 +14,10 @@ from pathlib import Path
 import jwt
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from PIL import Image, ImageFile
 
 from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
 from imgclf.serving.champion import Batcher, LoadedModel
-from imgclf.serving.prediction_log import PredictionLog, PredictionRecord, count_rows, predictions
 from imgclf.serving.settings import database_url, load_settings
 from imgclf.serving.validation import InvalidImage, validate_image
 
@@ -227,50 +225,6 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(InvalidImage) as caught:
         validate_image(big, **LIMITS)
     assert caught.value.code == "too_many_pixels"
-
-
-# ------------------------------------------------------------------------ prediction log
-
-
-def record(i: int) -> PredictionRecord:
-    return PredictionRecord(
-        request_id=f"r{i}",
-        sha256="0" * 64,
-        width=4,
-        height=3,
-        label="cat",
-        probability=0.25,
-        model_version="7",
-        latency_ms=1.5,
-    )
-
-
-def test_prediction_log_batches_and_flushes_on_close(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'log.db'}"
-    log = PredictionLog(url, batch_size=50, flush_seconds=10)
-    start = time.perf_counter()
-    for i in range(1234):
-        log.log(record(i))
-    assert time.perf_counter() - start < 1.0  # the request path only enqueues
-    log.close()
-    assert count_rows(url) == 1234 and log.written == 1234 and log.dropped == 0
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(predictions).where(predictions.c.request_id == "r7")).one()
-    engine.dispose()
-    assert (row.label, row.model_version, row.width, row.probability) == ("cat", "7", 4, 0.25)
-    log.log(record(0))  # after close: counted as dropped, never raises
-    assert log.dropped == 1
-
-
-def test_prediction_log_survives_a_broken_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'log.db'}"
-    dropped = []
-    log = PredictionLog(url, on_drop=dropped.append)
-    predictions.drop(log.engine)  # inserts now fail
-    log.log(record(1))
-    log.close()
-    assert sum(dropped) == 1
 
 
 # ------------------------------------------------------------------------ batcher, settings
