@@ -260,9 +260,10 @@ def test_bad_input_exits_2_with_one_clear_line(
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_runs_as_a_module(tmp_path: Path) -> None:
+def test_cli_runs_as_a_module(project: Path, tmp_path: Path) -> None:
     """The same missing-database error from `python -m stages.monitor`, with exit status 2."""
     command = [sys.executable, "-m", "stages.monitor", "--db", str(tmp_path / "none.db")]
+    command += ["--root", str(project)]  # a reference exists: only the database is missing
     result = subprocess.run(
         command,
         cwd=tmp_path,
