@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import unavailable
+
 # Real servers on loopback, one per session: mlflow, moto S3, PostgreSQL, a champion service.
 pytest_plugins = [
     "tests.mlflow_server",
@@ -33,10 +35,7 @@ def sample_data_dir() -> Path:
     default = REPO_ROOT.parent / "shared" / "data" / "dogs-vs-cats"
     path = Path(os.environ.get("IMGCLF_SAMPLE_DATA", default))
     if not (path / "cat").is_dir():
-        message = f"sample photos not found at {path} (set IMGCLF_SAMPLE_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"sample photos not found at {path} (set IMGCLF_SAMPLE_DATA)")
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,8 +18,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
+import pytest
 import requests
 from PIL import Image
 
@@ -54,6 +57,21 @@ def tiny_model(size: int = 32, seed: int = 0):
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(x)
     return keras.Model(inputs, outputs)
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip on a laptop that lacks a prerequisite; fail in CI, where .ci/run installs it."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def program(name: str, package: str) -> str:
+    """Path of a program the tests drive (PATH, then /usr/sbin for nginx), else `unavailable`."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        unavailable(f"{name} is not installed (Debian package `{package}`)")
+    return path
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, unavailable
 
 
 def _bin_dir() -> Path | None:
@@ -41,10 +41,7 @@ def postgres_url() -> Iterator[str]:
     """SQLAlchemy URL of an empty database on a fresh PostgreSQL cluster."""
     bin_dir = _bin_dir()
     if bin_dir is None:
-        message = "PostgreSQL server not installed (Debian package `postgresql`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("PostgreSQL server not installed (Debian package `postgresql`)")
     # Directly under /tmp rather than pytest's tmp_path: the `postgres` user must reach it, and
     # pytest's folders are private to the user running the tests.
     folder = Path(tempfile.mkdtemp(prefix="imgclf-postgres-"))

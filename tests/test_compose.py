@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, unavailable
 
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
 REQUIRED_ENV = {
@@ -48,10 +48,7 @@ def compose_command() -> list[str]:
         and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
     ):
         return [docker, "compose"]
-    message = "neither docker-compose nor `docker compose` is installed"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("neither docker-compose nor `docker compose` is installed")
 
 
 def run_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

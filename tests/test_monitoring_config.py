@@ -8,7 +8,6 @@ fail in CI (`CI` set), where it must be installed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import program
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MONITORING = REPO_ROOT / "monitoring"
@@ -84,13 +85,7 @@ GRAFANA_VARIABLES = {
 @pytest.fixture(scope="module")
 def promtool() -> str:
     """Path of promtool: skip without it locally, fail in CI."""
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool not found (Debian/Ubuntu: apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return program("promtool", "prometheus")
 
 
 def run_promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:

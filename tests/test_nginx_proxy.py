@@ -15,7 +15,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -30,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, free_port, program
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +38,7 @@ START_TIMEOUT = 15
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
-    if not found:
-        message = "nginx is not installed (apt-get install nginx)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return program("nginx", "nginx-light")
 
 
 def client_max_body_size(text: str) -> int:

@@ -4,7 +4,6 @@ tests/champion_service.py; values are read back through Prometheus' HTTP API."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import requests
 import yaml
 
 from tests.champion_service import TEST_ACCURACY, ChampionService
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, free_port, program
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +25,7 @@ START_TIMEOUT_S = 60.0
 
 
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        message = "prometheus not installed (Debian package `prometheus`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return program("prometheus", "prometheus")
 
 
 def loopback_config(target: str, folder: Path) -> Path:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, free_port, program
 
 RELEASE = REPO_ROOT / "deploy" / "release.sh"
 HEALTH_TIMEOUT = 3  # seconds: long enough for a fake to start, short enough for the 503 cases
@@ -464,12 +463,7 @@ def test_docker_runtime_runs_pulls_and_stops_containers(host: Host) -> None:
 
 
 def test_shellcheck_passes_on_the_deploy_scripts() -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        message = "shellcheck is not installed (apt-get install shellcheck)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    shellcheck = program("shellcheck", "shellcheck")
     scripts = sorted((REPO_ROOT / "deploy").rglob("*.sh"))
     assert RELEASE in scripts
     assert os.access(RELEASE, os.X_OK), "deploy/release.sh must stay executable (git mode 755)"

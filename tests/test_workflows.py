@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import unavailable
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GITHUB = REPO_ROOT / ".github"
 WORKFLOWS = {path.stem: path for path in sorted((GITHUB / "workflows").glob("*.yml"))}
@@ -63,10 +65,7 @@ sys.exit(int(os.environ.get("STUB_STATUS", "0")))
 def required(path: str | Path | None, what: str) -> str:
     """`path` when it exists; otherwise skip on a laptop, fail in CI where it must be present."""
     if path is None or not Path(path).exists():
-        message = f"{what} is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{what} is not installed")
     return str(path)
 
 
