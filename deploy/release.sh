@@ -238,8 +238,9 @@ docker_start() {
     FAIL_REASON="ECR login failed"
     return 1
   }
-  docker pull -q "$image" >/dev/null || {
-    FAIL_REASON="docker pull $image failed"
+  # A rollback may name an image the registry has since expired: the local copy will do.
+  docker pull -q "$image" >/dev/null || docker image inspect "$image" >/dev/null 2>&1 || {
+    FAIL_REASON="docker pull $image failed (and no local copy)"
     return 1
   }
   args=(run -d --name "$(container "$colour")" --restart unless-stopped
@@ -332,6 +333,8 @@ switch_upstream() {
 
 fail_release() {
   local action=$1 colour=$2 image=$3 active=$4
+  # The reason first: SSM keeps only the first ~2,500 characters of a command's output.
+  log "ERROR: $action of '$image' failed: $FAIL_REASON" >&2
   log "new release ($colour) log, last $LOG_LINES lines:" >&2
   colour_logs "$colour" | sed 's/^/    /' >&2
   stop_colour "$colour"
@@ -359,7 +362,8 @@ release() {
   switch_upstream "$port" "$idle" "$image" || fail_release "$action" "$idle" "$image" "$active"
 
   write_state "$idle.image" "$image"
-  [[ -z $current ]] || write_state previous "$current"
+  # Re-releasing the serving image must not make it its own rollback target.
+  [[ -z $current || $current == "$image" ]] || write_state previous "$current"
   write_state current "$image"
   write_state active "$idle"
   record_history "$action" "$idle" ok "$image"

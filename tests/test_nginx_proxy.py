@@ -412,6 +412,17 @@ def test_metrics_only_from_loopback_or_vpc(proxy: Nginx) -> None:
     assert outside.status_code == 403
     assert readyz.status_code == 200  # only /metrics is restricted
 
+    # Through an ALB every request comes from a VPC address, with X-Forwarded-For: refused,
+    # also when the path is percent-encoded to slip past a literal path rule on the ALB.
+    for path in ("/metrics", "/%6detrics"):
+        forwarded = requests.get(
+            f"{proxy.https}{path}",
+            headers={"X-Forwarded-For": "203.0.113.9"},
+            verify=str(proxy.tls.ca),
+            timeout=10,
+        )
+        assert forwarded.status_code == 403, path
+
 
 def test_tls_1_2_and_1_3_with_http2_but_tls_1_1_refused(proxy: Nginx) -> None:
     assert handshake(proxy.https_port, tls_context(proxy.tls.ca, ssl.TLSVersion.TLSv1_3)) == (

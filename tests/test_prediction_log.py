@@ -93,6 +93,13 @@ def test_flush_waits_for_the_rows_queued_before_it(log: PredictionLog, db_url: s
     assert count_rows(db_url) == 5  # written although the 10 s batching window is still open
 
 
+def test_flush_on_an_idle_log_does_not_wait(log: PredictionLog) -> None:
+    log.log(record(1))
+    assert log.flush(timeout=10)
+    # Nothing queued or being written: done without waiting (a zero timeout would fail a wait).
+    assert log.flush(timeout=0)
+
+
 def test_a_label_is_stored_once_and_a_different_one_conflicts(log: PredictionLog) -> None:
     log.log(record(1, label="cat"))
     log.log(record(2, label="dog", item=0))
@@ -169,6 +176,8 @@ def test_a_log_from_an_older_release_gains_the_feedback_columns(db_url: str) -> 
     log = PredictionLog(db_url)
     try:
         assert log.record_label("r1", 0, "cat").correct  # the old row can be labelled
+        indexes = {index["name"] for index in sa.inspect(log.engine).get_indexes("predictions")}
     finally:
         log.close()
     assert count_rows(db_url) == 1
+    assert "ix_predictions_labelled" in indexes  # live accuracy stays an index scan

@@ -86,7 +86,9 @@ def kill(name):
         except OSError:
             pass
 
-if cmd == "pull":
+if cmd == "pull":  # "expired": gone from the registry, still on this host; "missing": neither
+    sys.exit(1 if "missing" in args[-1] or "expired" in args[-1] else 0)
+if cmd == "image" and args[0] == "inspect":
     sys.exit(1 if "missing" in args[-1] else 0)
 if cmd == "run":
     name = args[args.index("--name") + 1]
@@ -305,6 +307,15 @@ def test_rollback_returns_to_the_previous_image(host: Host) -> None:
     assert "\trollback\tblue\tok\t" in (host.state / "history.tsv").read_text()
 
 
+def test_re_releasing_the_serving_image_keeps_the_rollback_target(host: Host) -> None:
+    ok(host.release(host.image("ok", "v1")))
+    ok(host.release(host.image("ok", "v2")))
+    ok(host.release(host.image("ok", "v2")))  # e.g. a deploy workflow run again
+    assert host.state_of("previous") == host.image("ok", "v1")
+    ok(host.release("--rollback"))
+    assert host.state_of("current") == host.image("ok", "v1")
+
+
 def test_failed_reload_puts_the_old_upstream_back(host: Host) -> None:
     flag = host.root / "reload-fails"
     reload = f"test ! -e {flag} && {host.env['IMGCLF_RELOAD_CMD']}"
@@ -460,6 +471,10 @@ def test_docker_runtime_runs_pulls_and_stops_containers(host: Host) -> None:
     assert host.upstream_port() == host.green
     assert host.answer(host.green) == "v2"
     assert host.state_of("current") == "registry.example/imgclf:v2"
+
+    # A rollback target the registry has expired is released from the host's own copy.
+    ok(host.release("registry.example/expired:v4", **env))
+    assert host.state_of("current") == "registry.example/expired:v4"
 
 
 def test_shellcheck_passes_on_the_deploy_scripts() -> None:

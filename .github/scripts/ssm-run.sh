@@ -17,6 +17,8 @@ fi
 targets=$1
 comment=$2
 shift 2
+# Throttled or flaky AWS calls are retried by the CLI itself (standard mode, with backoff).
+export AWS_RETRY_MODE="${AWS_RETRY_MODE:-standard}" AWS_MAX_ATTEMPTS="${AWS_MAX_ATTEMPTS:-10}"
 
 parameters=$(jq -cn '{commands: $ARGS.positional, executionTimeout: ["1800"]}' --args "$@")
 command_id=$(aws ssm send-command \
@@ -31,8 +33,17 @@ echo "SSM command $command_id on $targets"
 
 # Poll the command, not one invocation: `aws ssm wait command-executed` takes a single instance
 # id, and a tag can match several hosts.
+# A failed poll is not a failed release: keep polling (the hosts go on either way), so that the
+# hosts that switched are always reported for the rollback step.
+failed_polls=0 command='{"TargetCount": 0}' status=Unknown
 while :; do
-  command=$(aws ssm list-commands --command-id "$command_id" --output json | jq -c '.Commands[0]')
+  if ! command=$(aws ssm list-commands --command-id "$command_id" --output json |
+    jq -ce '.Commands[0]'); then
+    ((++failed_polls < 30)) || { echo "::error::cannot poll SSM command $command_id" >&2; break; }
+    sleep 10
+    continue
+  fi
+  failed_polls=0
   status=$(jq -r .Status <<<"$command")
   case $status in
     Pending | InProgress | Cancelling) sleep 10 ;;

@@ -48,7 +48,7 @@ from imgclf.serving.champion import (
     RegistryChampion,
     load_bento_model,
 )
-from imgclf.serving.metrics import ProcessSampler
+from imgclf.serving.metrics import Periodic, ProcessSampler
 from imgclf.serving.openapi import SPEC_PATH, spec_for
 from imgclf.serving.prediction_log import (
     ConflictingLabel,
@@ -63,6 +63,7 @@ from imgclf.serving.validation import InvalidImage, Rejected, ValidatedImage, ch
 logger = logging.getLogger(__name__)
 _MULTIPART_OVERHEAD = 64 * 1024
 _MAX_FEEDBACK_BYTES = 4096
+_PROCESS_SAMPLE_SECONDS = 5.0
 
 
 class FeedbackRequest(BaseModel):
@@ -72,7 +73,7 @@ class FeedbackRequest(BaseModel):
 
     request_id: str = Field(pattern="^[0-9a-f]{32}$")  # as answered by /predict(_batch)
     label: str  # one of the classes
-    index: int = Field(default=0, ge=0)  # position in a /predict_batch request
+    index: int = Field(default=0, ge=0, lt=2**31)  # position in a /predict_batch request
 
 
 class ServingRuntime:
@@ -96,14 +97,20 @@ class ServingRuntime:
         self.log = PredictionLog(
             settings.prediction_db_url, on_drop=lambda n: self.metrics.log_dropped.inc(n)
         )
-        self.sampler = ProcessSampler(self.metrics)
+        self._live_accuracy_lock = threading.Lock()
+        self.tickers = [
+            Periodic(ProcessSampler(self.metrics).sample, _PROCESS_SAMPLE_SECONDS, "process"),
+            # Other workers and hosts label predictions in the shared log too: re-read it.
+            Periodic(self.refresh_live_accuracy, settings.poll_seconds, "live-accuracy"),
+        ]
 
     @classmethod
     def from_env(cls) -> ServingRuntime:
         return cls(load_settings())
 
     def start(self) -> None:
-        self.sampler.start()
+        for ticker in self.tickers:
+            ticker.start()
         if self.settings.model_source == "bento":
             threading.Thread(target=self._load_bento, name="bento-model", daemon=True).start()
         else:
@@ -123,8 +130,8 @@ class ServingRuntime:
     def _swapped(self, model: LoadedModel) -> None:
         try:
             self.metrics.model_version.set(float(model.version))
-        except ValueError:
-            self.metrics.model_version.set(0)
+        except ValueError:  # a bento of an unregistered model: serving, but no number
+            self.metrics.model_version.set(-1)
         accuracy = model.test_accuracy
         self.metrics.champion_test_accuracy.set(math.nan if accuracy is None else accuracy)
         try:  # a restarted or newly promoted server picks up the feedback already logged
@@ -134,12 +141,16 @@ class ServingRuntime:
 
     def refresh_live_accuracy(self) -> None:
         """Recompute the live-accuracy gauges for the served version from the prediction log."""
-        model = self.holder.current
-        if model is None:
-            return
-        accuracy, count = self.log.live_accuracy(model.version, self.settings.feedback_window)
-        self.metrics.live_accuracy.set(math.nan if accuracy is None else accuracy)
-        self.metrics.live_accuracy_samples.set(count)
+        with self._live_accuracy_lock:  # one reader at a time: the last write is the newest
+            model = self.holder.current
+            if model is None:
+                return
+            window = self.settings.feedback_window
+            accuracy, count = self.log.live_accuracy(model.version, window)
+            if self.holder.current is not model:  # swapped meanwhile: the swap refreshes
+                return
+            self.metrics.live_accuracy.set(math.nan if accuracy is None else accuracy)
+            self.metrics.live_accuracy_samples.set(count)
 
     def record_feedback(self, feedback: FeedbackRequest) -> LabelledPrediction:
         """Store a true label beside its prediction and update the live-accuracy metrics."""
@@ -158,7 +169,10 @@ class ServingRuntime:
             labelled = record()
         if labelled.recorded:
             self.metrics.feedback.labels(correct=str(labelled.correct).lower()).inc()
-            self.refresh_live_accuracy()
+            try:  # the label is stored: a failed gauge update must not turn that into a 500
+                self.refresh_live_accuracy()
+            except Exception:
+                logger.exception("live accuracy: reading the prediction log failed")
         return labelled
 
     @property
@@ -166,7 +180,8 @@ class ServingRuntime:
         return self.holder.current is not None
 
     def close(self) -> None:
-        self.sampler.stop()
+        for ticker in self.tickers:
+            ticker.stop()
         self.holder.stop()
         self.batcher.close()
         self.log.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ class ServiceMetrics:
     predictions: Any  # Counter{label, model_version}
     confidence: Any  # Histogram{label}
     batch_size: Any  # Histogram: images per forward pass
-    model_version: Any  # Gauge: the served registry version (0 = none/unnumbered)
+    model_version: Any  # Gauge: the served registry version (0 = none, -1 = unregistered)
     log_dropped: Any  # Counter: prediction-log rows lost
     feedback: Any  # Counter{correct}: ground-truth labels received
     live_accuracy: Any  # Gauge: share correct of the served version's last N labelled answers
@@ -108,36 +109,22 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-class ProcessSampler:
-    """Exports this worker's CPU seconds and resident memory every `interval` seconds.
+class Periodic:
+    """Calls `task` every `interval` seconds on a daemon thread (first call at once); an error
+    is logged and the next tick tries again: metrics must never take the service down."""
 
-    BentoML's multiprocess /metrics has no process collector (prometheus_client's reads only
-    the scraping process), so each worker samples itself with psutil.
-    """
-
-    def __init__(self, metrics: ServiceMetrics, interval: float = 5.0) -> None:
-        import psutil
-
-        self.metrics = metrics
+    def __init__(self, task: Callable[[], None], interval: float, name: str) -> None:
+        self.task = task
         self.interval = interval
-        self.process = psutil.Process()
-        self._cpu_seen = 0.0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="process-metrics", daemon=True)
-
-    def sample(self) -> None:
-        times = self.process.cpu_times()
-        cpu = times.user + times.system
-        self.metrics.process_cpu.inc(max(cpu - self._cpu_seen, 0.0))
-        self._cpu_seen = cpu
-        self.metrics.process_memory.set(self.process.memory_info().rss)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
         while True:
             try:
-                self.sample()
-            except Exception:  # metrics must never take the service down
-                logger.exception("process metrics sample failed")
+                self.task()
+            except Exception:
+                logger.exception("%s failed", self._thread.name)
             if self._stop.wait(self.interval):
                 return
 
@@ -146,3 +133,25 @@ class ProcessSampler:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class ProcessSampler:
+    """This worker's CPU seconds and resident memory, for `Periodic` to sample.
+
+    BentoML's multiprocess /metrics has no process collector (prometheus_client's reads only
+    the scraping process), so each worker samples itself with psutil.
+    """
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        import psutil
+
+        self.metrics = metrics
+        self.process = psutil.Process()
+        self._cpu_seen = 0.0
+
+    def sample(self) -> None:
+        times = self.process.cpu_times()
+        cpu = times.user + times.system
+        self.metrics.process_cpu.inc(max(cpu - self._cpu_seen, 0.0))
+        self._cpu_seen = cpu
+        self.metrics.process_memory.set(self.process.memory_info().rss)

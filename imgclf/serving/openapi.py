@@ -89,7 +89,8 @@ def _error_schema(
 
 _REQUEST_ID_HEADER = {
     "X-Request-ID": {
-        "description": "Id of this request (also in the body and the prediction log)",
+        "description": "Id of this HTTP request (a prediction's is also in its body and the "
+        "prediction log)",
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
 }

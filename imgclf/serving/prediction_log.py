@@ -38,7 +38,17 @@ predictions = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=False),
     # Ground truth, filled later by POST /feedback (NULL until someone labels the request).
     sa.Column("true_label", sa.String(64), nullable=True),
-    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True, index=True),
+    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True),
+)
+_labelled = predictions.c.true_label.is_not(None)
+# Live accuracy reads a version's latest labels: a partial index holds only labelled rows, so
+# the query never walks the (many more) unlabelled ones, whatever the table's size.
+sa.Index(
+    "ix_predictions_labelled",
+    predictions.c.model_version,
+    predictions.c.feedback_at,
+    postgresql_where=_labelled,
+    sqlite_where=_labelled,
 )
 
 
@@ -131,6 +141,7 @@ class PredictionLog:
         while not stopping:
             rows: list[Mapping[str, Any]] = []
             waiters: list[threading.Event] = []
+            taken = 1
             stopping = _sort(self.queue.get(), rows, waiters)
             # A flush waiter ends the batch at once: someone is waiting for exactly these rows.
             while not stopping and not waiters and len(rows) < self.batch_size:
@@ -138,6 +149,7 @@ class PredictionLog:
                     item = self.queue.get(timeout=self.flush_seconds if rows else None)
                 except queue.Empty:
                     break
+                taken += 1
                 stopping = _sort(item, rows, waiters)
             if stopping:  # drain whatever is left behind the sentinel's producers
                 while True:
@@ -145,7 +157,10 @@ class PredictionLog:
                         _sort(self.queue.get_nowait(), rows, waiters)
                     except queue.Empty:
                         break
+                    taken += 1
             self._write(rows)
+            for _ in range(taken):  # unfinished_tasks: queued items not yet written
+                self.queue.task_done()
             for waiter in waiters:
                 waiter.set()
 
@@ -154,6 +169,8 @@ class PredictionLog:
         False when that took longer than `timeout`."""
         if self._closed:
             return not self._thread.is_alive()
+        if self.queue.unfinished_tasks == 0:  # nothing queued or being written: no wait at all
+            return True
         done = threading.Event()
         try:
             self.queue.put(done, timeout=timeout)
@@ -206,7 +223,7 @@ class PredictionLog:
         recent = (
             sa.select(predictions.c.label, predictions.c.true_label)
             .where(predictions.c.model_version == model_version)
-            .where(predictions.c.true_label.is_not(None))
+            .where(_labelled)
             .order_by(predictions.c.feedback_at.desc(), predictions.c.id.desc())
             .limit(window)
             .subquery()
@@ -246,8 +263,9 @@ def _sort(item: Any, rows: list[Mapping[str, Any]], waiters: list[threading.Even
 
 def _add_missing_columns(engine: sa.Engine) -> None:
     """Upgrade a log created by an older release in place: its columns are a prefix of today's,
-    and every later column is nullable, so ADD COLUMN is the whole migration."""
-    present = {column["name"] for column in sa.inspect(engine).get_columns(predictions.name)}
+    and every later column is nullable, so ADD COLUMN (and the indexes) is the whole migration."""
+    inspector = sa.inspect(engine)
+    present = {column["name"] for column in inspector.get_columns(predictions.name)}
     with engine.begin() as conn:
         for column in predictions.columns:
             if column.name not in present:
@@ -256,6 +274,8 @@ def _add_missing_columns(engine: sa.Engine) -> None:
                     sa.text(f"ALTER TABLE {predictions.name} ADD COLUMN {column.name} {kind}")
                 )
                 logger.warning("prediction log: added column %s", column.name)
+        for index in predictions.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
