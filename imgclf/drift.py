@@ -152,8 +152,11 @@ def _utc(stamp: dt.datetime) -> dt.datetime:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
-def load_live(url: str, start: dt.datetime, end: dt.datetime) -> Predictions:
-    """Logged predictions with start <= timestamp < end (aware datetimes), oldest first.
+def load_live(
+    url: str, start: dt.datetime, end: dt.datetime, model_version: str | None = None
+) -> Predictions:
+    """Logged predictions with start <= timestamp < end (aware datetimes), oldest first; only
+    those of `model_version` when given.
 
     A log written by an older release may lack the nullable feedback columns: read as NULL."""
     engine = _engine(url)
@@ -175,6 +178,8 @@ def load_live(url: str, start: dt.datetime, end: dt.datetime) -> Predictions:
                 )
                 .order_by(c.timestamp)
             )
+            if model_version is not None:
+                query = query.where(c.model_version == model_version)
             rows = conn.execute(query).all()
     except sa.exc.SQLAlchemyError as exc:
         reason = str(exc).splitlines()[0]
@@ -506,6 +511,12 @@ def summary_lines(report: Report) -> list[str]:
         f"monitor: {report.live_rows} live predictions ({report.labelled_rows} labelled), "
         f"{_period(report)}, vs {report.reference_rows} test images"
     ]
+    versions = ", ".join(f"{v} ({n})" for v, n in report.model_versions.items())
+    if len(report.model_versions) > 1:  # the reference is one model's evaluation
+        lines.append(f"  warning: several model versions answered: {versions}; "
+                     "compare one with --model-version")  # fmt: skip
+    elif versions:
+        lines.append(f"  model version {versions}")
     for check in report.checks:
         note = f"  [{check.note}]" if check.note else ""
         lines.append(f"  {check.name:<11} {check.verdict:<17} {check.value}{note}")

@@ -1,6 +1,7 @@
 """Drift report: the last days of the service's prediction log against the test split.
 
-python -m stages.monitor [--db URL] [--days N] [--out DIR] [--now ISO] [--root DIR]
+python -m stages.monitor [--db URL] [--days N] [--model-version V] [--out DIR] [--now ISO]
+                        [--root DIR]
 
 Writes DIR/report.html (self-contained), DIR/drift.png and DIR/drift.json (default DIR:
 artifacts/monitor) and prints a summary. The database defaults to the service's prediction log:
@@ -52,6 +53,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="end of the window, ISO 8601 (naive = UTC); default: now",
     )
     parser.add_argument(
+        "--model-version",
+        default=None,
+        help="only predictions of this registry version (the one the reference evaluated); "
+        "default: all",
+    )
+    parser.add_argument(
         "--root",
         type=Path,
         default=PROJECT_ROOT,
@@ -85,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             classes,
             params.evaluate.threshold,
         )
-        live = drift.load_live(url, start, end)
+        live = drift.load_live(url, start, end, args.model_version)
     except drift.DriftInputError as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return 2

@@ -236,6 +236,24 @@ def test_only_the_window_counts(project: Path, tmp_path: Path) -> None:
     assert {"class mix", "image size", "accuracy"} <= set(report["flagged"])
 
 
+def test_one_model_version_at_a_time(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reference is one model's evaluation: a newer version's shifted answers flag the
+    mixed window (with a warning) but not the window of the version the reference evaluated."""
+    newer = [
+        {**row, "model_version": "4", "request_id": f"v4-{row['request_id']}"}
+        for row in log_rows(*draw(1000, seed=8, dog=0.95))
+    ]
+    url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=9)), newer)
+    code, report, _ = run(project, url, tmp_path / "mixed")
+    assert code == 1 and report["live"]["model_versions"] == {"3": 1000, "4": 1000}
+    assert "several model versions answered: 3 (1000), 4 (1000)" in capsys.readouterr().out
+    code, report, _ = run(project, url, tmp_path / "v3", "--model-version", "3")
+    assert code == 0 and report["live"]["model_versions"] == {"3": 1000}
+    assert "model version 3 (1000)" in capsys.readouterr().out
+
+
 def test_bad_input_exits_2_with_one_clear_line(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -507,7 +507,8 @@ def test_monitor_fails_on_drift_and_records_why(
     env["STUB_STATUS"] = str(exit_status)
     result, calls = stubs(monitor["run"], ("python",), env)
     command = "python -m stages.monitor --db postgresql://db/imgclf --days 7 --out reports/monitor"
-    assert calls == [command.split()]
+    registered = json.loads((REPO_ROOT / "reports" / "register.json").read_text())["model_uri"]
+    assert calls == [[*command.split(), "--model-version", registered.rsplit("/", 1)[1]]]
     assert result.returncode == exit_status
     assert output.read_text() == f"status={exit_status}\n"
     upload = uses(workflow["jobs"]["drift"], "actions/upload-artifact")[0]
