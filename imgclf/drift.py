@@ -37,6 +37,7 @@ import sqlalchemy as sa
 
 from imgclf.config import MonitorParams
 from imgclf.io import read_tsv, write_json
+from imgclf.registry import redact
 from imgclf.serving.prediction_log import predictions
 
 OK, DRIFT, INSUFFICIENT, INFO = "ok", "drift", "insufficient data", "info"
@@ -111,14 +112,6 @@ def window(now: dt.datetime, days: float) -> tuple[dt.datetime, dt.datetime]:
     return end - dt.timedelta(days=days), end
 
 
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages and reports."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
-
-
 def _engine(url: str) -> sa.Engine:
     """An engine for an existing database: a missing SQLite file is an error, never created."""
     try:
@@ -128,11 +121,11 @@ def _engine(url: str) -> sa.Engine:
     database = parsed.database or ""
     is_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if is_file and not database.startswith("file:") and not Path(database).is_file():
-        raise DriftInputError(f"no prediction log at {safe_url(url)} (file not found)")
+        raise DriftInputError(f"no prediction log at {redact(url)} (file not found)")
     try:
         return sa.create_engine(url)
     except Exception as exc:  # unknown dialect, missing driver
-        raise DriftInputError(f"cannot open {safe_url(url)}: {exc}") from exc
+        raise DriftInputError(f"cannot open {redact(url)}: {exc}") from exc
 
 
 LIVE_COLUMNS = (
@@ -165,7 +158,7 @@ def load_live(
         with engine.connect() as conn:
             inspector = sa.inspect(conn)
             if not inspector.has_table(predictions.name):
-                raise DriftInputError(f"no table {predictions.name!r} in {safe_url(url)}")
+                raise DriftInputError(f"no table {predictions.name!r} in {redact(url)}")
             present = {column["name"] for column in inspector.get_columns(predictions.name)}
             columns = [
                 c[name] if name in present or not c[name].nullable else sa.null().label(name)
@@ -183,7 +176,7 @@ def load_live(
             rows = conn.execute(query).all()
     except sa.exc.SQLAlchemyError as exc:
         reason = str(exc).splitlines()[0]
-        raise DriftInputError(f"cannot read {safe_url(url)}: {reason}") from exc
+        raise DriftInputError(f"cannot read {redact(url)}: {reason}") from exc
     finally:
         engine.dispose()
     return _predictions(
@@ -539,7 +532,7 @@ def report_dict(report: Report, database: str) -> dict[str, Any]:
             "end": report.end.isoformat(),
             "days": report.params.days,
         },
-        "database": safe_url(database),
+        "database": redact(database),
         "live": {
             "rows": report.live_rows,
             "labelled": report.labelled_rows,
@@ -646,7 +639,7 @@ def render_html(report: Report, database: str, png: bytes) -> str:
 <h1>Prediction drift report</h1>
 <p><span class="status" style="background:{status_colour}">{e(outcome)}</span></p>
 <p>Live: <b>{report.live_rows}</b> predictions ({report.labelled_rows} with a true label),
-{e(_period(report))}, from <code>{e(safe_url(database))}</code>; model versions: {e(versions)}.
+{e(_period(report))}, from <code>{e(redact(database))}</code>; model versions: {e(versions)}.
 <br>Reference: the test split, <b>{report.reference_rows}</b> images.</p>
 <table>
 <tr><th>check</th><th>verdict</th><th>value</th><th>flagged when</th><th>note</th></tr>

@@ -13,14 +13,13 @@ test must only count what it sent itself (its own request ids).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import VENV_BIN, BentoServer, Registry, mlflow_uris
+from tests.helpers import VENV_BIN, BentoServer, Registry, mint_token, mlflow_uris
 from tests.mlflow_server import MlflowServer
 from tests.s3_server import MotoServer
 
@@ -34,10 +33,8 @@ STARTUP_TIMEOUT = 180
 
 def bearer(secret: str = SECRET, audience: str = AUDIENCE, **claims: object) -> dict[str, str]:
     """A fresh valid `Authorization` header (minted per call: a long CI run outlives a token)."""
-    import jwt
-
-    payload = {"aud": audience, "exp": time.time() + 600, "sub": "ops-tests", **claims}
-    return {"Authorization": f"Bearer {jwt.encode(payload, secret, 'HS256')}"}
+    claims = {"sub": "ops-tests", **claims}
+    return {"Authorization": f"Bearer {mint_token(secret, audience, **claims)}"}
 
 
 @dataclass

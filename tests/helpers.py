@@ -74,6 +74,32 @@ def program(name: str, package: str) -> str:
     return path
 
 
+def stop_process(
+    process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM, group: bool = False
+) -> int:
+    """Send `sig`, wait up to `timeout` s, then SIGKILL (its whole process group when `group`:
+    servers that fork workers); return the exit status. A process already gone is left be."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if group:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+            process.wait()
+    return process.returncode
+
+
+def mint_token(secret: str, audience: str, **claims: object) -> str:
+    """An HS256 JWT valid for 10 minutes; a claim given as None is left out."""
+    import jwt
+
+    payload = {"aud": audience, "exp": time.time() + 600, "sub": "tests", **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -131,15 +157,9 @@ class BentoServer:
 
     def stop(self) -> int:
         """SIGTERM, wait up to 60 s, then SIGKILL the process group; return the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        status = stop_process(self.process, 60, group=True)
         self.log.close()
-        return self.process.returncode
+        return status
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 
 START_TIMEOUT_S = 60.0
 REGION = "us-east-1"
@@ -86,13 +86,7 @@ class MotoServer:
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 @pytest.fixture(scope="session")

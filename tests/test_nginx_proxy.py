@@ -29,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import REPO_ROOT, free_port, program
+from tests.helpers import REPO_ROOT, free_port, program, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -190,14 +190,8 @@ class Nginx:
         raise TimeoutError(f"nginx did not listen within {START_TIMEOUT}s:\n{self.error_log()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:  # SIGQUIT: graceful, finish requests, then exit
+            stop_process(self.process, 10, signal.SIGQUIT, group=True)
 
     def error_log(self) -> str:
         path = self.root / "error.log"

@@ -5,7 +5,6 @@ tests/champion_service.py; values are read back through Prometheus' HTTP API."""
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import requests
 import yaml
 
 from tests.champion_service import TEST_ACCURACY, ChampionService
-from tests.helpers import REPO_ROOT, free_port, program
+from tests.helpers import REPO_ROOT, free_port, program, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -80,12 +79,7 @@ class Prometheus:
         raise TimeoutError(f"no sample for {query}:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 20)
 
 
 @pytest.fixture(scope="module")

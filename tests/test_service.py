@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.helpers import VENV_BIN, BentoServer, Registry, mlflow_uris
+from tests.helpers import VENV_BIN, BentoServer, Registry, mint_token, mlflow_uris
 
 pytestmark = pytest.mark.integration
 
@@ -37,10 +37,7 @@ STARTUP_TIMEOUT = 120
 
 
 def token(**claims) -> str:
-    import jwt
-
-    payload = {"aud": AUDIENCE, "exp": time.time() + 600, "sub": "tests", **claims}
-    return jwt.encode({k: v for k, v in payload.items() if v is not None}, SECRET, "HS256")
+    return mint_token(SECRET, AUDIENCE, **claims)
 
 
 def auth() -> dict[str, str]:

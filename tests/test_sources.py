@@ -23,6 +23,7 @@ from imgclf.sources import (
     open_source,
     safe_extract,
 )
+from tests.s3_server import MotoServer
 
 
 def jpeg(color: str = "red", size: tuple[int, int] = (48, 40)) -> bytes:
@@ -296,15 +297,10 @@ def test_unreachable_url_is_one_clear_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+@pytest.fixture
+def moto_endpoint(s3_server: MotoServer) -> str:
+    """The session's moto server (tests/s3_server.py)."""
+    return s3_server.url
 
 
 @pytest.fixture

@@ -29,12 +29,9 @@ def import_champion() -> tuple[str, str]:
     version = registry.resolve()
     if version is None:
         raise SystemExit(f"no {settings.model_name}@{settings.alias} in {settings.tracking_uri}")
-    from imgclf.registry import test_metric
-
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    registered = registry.client.get_model_version(settings.model_name, version)
-    accuracy = test_metric(registry.client, registered, "accuracy")
+    accuracy = registry.test_accuracy(version)
     labels = {"registered_model": settings.model_name, "registered_version": version}
     if accuracy is not None:  # the live-accuracy alarm's bar travels with the packaged model
         labels["test_accuracy"] = repr(accuracy)

@@ -101,9 +101,9 @@ class RegistryChampion:
         uri = f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile
         mlflow.set_registry_uri(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
-        return build_loaded_model(load_model(uri), version, uri, self._test_accuracy(version))
+        return build_loaded_model(load_model(uri), version, uri, self.test_accuracy(version))
 
-    def _test_accuracy(self, version: str) -> float | None:
+    def test_accuracy(self, version: str) -> float | None:
         """The version's registered test accuracy; None (not a failed load) when unreadable:
         it only feeds the live-accuracy alarm's bar."""
         from imgclf.registry import test_metric
