@@ -21,7 +21,10 @@ from benchmarks.timing import best_rate
 def bench(size: int, batch_size: int, batches: int, repeats: int, weights: str | None) -> dict:
     import tensorflow as tf
 
-    from imgclf.models.efficientnet_lite import efficientnet_lite0, load_pretrained_backbone
+    from imgclf.model.architectures.efficientnet_lite import (
+        efficientnet_lite0,
+        load_pretrained_backbone,
+    )
 
     if weights:
         model = load_pretrained_backbone(weights, size)

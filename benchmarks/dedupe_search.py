@@ -1,4 +1,4 @@
-"""Near-duplicate search: multi-index hashing (imgclf.hashing.near_pairs) vs all pairs (numpy).
+"""Near-duplicate search: multi-index hashing (imgclf.data.dedupe.near_pairs) vs all pairs (numpy).
 
 Random 64-bit hashes plus planted near copies (0..threshold bits apart); both methods must return
 the same pairs. Prints seconds per size, the speed-up, and each method's growth exponent (slope of
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from imgclf.hashing import brute_force_pairs, near_pairs
+from imgclf.data.dedupe import brute_force_pairs, near_pairs
 
 
 def make_hashes(n: int, threshold: int, planted_fraction: float, seed: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Perceptual-hashing throughput on the real photos: 1 process vs all cores.
 
 Hashes the first --count photos of $IMGCLF_SAMPLE_DATA (default ../shared/data/dogs-vs-cats) with
-`imgclf.hashing.hash_images`, pool start-up included, and prints img/s and the ratio. The reduced
-JPEG decode (decode_size, PIL draft) is the default; --decode-size 0 measures full decodes.
+`imgclf.data.dedupe.hash_images`, pool start-up included, and prints img/s and the ratio. The
+reduced JPEG decode (decode_size, PIL draft) is the default; --decode-size 0 measures full decodes.
 
     .venv/bin/python benchmarks/hashing_cores.py [--count 1000] [--algorithm phash]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from imgclf.config import DedupeParams, resolve_workers  # noqa: E402
-from imgclf.hashing import hash_images  # noqa: E402
+from imgclf.data.dedupe import hash_images  # noqa: E402
 from imgclf.io import read_tsv  # noqa: E402
 
 

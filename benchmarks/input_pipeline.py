@@ -29,10 +29,10 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from imgclf.data import image_dataset
-    from imgclf.inference import predict_batches
-    from imgclf.models.factory import build_classifier
-    from imgclf.preprocess import load_images
+    from imgclf.model.architectures.factory import build_classifier
+    from imgclf.model.dataset import image_dataset
+    from imgclf.model.inference import predict_batches
+    from imgclf.model.preprocess import load_images
 
     photos = os.environ.get(
         "IMGCLF_SAMPLE_DATA", str(PROJECT_ROOT.parent / "shared/data/dogs-vs-cats")

@@ -26,7 +26,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers import BentoServer  # noqa: E402
+from tests.support.helpers import BentoServer  # noqa: E402
 
 NAME = "imgclf-benchmark"
 READY_TIMEOUT_S = 180
@@ -34,7 +34,7 @@ READY_TIMEOUT_S = 180
 
 def build_model(arch: str, size: int):
     from imgclf.config import TrainParams
-    from imgclf.models.factory import build_classifier
+    from imgclf.model.architectures.factory import build_classifier
 
     return build_classifier(TrainParams(arch=arch, weights=None, image_size=size)).model
 
@@ -71,8 +71,8 @@ def main() -> int:
     args = parser.parse_args()
     import tensorflow as tf
 
-    from imgclf.preprocess import preprocess_bytes
-    from imgclf.serving.champion import build_loaded_model
+    from imgclf.model.preprocess import preprocess_bytes
+    from imgclf.serving.holder import build_loaded_model
 
     photo = args.photo.read_bytes()
     with tempfile.TemporaryDirectory() as scratch:

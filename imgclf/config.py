@@ -137,7 +137,7 @@ class ServeParams(_Section):
 
 
 class RegisterParams(_Section):
-    """Model registry gate (stages/register.py, imgclf/registry.py)."""
+    """Model registry gate (stages/register.py, imgclf/registry/client.py)."""
 
     model_name: str = Field(default="dogs-vs-cats", min_length=1)
     metric: str = Field(default="accuracy", min_length=1)  # a key of metrics.json's "test"
@@ -150,7 +150,7 @@ class RegisterParams(_Section):
 
 class MonitorParams(_Section):
     """Drift report: the last `days` of the prediction log against the test split
-    (stages/monitor.py, imgclf/drift.py). Not a DVC stage: changing it reruns nothing."""
+    (stages/monitor.py, imgclf/monitoring/drift.py). Not a DVC stage: changing it reruns nothing."""
 
     days: int = Field(default=7, ge=1)  # live window: the last N days before now
     psi_threshold: float = Field(default=0.2, gt=0)  # population stability index: a material shift

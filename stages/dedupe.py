@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imgclf.config import Paths, load_params
-from imgclf.hashing import run_dedupe
+from imgclf.data.dedupe import run_dedupe
 
 
 def main() -> None:

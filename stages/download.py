@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgclf import config, images, sources
+from imgclf import config
+from imgclf.data import ingest as images
+from imgclf.data import sources
 from imgclf.io import write_json
 
 

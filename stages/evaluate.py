@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from imgclf.config import Paths, load_params
-from imgclf.evaluation import log_to_mlflow, run_evaluate
+from imgclf.evaluation.report import log_to_mlflow, run_evaluate
 from imgclf.io import read_json
 
 

@@ -7,7 +7,7 @@ Writes DIR/report.html (self-contained), DIR/drift.png and DIR/drift.json (defau
 artifacts/monitor) and prints a summary. The database defaults to the service's prediction log:
 $IMGCLF_PREDICTION_DB_URL, else params serve.prediction_db (a bare file name is a SQLite file in
 the current directory, as for the service). Thresholds: params.yaml `monitor:`; the checks are
-described in imgclf/drift.py.
+described in imgclf/monitoring/drift.py.
 
 Exit status: 0 nothing flagged (including "insufficient data"), 1 drift flagged, 2 bad input
 (no database, no predictions table, no reference files).
@@ -72,8 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from imgclf import drift
     from imgclf.config import Paths, load_params
+    from imgclf.monitoring import drift
     from imgclf.serving.settings import database_url
 
     params, paths = load_params(), Paths(args.root)

@@ -7,7 +7,7 @@ python -m stages.predict <folder|archive> --out submission.csv [--proba]
 The id is the numeric part of the file name (`123.jpg`, `cat.123.jpg` -> 123; other names keep
 their stem); rows are sorted by id, numbers first. Each file is decoded with Pillow first: a
 corrupt or non-image file is reported on stderr and skipped, never fatal. Probabilities come from
-`imgclf.evaluation.predict_probabilities`, the function evaluate uses.
+`imgclf.evaluation.report.predict_probabilities`, the function evaluate uses.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from imgclf.prediction import (
+from imgclf.model.batch_predict import (
     find_images,
     input_folder,
     screen_images,
@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from imgclf.config import Paths, load_params
-    from imgclf.evaluation import load_model, predict_probabilities
-    from imgclf.sources import SourceError
+    from imgclf.data.sources import SourceError
+    from imgclf.evaluation.report import load_model, predict_probabilities
 
     params, paths = load_params(), Paths()
     classes = params.download.classes

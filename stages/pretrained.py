@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from imgclf.config import Paths
 from imgclf.io import atomic_dir, write_json
-from imgclf.models.efficientnet_lite import export_imagenet_weights
+from imgclf.model.architectures.efficientnet_lite import export_imagenet_weights
 
 
 def run(paths: Paths) -> dict:

@@ -8,7 +8,7 @@
 
 The registry is MLflow's: params.yaml's mlflow.tracking_uri, or $MLFLOW_TRACKING_URI (a server).
 promote/rollback change the registry only (not reports/register.json, which is the stage's
-output). Problems are reported as one line on stderr, exit status 1. See imgclf/registry.py.
+output). Problems are reported as one line on stderr, exit status 1. See imgclf/registry/client.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from imgclf import registry
 from imgclf.config import PROJECT_ROOT, Paths, load_params
 from imgclf.io import read_json, write_json
+from imgclf.registry import client as registry
 
 
 def _parser() -> argparse.ArgumentParser:

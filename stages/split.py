@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imgclf.config import Paths, load_params
-from imgclf.splitting import SPLITS, run_split
+from imgclf.data.split import SPLITS, run_split
 
 
 def main() -> None:

@@ -9,11 +9,11 @@ import mlflow
 
 from imgclf import tracking
 from imgclf.config import Paths, load_params
-from imgclf.data import read_split
 from imgclf.io import atomic_dir, write_json, write_tsv
-from imgclf.models.factory import build_classifier
-from imgclf.preprocess import load_images
-from imgclf.training import distribution_strategy, set_seeds, train_classifier
+from imgclf.model.architectures.factory import build_classifier
+from imgclf.model.dataset import read_split
+from imgclf.model.preprocess import load_images
+from imgclf.model.training import distribution_strategy, set_seeds, train_classifier
 
 
 def main() -> None:

@@ -12,18 +12,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import unavailable
+from tests.support.helpers import unavailable
 
 # Real servers on loopback, one per session: mlflow, moto S3, PostgreSQL, a champion service.
 pytest_plugins = [
-    "tests.mlflow_server",
-    "tests.s3_server",
-    "tests.postgres_server",
-    "tests.champion_service",
+    "tests.support.mlflow_server",
+    "tests.support.s3_server",
+    "tests.support.postgres_server",
+    "tests.support.champion_service",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+TEST_KINDS = ("unit", "data", "model", "integration", "infra")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kind, the folder it lives in, so `pytest -m "unit or data"` works."""
+    tests_dir = Path(__file__).parent
+    for item in items:
+        kind = item.path.relative_to(tests_dir).parts[0]
+        if kind not in TEST_KINDS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in one of tests/{{{','.join(TEST_KINDS)}}}/"
+            )
+        item.add_marker(kind)
 
 
 @pytest.fixture(scope="session")

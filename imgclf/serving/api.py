@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from imgclf.serving.champion import (
+from imgclf.serving.holder import (
     Batcher,
     ChampionHolder,
     LoadedModel,
@@ -245,11 +245,11 @@ def _preprocess(encoded: list[bytes], model: LoadedModel) -> list[np.ndarray]:
 
 @functools.cache
 def _traced_preprocess(image_size: int) -> Callable[[Any], Any]:
-    """THE preprocessing (imgclf.preprocess.preprocess_bytes, unchanged) as one graph, traced
+    """THE preprocessing (imgclf.model.preprocess.preprocess_bytes, unchanged) as one graph, traced
     once per image size for a scalar string: eager op-by-op dispatch costs more per image."""
     import tensorflow as tf
 
-    from imgclf.preprocess import preprocess_bytes
+    from imgclf.model.preprocess import preprocess_bytes
 
     def preprocess(data: tf.Tensor) -> tf.Tensor:
         return preprocess_bytes(data, image_size)

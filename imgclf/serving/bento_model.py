@@ -22,7 +22,7 @@ def import_champion() -> tuple[str, str]:
     import bentoml
     import mlflow
 
-    from imgclf.serving.champion import RegistryChampion
+    from imgclf.serving.holder import RegistryChampion
 
     settings = load_settings()
     registry = RegistryChampion(settings.tracking_uri, settings.model_name, settings.alias)

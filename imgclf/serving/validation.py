@@ -1,7 +1,7 @@
 """Upload validation: raw bytes from a client -> bytes THE preprocessing can decode, or a 4xx.
 
-Reuses the download stage's Pillow guards (`imgclf.images`): the decompression-bomb guard is tied
-to `max_pixels` and the size is read from the header BEFORE any pixel is decoded; EXIF
+Reuses the download stage's Pillow guards (`imgclf.data.ingest`): the decompression-bomb guard is
+tied to `max_pixels` and the size is read from the header BEFORE any pixel is decoded; EXIF
 orientation and mode conversion are the download stage's own. A baseline-or-progressive RGB JPEG
 without rotation is passed on as its original bytes, so the served probability equals evaluate's
 for the same file; anything else (PNG, WebP, BMP, grayscale/CMYK/palette/alpha, EXIF-rotated) is
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgclf.images import HIGH_BIT_MODES, exif_orientation, pixel_limit, to_rgb
+from imgclf.data.ingest import HIGH_BIT_MODES, exif_orientation, pixel_limit, to_rgb
 
 # Pillow format names accepted; MPO is a phone JPEG with an embedded preview (its first frame).
 ACCEPTED_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
@@ -53,7 +53,7 @@ class InvalidImage(Rejected):
 
 @dataclass(frozen=True)
 class ValidatedImage:
-    model_bytes: bytes  # what goes to imgclf.preprocess.preprocess_bytes
+    model_bytes: bytes  # what goes to imgclf.model.preprocess.preprocess_bytes
     sha256: str  # of the uploaded bytes
     width: int  # after EXIF orientation
     height: int

@@ -1,0 +1,109 @@
+"""One entry point from `train.arch` to a classifier: [0, 1] image in, P(class 1) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from imgclf.config import AugmentParams, TrainParams
+from imgclf.model.architectures import applications, cnn, efficientnet_lite
+
+PRETRAINED_ARCHS = ("efficientnet_lite0", *applications.NAMES)
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The model to train and save, and its parts for two-phase transfer learning.
+
+    `backbone` and `head` are None for from-scratch models, which train end to end.
+    """
+
+    model: keras.Model
+    backbone: keras.Model | None = None
+    head: keras.Model | None = None
+
+
+def augmentation(params: AugmentParams) -> keras.Sequential | None:
+    """Keras preprocessing layers for the training input pipeline (None when disabled).
+
+    They run in tf.data, never inside the saved model: a Keras random layer called without
+    `training=False` augments, and a served model must never do that.
+    """
+    if not params.enabled:
+        return None
+    layers = keras.layers
+    candidates = [
+        (params.flip, lambda: layers.RandomFlip("horizontal")),
+        (params.rotation, lambda: layers.RandomRotation(params.rotation, fill_mode="reflect")),
+        (params.shift, lambda: layers.RandomTranslation(params.shift, params.shift, "reflect")),
+        (params.zoom, lambda: layers.RandomZoom(params.zoom, fill_mode="reflect")),
+        (params.brightness, lambda: layers.RandomBrightness(params.brightness, (0.0, 1.0))),
+        (params.contrast, lambda: layers.RandomContrast(params.contrast)),
+    ]
+    return keras.Sequential([make() for wanted, make in candidates if wanted], name="augment")
+
+
+def binary_head(features: int, dropout: float) -> keras.Sequential:
+    """Pooled features -> probability of class index 1."""
+    return keras.Sequential(
+        [
+            keras.Input((features,), name="features"),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(1, activation="sigmoid", name="probability"),
+        ],
+        name="head",
+    )
+
+
+def _backbone(params: TrainParams, pretrained_weights: Path | None) -> keras.Model:
+    if params.arch == "efficientnet_lite0":
+        if params.weights == "imagenet":
+            if pretrained_weights is None:
+                raise ValueError("efficientnet_lite0 with imagenet weights needs the ported file")
+            return efficientnet_lite.load_pretrained_backbone(pretrained_weights, params.image_size)
+        return efficientnet_lite.efficientnet_lite0(False, (params.image_size,) * 2 + (3,))
+    if params.arch == "small_cnn":
+        return cnn.small_cnn_backbone(params.image_size)
+    return applications.application_backbone(params.arch, params.image_size, params.weights)
+
+
+def build_classifier(params: TrainParams, pretrained_weights: Path | None = None) -> Classifier:
+    """The classifier for `params.arch`: [0, 1] images in, probability of class 1 out."""
+    if params.arch == "seed_cnn":
+        return Classifier(cnn.seed_cnn(params.image_size))
+    inputs = keras.Input((params.image_size, params.image_size, 3), name="image")
+    backbone = _backbone(params, pretrained_weights)
+    head = binary_head(backbone.output_shape[-1], params.dropout)
+    model = keras.Model(inputs, head(backbone(inputs)), name=f"{params.arch}_classifier")
+    if params.arch not in PRETRAINED_ARCHS or params.weights is None:
+        return Classifier(model)  # nothing worth freezing: train end to end
+    return Classifier(model, backbone, head)
+
+
+def unfreeze_top(backbone: keras.Model, arch: str, blocks: int) -> None:
+    """Make the top of a frozen backbone trainable for fine-tuning (BatchNorm stays frozen).
+
+    EfficientNet-Lite0 counts MBConv blocks; keras.applications backbones count weighted layers.
+    """
+    backbone.trainable = True
+    if arch == "efficientnet_lite0":
+        efficientnet_lite.unfreeze_top_blocks(backbone, blocks)
+        return
+    weighted = [layer for layer in _flat_layers(backbone) if layer.weights]
+    for index, layer in enumerate(weighted):
+        is_top = index >= len(weighted) - blocks
+        layer.trainable = is_top and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    flat: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        flat.extend(_flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return flat
+
+
+def load_classifier(path: Path | str) -> keras.Model:
+    """A saved `.keras` classifier, ready for inference."""
+    return keras.models.load_model(path, compile=False)

@@ -1,0 +1,63 @@
+"""tf.data input pipelines from the split manifests, built on THE preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from imgclf.io import read_tsv
+from imgclf.model.preprocess import preprocess_bytes
+
+
+@dataclass(frozen=True)
+class LabelledFiles:
+    """Image files (absolute paths) with integer labels (index into the class list)."""
+
+    files: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def read_split(manifest: Path, classes: Sequence[str], root: Path) -> LabelledFiles:
+    """A split manifest (path, label, ...) -> files under `root` with label indices."""
+    index = {name: i for i, name in enumerate(classes)}
+    rows = read_tsv(manifest)
+    unknown = {row["label"] for row in rows} - index.keys()
+    if unknown:
+        raise ValueError(f"{manifest}: labels {sorted(unknown)} are not in classes {list(classes)}")
+    files = [str(root / row["path"]) for row in rows]
+    labels = np.array([index[row["label"]] for row in rows], dtype="int32")
+    return LabelledFiles(files, labels)
+
+
+def image_dataset(
+    files: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Files (and labels) -> batches of model input, decoded in parallel and prefetched.
+
+    Shuffling happens on file names before decoding, so it costs no memory per image.
+    """
+    items = list(files) if labels is None else (list(files), labels.astype("float32"))
+    dataset = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def load(path: tf.Tensor, *label: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, ...]:
+        image = preprocess_bytes(tf.io.read_file(path), image_size)
+        return (image, *label) if label else image
+
+    return (
+        dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,0 +1,193 @@
+"""Compile, callbacks and fit: two-phase transfer learning, or end to end from scratch.
+
+Phase 1 trains the head with the pretrained backbone frozen (on features extracted once, when
+nothing random happens to the images); phase 2 optionally fine-tunes the backbone's top blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from imgclf.config import TrainParams
+from imgclf.model.architectures.factory import Classifier, augmentation, unfreeze_top
+from imgclf.model.dataset import LabelledFiles, image_dataset
+from imgclf.model.inference import predict_batches
+
+
+def set_seeds(seed: int) -> None:
+    """Python, NumPy and TensorFlow seeds in one call."""
+    keras.utils.set_random_seed(seed)
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """`mirrored` replicates over every visible GPU; `default` is the plain single device."""
+    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+
+
+def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """Inverse class frequency (n / (k * count_c)): 1.0 each for balanced classes."""
+    if mode == "none":
+        return None
+    classes, counts = np.unique(labels, return_counts=True)
+    return {
+        int(c): float(len(labels) / (len(classes) * n))
+        for c, n in zip(classes, counts, strict=True)
+    }
+
+
+class _LearningRateLogger(keras.callbacks.Callback):
+    """Adds the current learning rate to each epoch's logs (curves, MLflow, history.csv)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def _learning_rate(
+    lr: float, schedule: str, total_steps: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1))
+    return lr
+
+
+def _fit(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    val: tf.data.Dataset,
+    *,
+    lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    params: TrainParams,
+    class_weight: dict[int, float] | None,
+    callbacks: Sequence[keras.callbacks.Callback],
+    initial_epoch: int = 0,
+) -> list[dict[str, float]]:
+    """Compile with Adam + BCE, fit with early stopping, and end on the best val_loss weights."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            _learning_rate(lr, params.lr_schedule, epochs * steps_per_epoch)
+        ),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        best = Path(scratch) / "best.weights.h5"
+        standard = [
+            _LearningRateLogger(),
+            keras.callbacks.EarlyStopping("val_loss", patience=params.early_stopping_patience),
+            keras.callbacks.ModelCheckpoint(
+                best, "val_loss", save_best_only=True, save_weights_only=True
+            ),
+        ]
+        if params.lr_schedule == "plateau":
+            standard.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=2))
+        history = model.fit(
+            train,
+            validation_data=val,
+            epochs=initial_epoch + epochs,
+            initial_epoch=initial_epoch,
+            class_weight=class_weight,
+            callbacks=[*standard, *callbacks],
+            verbose=2,
+        )
+        model.load_weights(best)
+    return [
+        {"epoch": initial_epoch + i, **{k: float(v[i]) for k, v in history.history.items()}}
+        for i in range(len(history.epoch))
+    ]
+
+
+def _feature_dataset(
+    features: np.ndarray, labels: np.ndarray, batch: int, seed: int | None
+) -> tf.data.Dataset:
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype("float32")))
+    if seed is not None:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def _images(split: LabelledFiles, params: TrainParams, training: bool) -> tf.data.Dataset:
+    """Labelled batches; the training set is shuffled and, when enabled, augmented."""
+    seed = params.seed if training else None
+    dataset = image_dataset(split.files, params.image_size, params.batch_size, split.labels, seed)
+    augment = augmentation(params.augment) if training else None
+    if augment is None:
+        return dataset
+    return dataset.map(
+        lambda images, labels: (augment(images, training=True), labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def train_classifier(
+    classifier: Classifier,
+    train: LabelledFiles,
+    val: LabelledFiles,
+    params: TrainParams,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> list[dict[str, float]]:
+    """Train `classifier.model` in place; return one history row per epoch (all phases)."""
+    steps = math.ceil(len(train) / params.batch_size)
+    weights = class_weights(train.labels, params.class_weights)
+
+    def fit(
+        model: keras.Model,
+        data: tuple[tf.data.Dataset, tf.data.Dataset],
+        lr: float,
+        epochs: int,
+        initial_epoch: int = 0,
+    ) -> list[dict[str, float]]:
+        return _fit(
+            model,
+            *data,
+            lr=lr,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            params=params,
+            class_weight=weights,
+            callbacks=callbacks,
+            initial_epoch=initial_epoch,
+        )
+
+    images = (_images(train, params, training=True), _images(val, params, training=False))
+    backbone, head = classifier.backbone, classifier.head
+    if backbone is None or head is None:
+        return fit(classifier.model, images, params.lr, params.epochs)
+
+    backbone.trainable = False
+    if params.cache_features and not params.augment.enabled:
+        history = fit(
+            head, _cached_features(backbone, train, val, params), params.lr, params.epochs
+        )
+    else:
+        history = fit(classifier.model, images, params.lr, params.epochs)
+    tune = params.fine_tune
+    if tune.blocks and tune.epochs:
+        unfreeze_top(backbone, params.arch, tune.blocks)
+        history += fit(classifier.model, images, tune.lr, tune.epochs, initial_epoch=len(history))
+    return history
+
+
+def _cached_features(
+    backbone: keras.Model, train: LabelledFiles, val: LabelledFiles, params: TrainParams
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Extract the frozen backbone's features once; the head then trains in seconds per epoch."""
+
+    def features(split: LabelledFiles, name: str) -> np.ndarray:
+        batches = math.ceil(len(split) / params.batch_size)
+        images = image_dataset(split.files, params.image_size, params.batch_size)
+        return predict_batches(backbone, images, batches, f"features {name}")
+
+    return (
+        _feature_dataset(features(train, "train"), train.labels, params.batch_size, params.seed),
+        _feature_dataset(features(val, "val"), val.labels, params.batch_size, None),
+    )

@@ -1,0 +1,66 @@
+"""Packaging the champion into a bento, offline: a tiny champion in the real `mlflow server`,
+`python -m imgclf.serving.bento_model --build` as a user runs it (`make bento`), then the bento
+must exist in a private BentoML store, carry the `imgclf-champion` model, and yield the
+Dockerfile `bentoml containerize` would use (written without Docker).
+
+Everything touching the BentoML store runs in subprocesses with BENTOML_HOME set: the store's
+location is fixed once bentoml is configured in a process, so this process's store stays alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from imgclf.serving.settings import BENTO_MODEL_NAME
+from tests.support.helpers import REPO_ROOT, VENV_BIN, Registry, mlflow_uris
+
+TIMEOUT_S = 300
+# One interpreter (bentoml imports take seconds) to read the store at $BENTOML_HOME: the bentos,
+# the models the only bento carries, that model's labels, and its Dockerfile at argv[1].
+INSPECT = """
+import json, sys
+import bentoml
+bentos = bentoml.bentos.list()
+models = [str(m.tag) for m in bentos[0].info.models] if len(bentos) == 1 else []
+labels = dict(bentoml.models.get(models[0]).info.labels) if len(models) == 1 else {}
+if len(bentos) == 1:
+    bentoml.container.get_containerfile(bentos[0].tag, output_path=sys.argv[1])
+print(json.dumps({"bentos": [str(b.tag) for b in bentos], "models": models, "labels": labels}))
+"""
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_build_bento_carries_the_champion_and_a_containerfile(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    with mlflow_uris(mlflow_server):
+        registry = Registry(tmp_path / "registry", mlflow_server)
+        version = registry.promote(seed=3)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))},
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "IMGCLF_SERVE_MODEL_NAME": registry.model_name,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    built = _run([str(VENV_BIN / "python"), "-m", "imgclf.serving.bento_model", "--build"], env)
+    assert f"imported champion version {version} as {BENTO_MODEL_NAME}:" in built.stdout
+
+    dockerfile = tmp_path / "Dockerfile"
+    facts = json.loads(_run([str(VENV_BIN / "python"), "-c", INSPECT, str(dockerfile)], env).stdout)
+    assert [tag.split(":")[0] for tag in facts["bentos"]] == ["imgclf"], facts
+    assert [tag.split(":")[0] for tag in facts["models"]] == [BENTO_MODEL_NAME], facts
+    assert facts["labels"]["registered_model"] == registry.model_name
+    assert facts["labels"]["registered_version"] == version
+    assert "IMGCLF_MODEL_SOURCE" in dockerfile.read_text()

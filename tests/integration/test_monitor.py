@@ -1,0 +1,337 @@
+"""Drift report (imgclf/monitoring/drift.py, python -m stages.monitor): generated prediction
+logs, written through SQLAlchemy into the real `predictions` table, against a generated test
+split."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from imgclf.config import MonitorParams, Paths
+from imgclf.io import write_tsv
+from imgclf.monitoring import drift
+from imgclf.serving.prediction_log import predictions
+from stages.monitor import main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ["cat", "dog"]
+NOW = dt.datetime(2025, 6, 8, 12, 0, tzinfo=dt.UTC)
+PARAMS = MonitorParams()  # equal to params.yaml's `monitor:` (test_config), which the CLI reads
+REFERENCE_ROWS, REFERENCE_WRONG = 400, 20  # test accuracy exactly 95 %
+
+
+def draw(
+    n: int, seed: int, *, dog: float = 0.5, low_confidence: float = 0.0, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities, widths, heights of `n` images: `dog` share of dog predictions, mostly
+    confident (a `low_confidence` share in [0.5, 0.75]), sizes around 400 x 350 px x `scale`."""
+    rng = np.random.default_rng(seed)
+    is_dog = rng.random(n) < dog
+    confident = 1.0 - rng.beta(1, 60, n)
+    confidence = np.where(rng.random(n) < low_confidence, rng.uniform(0.5, 0.75, n), confident)
+    probability = np.where(is_dog, confidence, 1.0 - confidence)
+    width = np.round(rng.uniform(300, 500, n) * scale).astype(int)
+    height = np.round(rng.uniform(250, 450, n) * scale).astype(int)
+    return probability, width, height
+
+
+def predicted(probability: float) -> str:
+    return CLASSES[int(probability >= 0.5)]
+
+
+def other(label: str) -> str:
+    return CLASSES[1 - CLASSES.index(label)]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with the three reference files of a 400-image test split."""
+    root = tmp_path_factory.mktemp("project")
+    paths = Paths(root)
+    probability, width, height = draw(REFERENCE_ROWS, seed=0)
+    test, manifest, evaluated = [], [], []
+    for i, (p, w, h) in enumerate(zip(probability, width, height, strict=True)):
+        path = f"artifacts/download/images/{i}.jpg"
+        label = other(predicted(p)) if i < REFERENCE_WRONG else predicted(p)
+        test.append({"path": path, "label": label, "group": i, "sha256": f"{i:064x}"})
+        manifest.append({"path": path, "label": label, "width": w, "height": h, "bytes": 1})
+        evaluated.append({"split": "test", "path": path, "label": label, "probability": p})
+    # Other splits' rows must be ignored: all confident dogs, 10x larger.
+    evaluated += [
+        {"split": "train", "path": f"train/{i}.jpg", "label": "dog", "probability": 0.999}
+        for i in range(300)
+    ]
+    manifest += [
+        {"path": f"train/{i}.jpg", "label": "dog", "width": 5000, "height": 4000, "bytes": 1}
+        for i in range(300)
+    ]
+    paths.split_dir.mkdir(parents=True)
+    paths.download_dir.mkdir(parents=True)
+    paths.evaluate_dir.mkdir(parents=True)
+    write_tsv(paths.split_manifest("test"), test, ("path", "label", "group", "sha256"))
+    write_tsv(paths.download_manifest, manifest, ("path", "label", "sha256", "width", "height"))
+    write_tsv(paths.predictions, evaluated, ("split", "path", "label", "probability"))
+    return root
+
+
+def log_rows(
+    probability: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    *,
+    newest: float = 0.0,
+    oldest: float = 7.0,
+    labelled: int = 0,
+    correct: int = 0,
+) -> list[dict[str, object]]:
+    """Rows for the `predictions` table, spread evenly between `oldest` and `newest` days
+    before NOW; the first `labelled` rows get a true label, the first `correct` of them right."""
+    n = len(probability)
+    rows = []
+    for i, (p, w, h) in enumerate(zip(probability, width, height, strict=True)):
+        label = predicted(p)
+        truth = None if i >= labelled else label if i < correct else other(label)
+        rows.append(
+            {
+                "timestamp": NOW - dt.timedelta(days=newest + (oldest - newest) * (i + 0.5) / n),
+                "request_id": f"r{i}",
+                "item": 0,
+                "sha256": f"{i:064x}",
+                "width": int(w),
+                "height": int(h),
+                "label": label,
+                "probability": float(p),
+                "model_version": "3",
+                "latency_ms": 20.0 + i % 50,
+                "true_label": truth,
+                "feedback_at": NOW if truth else None,
+            }
+        )
+    return rows
+
+
+def write_log(path: Path, *batches: list[dict[str, object]]) -> str:
+    """A SQLite prediction log holding `batches` of rows; returns its URL."""
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    predictions.create(engine)
+    with engine.begin() as conn:
+        for rows in batches:
+            conn.execute(sa.insert(predictions), rows)
+    engine.dispose()
+    return url
+
+
+def run(
+    project: Path, url: str, out: Path, *extra: str
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    """`python -m stages.monitor` in-process: exit code, drift.json, {check: verdict}."""
+    args = ["--db", url, "--now", NOW.isoformat(), "--out", str(out), "--root", str(project)]
+    code = main([*args, *extra])
+    report = json.loads((out / "drift.json").read_text())
+    return code, report, {c["name"]: c["verdict"] for c in report["checks"]}
+
+
+SHIFTS = {
+    "class mix": {"dog": 0.85},
+    "confidence": {"low_confidence": 0.3},
+    "image size": {"scale": 2.5},
+}
+
+
+def test_psi() -> None:
+    assert drift.psi([50, 50], [500, 500]) == pytest.approx(0, abs=1e-12)
+    assert drift.psi([85, 15], [50, 50]) == pytest.approx(0.6, abs=0.02)
+    assert 1 < drift.psi([0, 100, 0], [50, 50, 0]) < 10  # empty bins stay finite
+    values = np.array([0.5, 0.549, 0.55, 0.999, 1.0])
+    counts = drift.bin_counts(values, drift.confidence_edges(10))
+    assert counts.tolist() == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+
+
+def test_an_unshifted_log_flags_nothing(project: Path, tmp_path: Path) -> None:
+    """(a) A log drawn from the reference's own distribution: every check ok, exit 0."""
+    url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=1), labelled=200, correct=190))
+    code, report, verdicts = run(project, url, tmp_path / "out")
+    assert code == 0
+    assert report["status"] == "ok" and report["flagged"] == []
+    assert verdicts == {
+        "class mix": "ok",
+        "confidence": "ok",
+        "image size": "ok",
+        "accuracy": "ok",
+        "volume": "info",
+        "latency": "info",
+    }
+    assert report["live"] == {"rows": 1000, "labelled": 200, "model_versions": {"3": 1000}}
+    assert report["reference"]["rows"] == REFERENCE_ROWS  # the train rows were left out
+    volume = next(c for c in report["checks"] if c["name"] == "volume")["statistics"]
+    assert len(volume["per_day"]) == 8 and sum(volume["per_day"].values()) == 1000
+
+
+@pytest.mark.parametrize("check", list(SHIFTS))
+def test_a_shifted_distribution_is_flagged(check: str, project: Path, tmp_path: Path) -> None:
+    """(b) 85 % dogs vs 50/50, (c) 30 % low-confidence predictions, (d) 2.5x larger images:
+    that check, and only it, is flagged; exit 1."""
+    url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=2, **SHIFTS[check])))
+    code, report, verdicts = run(project, url, tmp_path / "out")
+    assert code == 1
+    assert report["status"] == "drift" and report["flagged"] == [check]
+    assert verdicts["accuracy"] == "insufficient data"  # no feedback: no verdict, no alarm
+    statistics = next(c for c in report["checks"] if c["name"] == check)["statistics"]
+    assert statistics["psi"] >= PARAMS.psi_threshold and statistics["p_value"] < PARAMS.p_value
+
+
+@pytest.mark.parametrize(("points_below", "verdict"), [(3, "drift"), (1, "ok")])
+def test_live_accuracy_below_the_test_accuracy(
+    points_below: int, verdict: str, project: Path, tmp_path: Path
+) -> None:
+    """(e) 300 labelled predictions, 3 points below the test's 95 % -> flagged; 1 point -> not."""
+    correct = 300 * (95 - points_below) // 100
+    rows = log_rows(*draw(1000, seed=3), labelled=300, correct=correct)
+    code, report, verdicts = run(project, write_log(tmp_path / "log.db", rows), tmp_path / "out")
+    assert verdicts["accuracy"] == verdict
+    assert code == (1 if verdict == "drift" else 0)
+    accuracy = next(c for c in report["checks"] if c["name"] == "accuracy")["statistics"]
+    assert accuracy["n"] == 300 and accuracy["reference_accuracy"] == pytest.approx(0.95)
+    assert accuracy["drop"] == pytest.approx(points_below / 100)
+
+
+def test_too_few_rows_is_insufficient_data_not_an_alarm(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(f) 60 predictions, all of them shifted and labelled wrong: no verdict, exit 0."""
+    rows = log_rows(*draw(60, seed=4, dog=0.95, low_confidence=0.5, scale=3), labelled=60)
+    code, report, verdicts = run(project, write_log(tmp_path / "log.db", rows), tmp_path / "out")
+    assert code == 0
+    assert report["status"] == "insufficient data" and report["flagged"] == []
+    for check in ("class mix", "confidence", "image size", "accuracy"):
+        assert verdicts[check] == "insufficient data", check
+    out = capsys.readouterr().out
+    assert "60 live predictions < min_rows 200" in out
+    assert "insufficient data: fewer than 200 live predictions" in out
+
+
+def test_only_the_window_counts(project: Path, tmp_path: Path) -> None:
+    """(g) Shifted rows 8-30 days old and after --now are outside a 7-day window: no flag;
+    a 30-day window takes the old ones in and flags them."""
+    url = write_log(
+        tmp_path / "log.db",
+        log_rows(*draw(800, seed=5)),
+        log_rows(*draw(1500, seed=6, dog=0.95, scale=3), newest=8, oldest=30, labelled=300),
+        log_rows(*draw(500, seed=7, dog=0.95, scale=3), newest=-2, oldest=0),  # the future
+    )
+    code, report, _ = run(project, url, tmp_path / "week")
+    assert code == 0 and report["live"]["rows"] == 800 and report["status"] == "ok"
+    assert report["window"]["end"] == NOW.isoformat()
+    code, report, _ = run(project, url, tmp_path / "month", "--days", "30")
+    assert code == 1 and report["live"]["rows"] == 2300
+    assert {"class mix", "image size", "accuracy"} <= set(report["flagged"])
+
+
+def test_one_model_version_at_a_time(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reference is one model's evaluation: a newer version's shifted answers flag the
+    mixed window (with a warning) but not the window of the version the reference evaluated."""
+    newer = [
+        {**row, "model_version": "4", "request_id": f"v4-{row['request_id']}"}
+        for row in log_rows(*draw(1000, seed=8, dog=0.95))
+    ]
+    url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=9)), newer)
+    code, report, _ = run(project, url, tmp_path / "mixed")
+    assert code == 1 and report["live"]["model_versions"] == {"3": 1000, "4": 1000}
+    assert "several model versions answered: 3 (1000), 4 (1000)" in capsys.readouterr().out
+    code, report, _ = run(project, url, tmp_path / "v3", "--model-version", "3")
+    assert code == 0 and report["live"]["model_versions"] == {"3": 1000}
+    assert "model version 3 (1000)" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_one_clear_line(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(h) No database file (and none created), no table, no reference: exit 2, one line."""
+    missing = tmp_path / "missing.db"
+    common = ["--now", NOW.isoformat(), "--out", str(tmp_path / "out"), "--root", str(project)]
+    assert main(["--db", f"sqlite:///{missing}", *common]) == 2
+    err = capsys.readouterr().err
+    assert err == f"monitor: no prediction log at sqlite:///{missing} (file not found)\n"
+    assert not missing.exists()
+
+    empty = tmp_path / "empty.db"
+    sa.create_engine(f"sqlite:///{empty}").connect().close()  # a database without the table
+    assert main(["--db", f"sqlite:///{empty}", *common]) == 2
+    assert "no table 'predictions'" in capsys.readouterr().err
+
+    url = write_log(tmp_path / "log.db", log_rows(*draw(300, seed=8)))
+    args = ["--db", url, *common[:-1], str(tmp_path / "no-project")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("monitor: no reference:") and "test.tsv not found" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_runs_as_a_module(project: Path, tmp_path: Path) -> None:
+    """The same missing-database error from `python -m stages.monitor`, with exit status 2."""
+    command = [sys.executable, "-m", "stages.monitor", "--db", str(tmp_path / "none.db")]
+    command += ["--root", str(project)]  # a reference exists: only the database is missing
+    result = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"monitor: no prediction log at sqlite:///{tmp_path / 'none.db'} (file not found)"
+    )
+
+
+def test_report_files(project: Path, tmp_path: Path) -> None:
+    """(i) report.html (self-contained, one coloured row per check), drift.png, drift.json."""
+    url = write_log(tmp_path / "log.db", log_rows(*draw(500, seed=9, dog=0.85), labelled=150))
+    out = tmp_path / "out"
+    code, report, _ = run(project, url, out)
+    assert code == 1
+    with Image.open(out / "drift.png") as image:
+        image.verify()
+    with Image.open(out / "drift.png") as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 600
+    page = (out / "report.html").read_text()
+    assert page.count('<img alt="') == 1 and 'src="data:image/png;base64,' in page
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    for check in report["checks"]:
+        assert f"<td>{check['name']}</td>" in page
+    assert page.count(f'background:{drift.VERDICT_COLOURS["drift"]}">drift</td>') == 2
+    assert len(report["checks"]) == 6 and set(report["flagged"]) == {"class mix", "accuracy"}
+
+
+def test_a_log_from_before_feedback_columns_is_read(tmp_path: Path) -> None:
+    """An older release's log has no true_label / feedback_at: read as unlabelled."""
+    old = sa.Table(
+        "predictions",
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in predictions.columns
+            if c.name not in ("true_label", "feedback_at")
+        ),
+    )
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    old.create(engine)
+    rows = log_rows(*draw(10, seed=10))
+    with engine.begin() as conn:
+        conn.execute(sa.insert(old), [{k: v for k, v in r.items() if k in old.c} for r in rows])
+    engine.dispose()
+    live = drift.load_live(f"sqlite:///{tmp_path / 'old.db'}", *drift.window(NOW, 7))
+    assert len(live) == 10 and not live.labelled.any() and live.accuracy() is None
+    assert all(t.tzinfo == dt.UTC for t in live.timestamp)

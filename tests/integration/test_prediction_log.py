@@ -1,0 +1,183 @@
+"""The prediction log (imgclf/serving/prediction_log.py) on both backends it is meant for:
+SQLite (the default) and PostgreSQL (a shared log for several instances; a real server from
+tests/support/postgres_server.py). Every test runs on each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from imgclf.serving.prediction_log import (
+    ConflictingLabel,
+    PredictionLog,
+    PredictionRecord,
+    UnknownPrediction,
+    count_rows,
+    predictions,
+)
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty prediction-log database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    predictions.drop(engine, checkfirst=True)  # the server is shared by the session
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def log(db_url: str) -> Iterator[PredictionLog]:
+    log = PredictionLog(db_url, flush_seconds=10)  # only flush()/close() write promptly
+    yield log
+    log.close()
+
+
+def record(i: int, label: str = "cat", version: str = "7", item: int = 0) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=f"r{i}",
+        item=item,
+        sha256="0" * 64,
+        width=4,
+        height=3,
+        label=label,
+        probability=0.25 if label == "cat" else 0.75,
+        model_version=version,
+        latency_ms=1.5,
+    )
+
+
+def test_rows_are_batched_and_flushed_on_close(db_url: str) -> None:
+    log = PredictionLog(db_url, batch_size=50, flush_seconds=10)
+    start = time.perf_counter()
+    for i in range(1234):
+        log.log(record(i))
+    assert time.perf_counter() - start < 1.0  # the request path only enqueues
+    log.close()
+    assert count_rows(db_url) == 1234 and log.written == 1234 and log.dropped == 0
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(predictions).where(predictions.c.request_id == "r7")).one()
+    engine.dispose()
+    assert (row.label, row.model_version, row.width, row.probability) == ("cat", "7", 4, 0.25)
+    assert row.true_label is None and row.feedback_at is None
+    log.log(record(0))  # after close: counted as dropped, never raises
+    assert log.dropped == 1
+
+
+def test_a_broken_database_drops_rows_and_counts_them(db_url: str) -> None:
+    dropped: list[int] = []
+    log = PredictionLog(db_url, on_drop=dropped.append)
+    predictions.drop(log.engine)  # inserts now fail
+    log.log(record(1))
+    log.close()
+    assert sum(dropped) == 1
+
+
+def test_flush_waits_for_the_rows_queued_before_it(log: PredictionLog, db_url: str) -> None:
+    for i in range(5):
+        log.log(record(i))
+    assert log.flush(timeout=10)
+    assert count_rows(db_url) == 5  # written although the 10 s batching window is still open
+
+
+def test_flush_on_an_idle_log_does_not_wait(log: PredictionLog) -> None:
+    log.log(record(1))
+    assert log.flush(timeout=10)
+    # Nothing queued or being written: done without waiting (a zero timeout would fail a wait).
+    assert log.flush(timeout=0)
+
+
+def test_a_label_is_stored_once_and_a_different_one_conflicts(log: PredictionLog) -> None:
+    log.log(record(1, label="cat"))
+    log.log(record(2, label="dog", item=0))
+    log.log(record(2, label="cat", item=1))
+    log.flush()
+    first = log.record_label("r1", 0, "dog", now=T0)
+    assert (first.predicted, first.true_label, first.correct, first.recorded) == (
+        "cat", "dog", False, True,
+    )  # fmt: skip
+    assert log.record_label("r1", 0, "dog").recorded is False  # a retry changes nothing
+    with pytest.raises(ConflictingLabel):
+        log.record_label("r1", 0, "cat")
+    assert log.record_label("r2", 1, "cat").correct  # a batch item, by its index
+    with pytest.raises(UnknownPrediction):
+        log.record_label("r2", 2, "cat")
+    with pytest.raises(UnknownPrediction):
+        log.record_label("nobody", 0, "cat")
+
+
+def test_live_accuracy_is_over_the_latest_labels_of_one_version(log: PredictionLog) -> None:
+    assert log.live_accuracy("7", window=10) == (None, 0)
+    # version 7: ten predictions of "cat"; the four labelled last are right, six earlier wrong
+    for i in range(10):
+        log.log(record(i, label="cat", version="7"))
+    log.log(record(99, label="dog", version="8"))
+    log.flush()
+    for i in range(10):
+        truth = "dog" if i < 6 else "cat"
+        log.record_label(f"r{i}", 0, truth, now=T0 + dt.timedelta(minutes=i))
+    log.record_label("r99", 0, "cat", now=T0)
+    assert log.live_accuracy("7", window=100) == (pytest.approx(0.4), 10)
+    assert log.live_accuracy("7", window=4) == (pytest.approx(1.0), 4)  # the latest four
+    assert log.live_accuracy("8", window=100) == (pytest.approx(0.0), 1)
+
+
+def test_concurrent_labellers_cannot_both_win(log: PredictionLog) -> None:
+    log.log(record(1))
+    log.flush()
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def label(truth: str) -> None:
+        barrier.wait()
+        try:
+            log.record_label("r1", 0, truth)
+            outcomes.append("stored")
+        except ConflictingLabel:
+            outcomes.append("conflict")
+        except sa.exc.OperationalError:  # SQLite: the loser may find the file locked
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=label, args=(truth,)) for truth in ("cat", "dog")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "stored"]
+
+
+def test_a_log_from_an_older_release_gains_the_feedback_columns(db_url: str) -> None:
+    """The release before feedback had no true_label/feedback_at columns."""
+    old = sa.MetaData()
+    sa.Table(
+        "predictions",
+        old,
+        *(column.copy() for column in predictions.columns if column.name not in
+          ("true_label", "feedback_at")),
+    )  # fmt: skip
+    engine = sa.create_engine(db_url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(old.tables["predictions"]), [record(1).row()])
+    engine.dispose()
+    log = PredictionLog(db_url)
+    try:
+        assert log.record_label("r1", 0, "cat").correct  # the old row can be labelled
+        indexes = {index["name"] for index in sa.inspect(log.engine).get_indexes("predictions")}
+    finally:
+        log.close()
+    assert count_rows(db_url) == 1
+    assert "ix_predictions_labelled" in indexes  # live accuracy stays an index scan

@@ -1,0 +1,349 @@
+"""Model registry and promotion gate against a real `mlflow server` on loopback (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf.config import RegisterParams
+from imgclf.registry import client as registry
+from imgclf.registry.client import Candidate, decide
+from stages import register as register_stage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# --------------------------------------------------------------------------------------------
+# The gate alone (no server)
+# --------------------------------------------------------------------------------------------
+
+
+def _gate(value, champion_value=None, *, same_data=True, **params):
+    params = RegisterParams(**params)
+    champion = (
+        None
+        if champion_value is False
+        else Candidate("1", champion_value, "dv1" if same_data else "dv0")
+    )
+    return decide(Candidate("2", value, "dv1"), champion, params)
+
+
+def test_gate_rules() -> None:
+    assert _gate(0.9, False).rule == "no_champion"
+    assert _gate(0.9, 0.8).rule == "better"
+    assert _gate(0.8, 0.8).rule == "not_better"  # a tie is no improvement
+    assert _gate(0.81, 0.8, min_delta=0.02).rule == "not_better"
+    assert _gate(0.83, 0.8, min_delta=0.02).rule == "better"
+    assert _gate(0.7, False, min_value=0.75).rule == "below_min_value"  # even with no champion
+    assert _gate(None, 0.8).rule == "metric_missing"
+    assert _gate(0.9, 0.8, same_data=False).rule == "data_version_differs"
+    assert _gate(0.9, None).rule == "champion_metric_missing"
+    off = _gate(0.9, False, auto_promote=False)
+    assert (off.promote, off.decision, off.rule) == (False, "challenger", "auto_promote_off")
+    assert "would promote" in off.reason
+
+
+def test_gate_lower_is_better() -> None:
+    assert _gate(0.05, 0.07, metric="log_loss").rule == "better"
+    assert _gate(0.09, 0.07, metric="ece").rule == "not_better"
+    assert _gate(0.2, False, metric="log_loss", min_value=0.1).rule == "below_min_value"
+    assert _gate(0.05, False, metric="log_loss", min_value=0.1).promote
+    assert _gate(0.05, 0.07, metric="accuracy", direction="lower").rule == "better"
+
+
+def test_model_card_keeps_use_and_limits_when_the_description_is_cut() -> None:
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(
+        info=SimpleNamespace(run_id="r1"),
+        data=SimpleNamespace(
+            tags={"data_version": "dv1", "git_commit": "abc"},
+            params={f"p{i:03d}": "x" * 60 for i in range(100)},
+        ),
+    )
+    metrics = {s: {"accuracy": 0.9, "n": 100, "ece": 0.02} for s in ("train", "val", "test")}
+    card = registry.model_card("m", "3", run, metrics, None, RegisterParams(), ["cat", "dog"])
+    assert card.startswith("# m v3") and "| accuracy | 0.9000 | 0.9000 | 0.9000 |" in card
+    assert "±0.0588" in card and "ECE 0.0200" in card and "| p099 |" in card
+    description = registry._description(card)
+    assert len(description) <= registry.MAX_DESCRIPTION < len(card)
+    assert "## Limitations" in description and description.endswith("model_card.md)\n")
+
+
+# --------------------------------------------------------------------------------------------
+# A real server
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, mlflow_server_process):
+    """The server (booted while tiny_models imported TensorFlow) as this process's tracking URI:
+    what `tracking_uri()` and MLflow read."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    url = mlflow_server_process.wait()
+    with _use_tracking_uri(url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str):
+    return registry.connect(server)
+
+
+EXAMPLE = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+
+
+def _tiny_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+
+
+SPECS = {  # label: (test accuracy, test log_loss, data_version)
+    "base": (0.90, 0.30, "dv1"),
+    "worse": (0.85, 0.35, "dv1"),
+    "better": (0.95, 0.20, "dv1"),
+    "other_data": (0.99, 0.05, "dv2"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(mlflow_server_process) -> dict:
+    """One tiny Keras model per run, built (TensorFlow imported) while the server boots."""
+    return {label: _tiny_model(seed) for seed, label in enumerate(SPECS)}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, server: str, client) -> dict[str, tuple[str, np.ndarray]]:
+    """Train-like runs: a tiny Keras model logged by log_classifier, test metrics, tags.
+
+    label -> (run_id, the logged model's outputs on EXAMPLE)."""
+    import mlflow
+
+    from imgclf.tracking import log_classifier
+
+    experiment = client.create_experiment("registry-tests")
+    out = {}
+    for label, (accuracy, log_loss, data_version) in SPECS.items():
+        model = tiny_models[label]
+        with mlflow.start_run(experiment_id=experiment, run_name=label) as run:
+            mlflow.set_tags({"data_version": data_version, "git_commit": f"commit-{label}"})
+            mlflow.log_params({"train.arch": "tiny", "train.lr": 0.001})
+            mlflow.log_metrics(
+                {
+                    "test_accuracy": accuracy,
+                    "test_log_loss": log_loss,
+                    "test_n": 100.0,
+                    "val_accuracy": accuracy,
+                    "train_accuracy": 1.0,
+                }
+            )
+            log_classifier(model, EXAMPLE)
+        out[label] = (run.info.run_id, np.asarray(model(EXAMPLE, training=False)))
+    return out
+
+
+def _champion_outputs(name: str) -> np.ndarray:
+    import mlflow.keras
+
+    return np.asarray(mlflow.keras.load_model(f"models:/{name}@champion")(EXAMPLE, training=False))
+
+
+def test_first_is_champion_worse_stays_challenger_better_is_promoted(client, runs) -> None:
+    params = RegisterParams(model_name="gate")
+    first = registry.register_run(client, runs["base"][0], params)
+    assert (first["version"], first["decision"], first["rule"]) == (1, "promoted", "no_champion")
+    assert first["aliases"] == ["challenger", "champion"]
+    assert first["value"] == pytest.approx(0.90)
+    np.testing.assert_allclose(_champion_outputs("gate"), runs["base"][1], rtol=1e-6)
+
+    version = client.get_model_version("gate", "1")
+    assert version.tags["data_version"] == "dv1"
+    assert version.tags["git_commit"] == "commit-base"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(0.90)
+    assert version.tags["gate_rule"] == "no_champion"
+    assert version.description.startswith("# gate v1")
+    assert "| accuracy | 1.0000 | 0.9000 | 0.9000 |" in version.description
+    card = Path(client.download_artifacts(runs["base"][0], "model_card.md")).read_text()
+    assert card.startswith("# gate v1") and "## Limitations" in card
+
+    worse = registry.register_run(client, runs["worse"][0], params)
+    assert (worse["version"], worse["decision"], worse["rule"]) == (2, "challenger", "not_better")
+    assert worse["aliases"] == ["challenger"]
+    assert "does not beat champion v1's 0.9" in worse["reason"]
+    assert registry.champion_version(client, "gate") == "1"
+
+    better = registry.register_run(client, runs["better"][0], params)
+    assert (better["version"], better["decision"], better["rule"]) == (3, "promoted", "better")
+    assert better["aliases"] == ["challenger", "champion"]
+    assert better["previous_champion"]["version"] == "1"
+    np.testing.assert_allclose(_champion_outputs("gate"), runs["better"][1], rtol=1e-6)
+    history = registry.champion_history(client, "gate")
+    assert [(e["version"], e["previous"], e["action"]) for e in history] == [
+        ("1", None, "auto-promote"),
+        ("3", "1", "auto-promote"),
+    ]
+
+
+def test_registering_a_run_again_changes_nothing(client, runs) -> None:
+    params = RegisterParams(model_name="idempotent")
+    first = registry.register_run(client, runs["base"][0], params)
+    again = registry.register_run(client, runs["base"][0], params)
+    assert (again["version"], again["decision"], again["rule"]) == (
+        1,
+        "unchanged",
+        "already_registered",
+    )
+    assert again["aliases"] == first["aliases"] == ["challenger", "champion"]
+    assert len(client.search_model_versions("name = 'idempotent'")) == 1
+    assert len(registry.champion_history(client, "idempotent")) == 1
+
+
+def test_different_data_version_is_not_promoted(client, runs) -> None:
+    params = RegisterParams(model_name="data-version")
+    registry.register_run(client, runs["base"][0], params)
+    report = registry.register_run(client, runs["other_data"][0], params)
+    assert (report["decision"], report["rule"]) == ("challenger", "data_version_differs")
+    assert "not comparable" in report["reason"]
+    assert registry.champion_version(client, "data-version") == "1"
+
+
+def test_a_run_without_test_metrics_is_not_registered(client, runs, tiny_models) -> None:
+    import mlflow
+
+    from imgclf.tracking import log_classifier
+
+    with mlflow.start_run(
+        experiment_id=client.get_experiment_by_name("registry-tests").experiment_id
+    ) as run:
+        log_classifier(tiny_models["base"], EXAMPLE)
+    with pytest.raises(registry.RegistryError, match="has no test_accuracy metric: run evaluate"):
+        registry.register_run(client, run.info.run_id, RegisterParams(model_name="unevaluated"))
+    assert client.search_model_versions("name = 'unevaluated'") == []
+
+
+def test_auto_promote_false_leaves_champion_to_a_person(client, runs) -> None:
+    params = RegisterParams(model_name="manual", auto_promote=False, metric="log_loss")
+    report = registry.register_run(client, runs["base"][0], params)
+    assert (report["decision"], report["rule"]) == ("challenger", "auto_promote_off")
+    assert report["direction"] == "lower"
+    assert report["aliases"] == ["challenger"]
+    assert registry.champion_version(client, "manual") is None
+    assert "promote --version 1" in report["reason"]
+
+
+def _project(tmp_path: Path, run_id: str, model_name: str) -> Path:
+    """A project root with params.yaml, train's mlflow_run.json and the evaluate/split reports."""
+    import yaml
+
+    root = tmp_path / "project"
+    (root / "artifacts" / "train").mkdir(parents=True)
+    (root / "reports").mkdir()
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["register"] = {"model_name": model_name, "metric": "accuracy"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "artifacts" / "train" / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
+    metrics = {
+        split: {"accuracy": 0.9, "f1": 0.9, "n": 10, "tp": 5, "threshold": 0.5}
+        for split in ("train", "val", "test")
+    }
+    (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    split = {
+        "total": 30,
+        "classes": {"cat": 15, "dog": 15},
+        "splits": {
+            s: {"total": 10, "groups": 10, "classes": {"cat": 5, "dog": 5}}
+            for s in ("train", "val", "test")
+        },
+    }
+    (root / "reports" / "split.json").write_text(json.dumps(split))
+    return root
+
+
+def _point_at(root: Path, run_id: str) -> None:
+    (root / "artifacts" / "train" / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
+
+
+def test_stage_cli_promote_rollback_and_history(client, runs, tmp_path, capsys) -> None:
+    root = _project(tmp_path, runs["base"][0], "cli")
+    assert register_stage.main(["--root", str(root)]) == 0
+    report = json.loads((root / "reports" / "register.json").read_text())
+    assert (report["version"], report["decision"]) == (1, "promoted")
+    card = client.get_model_version("cli", "1").description
+    assert "| split | images | groups | cat | dog |" in card
+    assert "| test | 10 | 10 | 5 | 5 |" in card and "| total | 30 | | 15 | 15 |" in card
+    assert "| n | 10 | 10 | 10 |" in card and "| f1 | 0.9000 | 0.9000 | 0.9000 |" in card
+
+    _point_at(root, runs["better"][0])
+    assert register_stage.main(["--root", str(root)]) == 0
+    assert registry.champion_version(client, "cli") == "2"
+
+    assert register_stage.main(["--root", str(root), "promote", "--version", "1"]) == 0
+    assert "champion v2 -> v1" in capsys.readouterr().out
+    assert registry.champion_version(client, "cli") == "1"
+    assert register_stage.main(["--root", str(root), "rollback"]) == 0  # undoes the promotion
+    assert registry.champion_version(client, "cli") == "2"
+    assert register_stage.main(["--root", str(root), "rollback", "--reason", "bad"]) == 0
+    assert registry.champion_version(client, "cli") == "1"
+    capsys.readouterr()
+    assert register_stage.main(["--root", str(root), "rollback"]) == 1  # nothing before v1
+    assert "nothing to roll back to" in capsys.readouterr().err
+
+    client.set_registered_model_alias("cli", "champion", "2")  # a person, in the MLflow UI
+    assert register_stage.main(["--root", str(root), "rollback"]) == 0
+    assert registry.champion_version(client, "cli") == "1"
+
+    capsys.readouterr()
+    assert register_stage.main(["--root", str(root), "history"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["action"], e["version"], e["previous"]) for e in events] == [
+        ("auto-promote", "1", None),
+        ("auto-promote", "2", "1"),
+        ("promote", "1", "2"),
+        ("rollback", "2", "1"),
+        ("rollback", "1", "2"),
+        ("external", "2", "1"),
+        ("rollback", "1", "2"),
+    ]
+    assert events[4]["reason"] == "bad" and events[0]["by"]
+    np.testing.assert_allclose(_champion_outputs("cli"), runs["base"][1], rtol=1e-6)
+
+    capsys.readouterr()
+    assert register_stage.main(["--root", str(root), "promote", "--version", "9"]) == 1
+    assert capsys.readouterr().err.strip() == "register: error: model 'cli' has no version 9"
+
+
+def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
+    from tests.support.mlflow_server import free_port
+
+    root = _project(tmp_path, "0" * 32, "unreachable")
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": dead}
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.register", "--root", str(root)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        f"register: error: cannot reach the MLflow tracking server at {dead}"
+    )

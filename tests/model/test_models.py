@@ -1,0 +1,98 @@
+"""Model tests: architectures as specified, augmentation only in training, every arch builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from imgclf.config import AugmentParams, TrainParams
+from imgclf.model.architectures import applications
+from imgclf.model.architectures.cnn import seed_cnn
+from imgclf.model.architectures.factory import (
+    augmentation,
+    build_classifier,
+    load_classifier,
+    unfreeze_top,
+)
+
+
+def _params(**overrides: object) -> TrainParams:
+    return TrainParams(**{"arch": "small_cnn", "image_size": 64, "weights": None, **overrides})
+
+
+def _images(n: int = 4, size: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, size, size, 3), dtype="float32")
+
+
+def test_seed_cnn_is_exactly_the_brief() -> None:
+    model = seed_cnn(224)
+    described = [
+        (type(layer).__name__, getattr(layer, "filters", None) or getattr(layer, "units", None))
+        for layer in model.layers
+    ]
+    assert described == [
+        ("Conv2D", 32), ("MaxPooling2D", None), ("Conv2D", 64), ("MaxPooling2D", None),
+        ("Conv2D", 128), ("Flatten", None), ("Dense", 128), ("Dense", 64), ("Dense", 1),
+    ]  # fmt: skip
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(c.kernel_size == (3, 3) and c.activation.__name__ == "relu" for c in convs)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert model.count_params() == pytest.approx(44.4e6, rel=0.01)  # the README's figure
+
+
+def test_augmentation_changes_training_images_only() -> None:
+    augment = augmentation(
+        AugmentParams(enabled=True, rotation=0.2, shift=0.2, zoom=0.2, brightness=0.3)
+    )
+    images = _images()
+    assert not np.allclose(augment(images, training=True), images)
+    np.testing.assert_array_equal(augment(images, training=False), images)
+    assert augmentation(AugmentParams(enabled=False)) is None
+
+
+def test_saved_model_holds_no_augmentation() -> None:
+    """Augmentation lives in the training pipeline, so no caller can trigger it at inference."""
+    model = build_classifier(_params(augment=AugmentParams(enabled=True))).model
+    random_layers = [
+        layer for layer in _all_layers(model) if type(layer).__name__.startswith("Random")
+    ]
+    assert random_layers == []
+    images = _images()
+    np.testing.assert_array_equal(model(images), model(images))
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    nested = [_all_layers(layer) for layer in model.layers if isinstance(layer, keras.Model)]
+    return [*model.layers, *(layer for group in nested for layer in group)]
+
+
+@pytest.mark.parametrize("arch", ["seed_cnn", "small_cnn", *applications.NAMES])
+def test_every_arch_maps_images_to_one_probability(arch: str) -> None:
+    size = 32 if arch == "seed_cnn" else 64
+    classifier = build_classifier(_params(arch=arch, image_size=size, weights=None))
+    probabilities = np.asarray(classifier.model(_images(size=size), training=False))
+    assert probabilities.shape == (4, 1)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert classifier.backbone is None  # random weights: nothing worth freezing
+
+
+def test_pretrained_application_splits_backbone_and_head() -> None:
+    params = _params(arch="mobilenet_v2", weights="imagenet")
+    classifier = build_classifier(params.model_copy(update={"weights": None}))
+    assert classifier.backbone is None
+    # With imagenet weights Keras would download them; build the split by hand on random ones.
+    backbone = applications.application_backbone("mobilenet_v2", 64, None)
+    unfreeze_top(backbone, "mobilenet_v2", blocks=3)
+    trainable = [layer for layer in backbone.layers[-1].layers if layer.trainable_weights]
+    assert 0 < len(trainable) <= 3
+
+
+def test_saved_classifier_gives_identical_outputs(tmp_path: Path) -> None:
+    model = build_classifier(_params()).model
+    images = _images()
+    model.save(tmp_path / "model.keras")
+    restored = load_classifier(tmp_path / "model.keras")
+    np.testing.assert_allclose(restored(images), model(images, training=False), atol=1e-6)

@@ -1,0 +1,212 @@
+"""Batch prediction CLI: file search, ids, bad files, archives, and equality with evaluate."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.config import EvaluateParams, Paths
+from imgclf.evaluation.report import read_predictions, run_evaluate
+from imgclf.io import write_tsv
+from imgclf.model.batch_predict import check_image, find_images, submission_id
+from stages.predict import main
+from tests.support.helpers import tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ["cat", "dog"]
+
+
+def write_image(path: Path, seed: int, fmt: str = "JPEG") -> None:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, fmt)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    tiny_model().save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Good images at three depths, a truncated JPEG, a text file named .jpg, a stray .txt."""
+    root = tmp_path / "in"
+    write_image(root / "10.jpg", 1)
+    write_image(root / "sub" / "cat.2.jpg", 2)
+    write_image(root / "sub" / "deeper" / "dog.1.png", 3, "PNG")
+    write_image(root / "sub" / "photo.jpg", 4)
+    good = (root / "10.jpg").read_bytes()
+    (root / "sub" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (root / "notes.jpg").write_text("not a picture\n")
+    (root / "readme.txt").write_text("ignored\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("123.jpg", 123),
+        ("cat.123.jpg", 123),
+        ("dogs/dog.7.jpeg", 7),
+        ("img_0042.png", 42),
+        ("007.jpg", 7),
+        ("photo.jpg", "photo"),
+        ("photo123.jpg", "photo123"),
+        ("1.5x.jpg", "1.5x"),
+    ],
+)
+def test_submission_id(name: str, expected: int | str) -> None:
+    assert submission_id(name) == expected
+
+
+def test_find_images_is_recursive_and_ignores_other_files(folder: Path) -> None:
+    found, ignored = find_images(folder)
+    assert [p.relative_to(folder).as_posix() for p in found] == [
+        "10.jpg",
+        "notes.jpg",
+        "sub/broken.jpg",
+        "sub/cat.2.jpg",
+        "sub/deeper/dog.1.png",
+        "sub/photo.jpg",
+    ]
+    assert ignored == 1
+
+
+def test_check_image_explains_bad_files(folder: Path, tmp_path: Path) -> None:
+    assert check_image(folder / "10.jpg") is None
+    assert check_image(folder / "sub" / "deeper" / "dog.1.png") is None
+    assert check_image(folder / "notes.jpg") == "not an image"
+    assert "cannot decode" in check_image(folder / "sub" / "broken.jpg")
+    tiff = tmp_path / "x.tif"
+    write_image(tiff, 5, "TIFF")
+    assert check_image(tiff) == "unsupported image format TIFF"
+
+
+def test_predict_skips_bad_files_and_writes_a_sorted_submission(
+    folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out" / "submission.csv"
+    args = [str(folder), "--out", str(out), "--model", str(model_file), "--batch-size", "2"]
+    assert main([*args, "--proba"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped notes.jpg: not an image" in captured.err
+    assert "skipped sub/broken.jpg: cannot decode" in captured.err
+    assert "skipped 2 unreadable" in captured.out and "ignored 1 non-image" in captured.out
+    assert "4 images" in captured.out
+
+    columns, rows = read_csv(out)
+    assert columns == ["id", "label", "dog_probability"]
+    assert [r["id"] for r in rows] == ["1", "2", "10", "photo"]  # numeric order, then names
+    for row in rows:
+        assert row["label"] == str(int(float(row["dog_probability"]) >= 0.5))
+        assert 0 <= float(row["dog_probability"]) <= 1
+
+    plain = tmp_path / "plain.csv"
+    assert main([str(folder), "--out", str(plain), "--model", str(model_file)]) == 0
+    columns, plain_rows = read_csv(plain)
+    assert columns == ["id", "label"]
+    assert [(r["id"], r["label"]) for r in plain_rows] == [(r["id"], r["label"]) for r in rows]
+
+
+def test_predict_reads_an_archive(
+    folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    out_zip, out_dir = tmp_path / "zip.csv", tmp_path / "dir.csv"
+    assert main([str(archive), "--out", str(out_zip), "--model", str(model_file), "--proba"]) == 0
+    assert main([str(folder), "--out", str(out_dir), "--model", str(model_file), "--proba"]) == 0
+    assert out_zip.read_text() == out_dir.read_text()
+    assert capsys.readouterr().err.count("skipped") == 4  # 2 bad files, each run
+
+
+def test_predict_fails_cleanly_without_images(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "s.csv"
+    assert main([str(tmp_path / "empty"), "--out", str(out), "--model", str(model_file)]) == 1
+    assert not out.exists()
+    assert main([str(tmp_path / "missing"), "--out", str(out), "--model", str(model_file)]) == 1
+    assert "neither a folder nor" in capsys.readouterr().err
+
+
+def test_cli_runs_as_a_module(folder: Path, model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.csv"
+    command = [sys.executable, "-m", "stages.predict", str(folder), "--out", str(out)]
+    command += ["--model", str(model_file), "--proba"]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "CI": ""}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped notes.jpg" in result.stderr
+    columns, rows = read_csv(out)
+    assert columns == ["id", "label", "dog_probability"] and len(rows) == 4
+
+
+def test_evaluate_and_predict_give_the_same_probabilities(
+    sample_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """THE equality test: predictions.tsv and `predict --proba` agree on real photos."""
+    root = tmp_path / "project"
+    paths = Paths(root)
+    paths.split_dir.mkdir(parents=True)
+    picks = {
+        "train": ["cat/cat.1.jpg", "dog/dog.2.jpg"],
+        "val": ["cat/cat.3.jpg", "dog/dog.4.jpg"],
+        "test": [
+            "cat/cat.5.jpg",
+            "cat/cat.6.jpg",
+            "dog/dog.7.jpg",
+            "dog/dog.8.jpg",
+            "dog/dog.9.jpg",
+        ],
+    }
+    for split, names in picks.items():
+        rows = []
+        for name in names:
+            rel = f"artifacts/download/images/{name}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sample_data_dir / name, root / rel)
+            rows.append({"path": rel, "label": name.split("/")[0], "group": name, "sha256": "-"})
+        write_tsv(paths.split_manifest(split), rows, ("path", "label", "group", "sha256"))
+    paths.train_dir.mkdir(parents=True)
+    tiny_model(size=96, seed=3).save(paths.model)
+
+    run_evaluate(paths, CLASSES, EvaluateParams(batch_size=4))
+    evaluated = {
+        Path(r["path"]).name: r["probability"] for r in read_predictions(paths.predictions)
+    }
+
+    out = tmp_path / "submission.csv"
+    images = root / "artifacts/download/images"
+    args = [str(images), "--out", str(out), "--proba", "--model", str(paths.model)]
+    assert main([*args, "--batch-size", "3"]) == 0
+    _, rows = read_csv(out)
+    predicted = {int(r["id"]): float(r["dog_probability"]) for r in rows}
+
+    assert len(predicted) == len(evaluated) == 9
+    assert len(set(predicted.values())) > 1  # the model does tell the photos apart
+    for name, probability in evaluated.items():
+        assert predicted[submission_id(name)] == pytest.approx(probability, abs=1e-6), name

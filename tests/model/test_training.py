@@ -1,0 +1,112 @@
+"""Training on generated images: it learns, keeps the best epoch, freezes what it should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclf.config import FineTuneParams, TrainParams
+from imgclf.model.architectures.cnn import small_cnn_backbone
+from imgclf.model.architectures.factory import Classifier, binary_head, build_classifier
+from imgclf.model.dataset import LabelledFiles
+from imgclf.model.training import class_weights, set_seeds, train_classifier
+
+SIZE = 32
+
+
+def _write_images(folder: Path, n_per_class: int, seed: int) -> LabelledFiles:
+    """Class 0: noisy reddish images; class 1: noisy bluish ones. Easy, not trivial."""
+    rng = np.random.default_rng(seed)
+    files, labels = [], []
+    for label in (0, 1):
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 160, (SIZE, SIZE, 3))
+            pixels[..., 0 if label == 0 else 2] += 90
+            path = folder / f"{label}_{seed}_{i}.png"
+            Image.fromarray(pixels.astype("uint8")).save(path)
+            files.append(str(path))
+            labels.append(label)
+    return LabelledFiles(files, np.array(labels, dtype="int32"))
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[LabelledFiles, LabelledFiles]:
+    folder = tmp_path_factory.mktemp("images")
+    return _write_images(folder, 24, seed=1), _write_images(folder, 8, seed=2)
+
+
+def _params(**overrides: object) -> TrainParams:
+    defaults = {"arch": "small_cnn", "image_size": SIZE, "weights": None, "batch_size": 8}
+    return TrainParams(**{**defaults, "epochs": 4, "lr": 3e-3, **overrides})
+
+
+def test_class_weights_balance_unequal_classes() -> None:
+    weights = class_weights(np.array([0, 0, 0, 1]), "auto")
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert class_weights(np.array([0, 1]), "auto") == {0: 1.0, 1: 1.0}
+    assert class_weights(np.array([0, 0, 1]), "none") is None
+
+
+def test_from_scratch_training_learns_and_keeps_the_best_epoch(splits) -> None:
+    train, val = splits
+    set_seeds(0)
+    classifier = build_classifier(_params())
+    history = train_classifier(classifier, train, val, _params())
+    assert [row["epoch"] for row in history] == list(range(len(history)))
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "lr"} <= history[0].keys()
+    model = classifier.model
+    model.compile(loss="binary_crossentropy")
+    images = np.stack([np.asarray(Image.open(f), "float32") / 255 for f in val.files])
+    val_loss = model.evaluate(images, val.labels.astype("float32"), verbose=0, return_dict=True)[
+        "loss"
+    ]
+    # The weights kept are the best epoch's, not the last one's.
+    assert val_loss == pytest.approx(min(row["val_loss"] for row in history), rel=1e-3)
+    assert history[-1]["lr"] < history[0]["lr"]  # cosine schedule decays
+
+
+def _pretrained_like(params: TrainParams) -> Classifier:
+    """A small backbone standing in for a pretrained one (no downloads in tests)."""
+    backbone = small_cnn_backbone(SIZE, widths=(8, 16))
+    head = binary_head(backbone.output_shape[-1], params.dropout)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    return Classifier(keras.Model(inputs, head(backbone(inputs))), backbone, head)
+
+
+def _backbone_weights(classifier: Classifier) -> list[np.ndarray]:
+    return [np.array(w) for w in classifier.backbone.get_weights()]
+
+
+def test_cached_feature_training_leaves_the_backbone_untouched(splits) -> None:
+    train, val = splits
+    params = _params(epochs=3)
+    classifier = _pretrained_like(params)
+    before = _backbone_weights(classifier)
+    train_classifier(classifier, train, val, params)
+    for old, new in zip(before, _backbone_weights(classifier), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_fine_tuning_changes_only_the_top_of_the_backbone(splits) -> None:
+    train, val = splits
+    params = _params(epochs=2, fine_tune=FineTuneParams(blocks=2, epochs=2, lr=1e-3))
+    classifier = _pretrained_like(params)
+    layers = [layer for layer in classifier.backbone.layers if layer.weights]
+    before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers}
+    history = train_classifier(classifier, train, val, params)
+    assert len(history) > 2  # head phase + fine-tune phase
+    changed = {
+        layer.name
+        for layer in layers
+        if any(
+            not np.array_equal(old, new)
+            for old, new in zip(before[layer.name], layer.get_weights(), strict=True)
+        )
+    }
+    top_conv = [layer.name for layer in layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    assert top_conv in changed
+    assert layers[0].name not in changed  # the stem stays frozen

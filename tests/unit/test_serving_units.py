@@ -1,0 +1,375 @@
+"""Serving pieces without a server: JWT auth, upload validation, prediction log, batcher,
+settings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import io
+import json
+import time
+from pathlib import Path
+
+import jwt
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
+from imgclf.serving.holder import Batcher, LoadedModel
+from imgclf.serving.settings import database_url, load_settings
+from imgclf.serving.validation import InvalidImage, validate_image
+
+SECRET = "s" * 32
+LIMITS = {"max_bytes": 1_000_000, "max_pixels": 1_000_000}
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def photo(size=(80, 60)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------- auth
+
+
+def hs256() -> JWTVerifier:
+    return JWTVerifier(key=SECRET, algorithm="HS256", audience="imgclf")
+
+
+def test_valid_token_passes_and_bad_ones_fail() -> None:
+    verifier = hs256()
+    good = jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, SECRET, "HS256")
+    assert verifier.verify_header(f"Bearer {good}")["aud"] == "imgclf"
+    bad = {
+        "expired": jwt.encode({"aud": "imgclf", "exp": time.time() - 1}, SECRET, "HS256"),
+        "audience": jwt.encode({"aud": "other", "exp": time.time() + 60}, SECRET, "HS256"),
+        "no exp": jwt.encode({"aud": "imgclf"}, SECRET, "HS256"),
+        "no aud": jwt.encode({"exp": time.time() + 60}, SECRET, "HS256"),
+        "secret": jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, "t" * 32, "HS256"),
+        "none": jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, None, "none"),
+        "garbage": "abc.def.ghi",
+    }
+    for name, token in bad.items():
+        with pytest.raises(AuthError):
+            verifier.verify(token)
+        assert name
+    for header in (None, "", "Bearer", "Basic abc", good):
+        with pytest.raises(AuthError):
+            verifier.verify_header(header)
+
+
+def test_rs256_public_key_and_no_alg_confusion(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "pub.pem").write_bytes(public_pem)
+    verifier = verifier_from_env({"IMGCLF_JWT_PUBLIC_KEY_FILE": str(tmp_path / "pub.pem")})
+    assert verifier is not None and verifier.algorithm == "RS256"
+    claims = {"aud": "imgclf", "exp": time.time() + 60}
+    assert verifier.verify(jwt.encode(claims, key, "RS256"))["aud"] == "imgclf"
+
+    # HS256 signed with the public key as the secret (the classic confusion attack) fails.
+    def b64(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    body = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(json.dumps(claims).encode())
+    forged = (body + b"." + b64(hmac.digest(public_pem, body, "sha256"))).decode()
+    with pytest.raises(AuthError):
+        verifier.verify(forged)
+
+
+def test_auth_config_from_env() -> None:
+    assert verifier_from_env({"IMGCLF_AUTH": "disabled"}) is None
+    with pytest.raises(ValueError, match="IMGCLF_AUTH=disabled"):
+        verifier_from_env({})  # on by default: no key configured refuses to start
+    with pytest.raises(ValueError, match="32 bytes"):
+        verifier_from_env({"IMGCLF_JWT_SECRET": "short"})
+    with pytest.raises(ValueError):
+        verifier_from_env({"IMGCLF_AUTH": "off"})
+    v = verifier_from_env({"IMGCLF_JWT_SECRET": SECRET, "IMGCLF_JWT_AUDIENCE": "a"})
+    assert (v.algorithm, v.audience) == ("HS256", "a")
+
+
+def _call(middleware, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    asyncio.run(middleware(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_middleware_protects_all_but_health_and_metrics() -> None:
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = JWTAuthMiddleware(app, verifier_factory=hs256)
+    assert _call(middleware, "/predict", {})[0] == 401
+    assert b"missing bearer token" in _call(middleware, "/predict", {})[1]
+    assert _call(middleware, "/docs.json", {})[0] == 401
+    for path in ("/readyz", "/livez", "/healthz", "/metrics"):
+        assert _call(middleware, path, {})[0] == 200
+    good = jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, SECRET, "HS256")
+    assert _call(middleware, "/predict", {"Authorization": f"Bearer {good}"})[0] == 200
+    assert _call(JWTAuthMiddleware(app, verifier_factory=lambda: None), "/predict", {})[0] == 200
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def test_plain_rgb_jpeg_passes_through_unchanged() -> None:
+    data = encode(photo(), "JPEG", quality=90)
+    result = validate_image(data, **LIMITS)
+    assert result.model_bytes is data and not result.converted
+    assert (result.width, result.height, result.format) == (80, 60, "jpeg")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options"),
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "P", {}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("BMP", "RGB", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+    ],
+)
+def test_other_images_become_rgb_png(fmt: str, mode: str, options: dict) -> None:
+    result = validate_image(encode(photo().convert(mode), fmt, **options), **LIMITS)
+    assert result.converted and result.model_bytes.startswith(b"\x89PNG")
+    decoded = Image.open(io.BytesIO(result.model_bytes))
+    assert decoded.mode == "RGB" and decoded.size == (80, 60)
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to view
+    result = validate_image(encode(photo(), "JPEG", exif=exif), **LIMITS)
+    assert result.converted and (result.width, result.height) == (60, 80)
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (lambda: b"", 400, "empty"),
+        (lambda: b"\0" * 1_000_001, 413, "too_many_bytes"),
+        (lambda: b"plain text, not an image", 415, "not_an_image"),
+        (lambda: encode(photo(), "GIF"), 415, "unsupported_format"),
+        (lambda: encode(photo(), "TIFF"), 415, "unsupported_format"),
+        (lambda: encode(photo((400, 300)), "JPEG")[:20_000], 422, "truncated"),
+        (lambda: encode(Image.new("RGB", (1001, 1000)), "PNG"), 413, "too_many_pixels"),
+        (lambda: encode(Image.new("1", (3000, 3000)), "PNG"), 413, "too_many_pixels"),
+        (
+            lambda: encode(
+                Image.new("L", (9, 9)),
+                "PNG",
+                save_all=True,
+                append_images=[Image.new("L", (9, 9), 255)],
+            ),
+            422,
+            "animated",
+        ),
+        (
+            lambda: encode(Image.fromarray(np.zeros((9, 9), np.uint16)), "PNG"),
+            422,
+            "high_bit_depth",
+        ),
+    ],
+)
+def test_bad_uploads_raise_invalid_image(make, status: int, code: str) -> None:
+    with pytest.raises(InvalidImage) as caught:
+        validate_image(make(), **LIMITS)
+    assert (caught.value.status, caught.value.code) == (status, code)
+    assert caught.value.to_json()["detail"]
+
+
+def test_declared_content_type_is_checked() -> None:
+    data = encode(photo(), "PNG")
+    assert validate_image(data, content_type="image/png", **LIMITS).format == "png"
+    assert validate_image(data, content_type="application/octet-stream", **LIMITS)
+    with pytest.raises(InvalidImage) as caught:
+        validate_image(data, content_type="text/plain", **LIMITS)
+    assert caught.value.status == 415
+
+
+def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(self):
+        raise AssertionError("decoded a bomb")
+
+    big = encode(Image.new("RGB", (1001, 1000)), "PNG")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(InvalidImage) as caught:
+        validate_image(big, **LIMITS)
+    assert caught.value.code == "too_many_pixels"
+
+
+# ------------------------------------------------------------------------ batcher, settings
+
+
+def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
+    sizes = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)
+        return batch.reshape(len(batch), -1).mean(axis=1)
+
+    old = LoadedModel(version="1", source="a", image_size=2, forward=forward)
+    new = LoadedModel(version="2", source="b", image_size=2, forward=forward)
+    batcher = Batcher(max_batch_size=8, max_latency_ms=20, on_batch=sizes.append)
+    futures = [
+        batcher.submit(np.full((2, 2, 3), i / 20, "float32"), old if i < 10 else new)
+        for i in range(20)
+    ]
+    results = [f.result(timeout=10) for f in futures]
+    batcher.close()
+    assert [v for _, v in results] == ["1"] * 10 + ["2"] * 10
+    assert [p for p, _ in results] == pytest.approx([i / 20 for i in range(20)])
+    assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_batcher_dispatches_at_once_when_nothing_else_is_coming() -> None:
+    sizes: list[int] = []
+    model = LoadedModel("1", "x", 2, lambda batch: batch.reshape(len(batch), -1).mean(axis=1))
+    batcher = Batcher(max_batch_size=8, max_latency_ms=2000, on_batch=sizes.append)
+    start = time.perf_counter()
+    batcher.submit(np.zeros((2, 2, 3), "float32"), model).result(timeout=5)
+    assert time.perf_counter() - start < 0.5  # not max_latency_ms: nobody else was coming
+    # An announced request is waited for (up to max_latency_ms) and joins the same batch.
+    batcher.expect(1)
+    first = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
+    time.sleep(0.05)
+    assert not first.done()
+    rest = batcher.submit_many([np.ones((2, 2, 3), "float32")] * 3, model, announced=1)
+    assert [f.result(timeout=5)[0] for f in [first, *rest]] == [0.0, 1.0, 1.0, 1.0]
+    # A request that announces images but fails before submitting releases the wait.
+    batcher.expect(2)
+    lone = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
+    batcher.submit_many([], model, announced=2)
+    lone.result(timeout=1.5)
+    # A submit_many bigger than the room left is split, never lost.
+    many = batcher.submit_many([np.zeros((2, 2, 3), "float32")] * 13, model)
+    assert len([f.result(timeout=5) for f in many]) == 13
+    batcher.close()
+    assert sizes[:3] == [1, 4, 1] and max(sizes) <= 8 and sum(sizes) == 19
+
+
+def test_batcher_passes_model_errors_to_the_request() -> None:
+    def broken(batch):
+        raise RuntimeError("boom")
+
+    batcher = Batcher(max_batch_size=4, max_latency_ms=1)
+    future = batcher.submit(np.zeros((2, 2, 3)), LoadedModel("1", "x", 2, broken))
+    with pytest.raises(RuntimeError, match="boom"):
+        future.result(timeout=5)
+    batcher.close()
+
+
+def test_settings_from_params_and_env(tmp_path: Path) -> None:
+    env = {
+        "IMGCLF_SERVE_MODEL_NAME": "m",
+        "IMGCLF_SERVE_POLL_SECONDS": "2.5",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+    }
+    settings = load_settings(env)
+    assert (settings.model_name, settings.poll_seconds, settings.alias) == ("m", 2.5, "champion")
+    assert settings.tracking_uri == "http://127.0.0.1:5000"
+    assert settings.classes == ("cat", "dog") and settings.model_source == "registry"
+    assert settings.prediction_db_url.startswith("sqlite:////")
+    with pytest.raises(ValueError, match="poll_seconds"):
+        load_settings({**env, "IMGCLF_SERVE_POLL_SECONDS": "-1"})
+    assert database_url("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"
+    assert database_url("p.db", tmp_path) == f"sqlite:///{tmp_path / 'p.db'}"
+    url = load_settings({**env, "IMGCLF_PREDICTION_DB_URL": "sqlite:///x.db"}).prediction_db_url
+    assert url == "sqlite:///x.db"
+
+
+# ------------------------------------------------------------------------------- OpenAPI
+
+
+def _spec() -> dict:
+    from imgclf.serving.openapi import spec_for
+
+    return spec_for(load_settings({"IMGCLF_SERVE_MODEL_NAME": "m"}))
+
+
+def test_openapi_document_is_valid_and_documents_every_route() -> None:
+    from openapi_spec_validator import validate
+    from starlette.routing import Route
+
+    from imgclf.serving.api import build_app
+    from imgclf.serving.auth import OPEN_PATHS
+    from imgclf.serving.openapi import BENTOML_DOC_PATHS, SPEC_PATH
+
+    spec = _spec()
+    validate(spec)
+    paths = spec["paths"]
+    app = build_app(lambda: None)
+    served = {
+        (method.lower(), route.path)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    assert {("post", "/predict"), ("post", "/predict_batch"), ("get", SPEC_PATH)} <= served
+    for method, path in served:  # every route of ours, with its method
+        assert method in paths.get(path, {}), (method, path)
+    for path in OPEN_PATHS:  # BentoML's health and metrics routes: documented and open
+        assert paths[path]["get"]["security"] == [], path
+    for path in BENTOML_DOC_PATHS:
+        assert "security" not in paths[path]["get"]  # behind the JWT like everything else
+    assert set(spec["components"]["securitySchemes"]["bearerAuth"].items()) >= {
+        ("type", "http"),
+        ("scheme", "bearer"),
+        ("bearerFormat", "JWT"),
+    }
+    predict = paths["/predict"]["post"]
+    assert "multipart/form-data" in predict["requestBody"]["content"]
+    assert "image/jpeg" in predict["requestBody"]["content"]
+    batch = paths["/predict_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert batch["schema"]["properties"]["images"]["maxItems"] == 32  # params.yaml's limit
+
+
+def test_openapi_error_codes_are_the_ones_the_code_raises() -> None:
+    """Every InvalidImage(status, "code") in the serving code is documented, and vice versa."""
+    import re
+
+    import imgclf.serving.api as api
+    import imgclf.serving.validation as validation
+    from imgclf.serving.openapi import ERROR_CODES
+
+    raised = set()
+    for module in (api, validation):
+        source = Path(module.__file__).read_text()
+        for status, code in re.findall(r'InvalidImage\(\s*(\d{3}),\s*"([a-z_]+)"', source):
+            raised.add((int(status), code))
+    documented = {(s, c) for s, codes in ERROR_CODES.items() if s < 500 for c in codes}
+    assert raised == documented
+    responses = _spec()["paths"]["/predict_batch"]["post"]["responses"]
+    for status, codes in ERROR_CODES.items():
+        schema = responses[str(status)]["content"]["application/json"]["schema"]
+        assert schema["properties"]["error"]["enum"] == list(codes)
