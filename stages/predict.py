@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from imgclf.config import Paths, load_params
     from imgclf.data.sources import SourceError
-    from imgclf.evaluation.report import load_model, predict_probabilities
+    from imgclf.model.inference import load_model, predict_probabilities
 
     params, paths = load_params(), Paths()
     classes = params.download.classes

@@ -1,9 +1,7 @@
-"""Evaluate stage library: probabilities for files, metrics, DVC plot data, PNGs, MLflow logging.
+"""Evaluate stage library: metrics, DVC plot data, PNGs, MLflow logging.
 
-`predict_probabilities` is THE way to turn image files into P(class 1): evaluate calls it for the
-split manifests and `stages.predict` for a user's folder, so both see the same preprocessing
-(`imgclf.model.dataset.image_dataset` -> `imgclf.model.preprocess.preprocess_bytes`) and the same
-forward pass (`imgclf.model.inference.predict_batches`).
+Probabilities come from `imgclf.model.inference.predict_probabilities`, the function batch
+prediction uses too.
 
 Outputs of `run_evaluate` (all under Paths().evaluate_dir, built atomically):
     predictions.tsv         split, path (relative to the root), label (class name), probability
@@ -28,7 +26,8 @@ import numpy as np
 
 from imgclf.config import EvaluateParams, MlflowParams, Paths
 from imgclf.io import atomic_dir, read_tsv, write_json, write_tsv
-from imgclf.model.dataset import image_dataset, read_split
+from imgclf.model.dataset import read_split
+from imgclf.model.inference import load_model, predict_probabilities
 
 SPLITS = ("train", "val", "test")
 PREDICTION_COLUMNS = ("split", "path", "label", "probability")
@@ -43,64 +42,6 @@ PNG_NAMES = (
 )
 # Metrics that are counts, not rates: MLflow still logs them (as floats).
 COUNT_KEYS = ("tn", "fp", "fn", "tp", "n")
-
-
-# --------------------------------------------------------------------------------------------
-# Model and probabilities
-# --------------------------------------------------------------------------------------------
-
-
-def _load_model(path: Path | str):
-    """A saved `.keras` classifier (the lead's factory knows about custom layers)."""
-    from imgclf.model.architectures.factory import load_classifier
-
-    return load_classifier(path)
-
-
-def load_model(ref: Path | str):
-    """`models:/NAME@alias`, `runs:/ID/path` (and other MLflow URIs) via MLflow; else a .keras
-    file."""
-    text = str(ref)
-    if text.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        import mlflow.keras
-
-        import imgclf.model.architectures.efficientnet_lite  # noqa: F401  (registers layers, if any)
-
-        return mlflow.keras.load_model(text)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}")
-    return _load_model(path)
-
-
-def model_image_size(model) -> int:
-    """S of a model taking (None, S, S, 3) and returning (None, 1)."""
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
-        raise ValueError(f"expected a model input (None, S, S, 3), got {shape}")
-    out = tuple(model.output_shape)
-    if out[1:] != (1,):
-        raise ValueError(f"expected a model output (None, 1) = P(class 1), got {out}")
-    return int(shape[1])
-
-
-def predict_probabilities(
-    model, files: Sequence[str | Path], batch_size: int, desc: str = "predict"
-) -> np.ndarray:
-    """P(class 1) for each file (float32, same order), batched through THE preprocessing.
-
-    Every file must be decodable (evaluate's files are standardised by download; predict
-    validates its files first): one undecodable file fails the whole call.
-    """
-    from imgclf.model.inference import predict_batches
-
-    files = [str(f) for f in files]
-    if not files:
-        return np.zeros((0,), "float32")
-    dataset = image_dataset(files, model_image_size(model), batch_size)
-    batches = math.ceil(len(files) / batch_size)
-    probabilities = predict_batches(model, dataset, total=batches, desc=desc)
-    return np.asarray(probabilities, dtype="float32").reshape(len(files))
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +401,7 @@ def run_evaluate(
     `model` defaults to the trained one at paths.model.
     """
     if model is None:
-        model = _load_model(paths.model)
+        model = load_model(paths.model)
     results = {}
     for split in SPLITS:
         data = read_split(paths.split_manifest(split), classes, paths.root)

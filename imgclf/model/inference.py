@@ -1,11 +1,54 @@
-"""Batched forward passes over a tf.data pipeline: features for training, probabilities for
-evaluation and prediction. One compiled graph per call, never `model.predict` per image."""
+"""Running a trained model: load it, check its input size, and turn image files into P(class 1).
+
+`predict_probabilities` is THE way from image files to probabilities: evaluate calls it for the
+split manifests and batch prediction for a user's folder, so both see the same preprocessing
+(`imgclf.model.dataset.image_dataset` -> `imgclf.model.preprocess.preprocess_bytes`) and the same
+forward pass (`predict_batches`, which training also uses to extract features): one compiled
+graph per call, never `model.predict` per image.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
+
+from imgclf.model.dataset import image_dataset
+
+MLFLOW_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def load_model(ref: Path | str):
+    """`models:/NAME@alias`, `runs:/ID/path` (and other MLflow URIs) via MLflow; else a .keras
+    file."""
+    text = str(ref)
+    if text.startswith(MLFLOW_URI_PREFIXES):
+        import mlflow.keras
+
+        import imgclf.model.architectures.efficientnet_lite  # noqa: F401  (registers layers, if any)
+
+        return mlflow.keras.load_model(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}")
+    from imgclf.model.architectures.factory import load_classifier
+
+    return load_classifier(path)
+
+
+def model_image_size(model) -> int:
+    """S of a model taking (None, S, S, 3) and returning (None, 1)."""
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
+        raise ValueError(f"expected a model input (None, S, S, 3), got {shape}")
+    out = tuple(model.output_shape)
+    if out[1:] != (1,):
+        raise ValueError(f"expected a model output (None, 1) = P(class 1), got {out}")
+    return int(shape[1])
 
 
 def predict_batches(
@@ -27,3 +70,20 @@ def predict_batches(
         for batch in tqdm(dataset, total=total, desc=desc, unit="batch", disable=not desc)
     ]
     return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
+
+
+def predict_probabilities(
+    model, files: Sequence[str | Path], batch_size: int, desc: str = "predict"
+) -> np.ndarray:
+    """P(class 1) for each file (float32, same order), batched through THE preprocessing.
+
+    Every file must be decodable (evaluate's files are standardised by download; predict
+    validates its files first): one undecodable file fails the whole call.
+    """
+    files = [str(f) for f in files]
+    if not files:
+        return np.zeros((0,), "float32")
+    dataset = image_dataset(files, model_image_size(model), batch_size)
+    batches = math.ceil(len(files) / batch_size)
+    probabilities = predict_batches(model, dataset, total=batches, desc=desc)
+    return np.asarray(probabilities, dtype="float32").reshape(len(files))

@@ -50,7 +50,7 @@ def build_loaded_model(
     """Trace one forward function with an open batch dimension and warm it up."""
     import tensorflow as tf
 
-    from imgclf.evaluation.report import model_image_size
+    from imgclf.model.inference import model_image_size
 
     size = model_image_size(model)
     traced = tf.function(
@@ -96,7 +96,7 @@ class RegistryChampion:
     def load(self, version: str) -> LoadedModel:
         import mlflow
 
-        from imgclf.evaluation.report import load_model
+        from imgclf.model.inference import load_model
 
         uri = f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile
         mlflow.set_registry_uri(self.tracking_uri)

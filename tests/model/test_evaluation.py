@@ -21,13 +21,13 @@ from imgclf.evaluation.report import (
     flat_metrics,
     plot_misclassified,
     precision_recall_points,
-    predict_probabilities,
     read_predictions,
     roc_points,
     run_evaluate,
     worst_mistakes,
 )
 from imgclf.io import read_json, read_tsv, write_json, write_tsv
+from imgclf.model.inference import load_model, predict_probabilities
 from tests.support.helpers import tiny_model
 
 CLASSES = ["cat", "dog"]
@@ -233,8 +233,6 @@ def test_predict_probabilities_batches_match_single_images(
     evaluated: tuple[Paths, dict],
 ) -> None:
     paths, _ = evaluated
-    from imgclf.evaluation.report import load_model
-
     model = load_model(paths.model)
     files = sorted(str(p) for p in (paths.root / "artifacts/download/images").rglob("*.jpg"))[:5]
     together = predict_probabilities(model, files, batch_size=5, desc="")
@@ -290,8 +288,6 @@ def test_stage_logs_into_the_train_run(
 
 def test_model_uris_load_through_mlflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import mlflow.keras
-
-    from imgclf.evaluation.report import load_model
 
     seen = []
     monkeypatch.setattr(mlflow.keras, "load_model", lambda uri: seen.append(uri) or "model")

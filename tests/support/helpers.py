@@ -222,6 +222,6 @@ class Registry:
         return str(version)
 
     def expected(self, version: str, files: list[Path]) -> np.ndarray:
-        from imgclf.evaluation.report import predict_probabilities
+        from imgclf.model.inference import predict_probabilities
 
         return predict_probabilities(self.models[version], files, batch_size=8, desc="")
