@@ -24,7 +24,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.timing import best_rate
-from imgclf.serving.prediction_log import PredictionLog, PredictionRecord, predictions
+from imgclf.monitoring.schema import PredictionRecord, predictions
+from imgclf.serving.prediction_log import PredictionLog
 
 WINDOW = 500
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

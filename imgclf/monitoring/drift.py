@@ -1,6 +1,6 @@
 """Drift report: the last days of the production prediction log against the test split.
 
-The live side is the service's prediction log (`imgclf.serving.prediction_log.predictions`), rows
+The live side is the service's prediction log (`imgclf.monitoring.schema.predictions`), rows
 with `start <= timestamp < end`. The reference is the test split as the pipeline saw it: test.tsv
 (true labels) joined by path with the download manifest (image sizes) and evaluate's
 predictions.tsv (P(class 1); predicted class = classes[1] when >= evaluate.threshold).
@@ -37,8 +37,8 @@ import sqlalchemy as sa
 
 from imgclf.config import MonitorParams
 from imgclf.io import read_tsv, write_json
+from imgclf.monitoring.schema import predictions
 from imgclf.registry.client import redact
-from imgclf.serving.prediction_log import predictions
 
 OK, DRIFT, INSUFFICIENT, INFO = "ok", "drift", "insufficient data", "info"
 VERDICT_COLOURS = {OK: "#1a7f37", DRIFT: "#cf222e", INSUFFICIENT: "#6e7781", INFO: "#0969da"}

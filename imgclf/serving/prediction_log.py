@@ -1,5 +1,7 @@
 """Every prediction, logged to a database through SQLAlchemy, off the request's critical path.
 
+The table is imgclf/monitoring/schema.py's (the drift monitor reads it too); this is the writer.
+
 `PredictionLog.log()` only puts a row on an in-memory queue; one background thread takes rows in
 batches (up to `batch_size`, or whatever arrived within `flush_seconds`) and inserts each batch in
 one transaction. `close()` drains the queue and flushes before returning, so a graceful shutdown
@@ -14,61 +16,14 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from imgclf.monitoring.schema import PredictionRecord, create_or_upgrade, labelled, predictions
+
 logger = logging.getLogger(__name__)
-
-metadata = sa.MetaData()
-predictions = sa.Table(
-    "predictions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("request_id", sa.String(64), nullable=False, index=True),
-    sa.Column("item", sa.Integer, nullable=False, default=0),  # position in a batch request
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("width", sa.Integer, nullable=False),
-    sa.Column("height", sa.Integer, nullable=False),
-    sa.Column("label", sa.String(64), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("model_version", sa.String(64), nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    # Ground truth, filled later by POST /feedback (NULL until someone labels the request).
-    sa.Column("true_label", sa.String(64), nullable=True),
-    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True),
-)
-_labelled = predictions.c.true_label.is_not(None)
-# Live accuracy reads a version's latest labels: a partial index holds only labelled rows, so
-# the query never walks the (many more) unlabelled ones, whatever the table's size.
-sa.Index(
-    "ix_predictions_labelled",
-    predictions.c.model_version,
-    predictions.c.feedback_at,
-    postgresql_where=_labelled,
-    sqlite_where=_labelled,
-)
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    request_id: str
-    sha256: str
-    width: int
-    height: int
-    label: str
-    probability: float
-    model_version: str
-    latency_ms: float
-    item: int = 0
-    timestamp: dt.datetime | None = None
-
-    def row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["timestamp"] = self.timestamp or dt.datetime.now(dt.UTC)
-        return row
 
 
 class UnknownPrediction(LookupError):
@@ -109,8 +64,7 @@ class PredictionLog:
         self.engine = sa.create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        create_or_upgrade(self.engine)
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
@@ -223,7 +177,7 @@ class PredictionLog:
         recent = (
             sa.select(predictions.c.label, predictions.c.true_label)
             .where(predictions.c.model_version == model_version)
-            .where(_labelled)
+            .where(labelled)
             .order_by(predictions.c.feedback_at.desc(), predictions.c.id.desc())
             .limit(window)
             .subquery()
@@ -261,34 +215,8 @@ def _sort(item: Any, rows: list[Mapping[str, Any]], waiters: list[threading.Even
     return False
 
 
-def _add_missing_columns(engine: sa.Engine) -> None:
-    """Upgrade a log created by an older release in place: its columns are a prefix of today's,
-    and every later column is nullable, so ADD COLUMN (and the indexes) is the whole migration."""
-    inspector = sa.inspect(engine)
-    present = {column["name"] for column in inspector.get_columns(predictions.name)}
-    with engine.begin() as conn:
-        for column in predictions.columns:
-            if column.name not in present:
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(
-                    sa.text(f"ALTER TABLE {predictions.name} ADD COLUMN {column.name} {kind}")
-                )
-                logger.warning("prediction log: added column %s", column.name)
-        for index in predictions.indexes:
-            index.create(conn, checkfirst=True)
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-
-
-def count_rows(url: str) -> int:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
-    finally:
-        engine.dispose()

@@ -19,7 +19,7 @@ from PIL import Image
 from imgclf.config import MonitorParams, Paths
 from imgclf.io import write_tsv
 from imgclf.monitoring import drift
-from imgclf.serving.prediction_log import predictions
+from imgclf.monitoring.schema import predictions
 from stages.monitor import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
-"""The prediction log (imgclf/serving/prediction_log.py) on both backends it is meant for:
-SQLite (the default) and PostgreSQL (a shared log for several instances; a real server from
-tests/support/postgres_server.py). Every test runs on each."""
+"""The prediction log (imgclf/serving/prediction_log.py, its table imgclf/monitoring/schema.py) on
+both backends it is meant for: SQLite (the default) and PostgreSQL (a shared log for several
+instances; a real server from tests/support/postgres_server.py). Every test runs on each."""
 
 from __future__ import annotations
 
@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from imgclf.serving.prediction_log import (
-    ConflictingLabel,
-    PredictionLog,
-    PredictionRecord,
-    UnknownPrediction,
-    count_rows,
-    predictions,
-)
+from imgclf.monitoring.schema import PredictionRecord, predictions
+from imgclf.serving.prediction_log import ConflictingLabel, PredictionLog, UnknownPrediction
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -43,6 +37,15 @@ def log(db_url: str) -> Iterator[PredictionLog]:
     log = PredictionLog(db_url, flush_seconds=10)  # only flush()/close() write promptly
     yield log
     log.close()
+
+
+def count_rows(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
+    finally:
+        engine.dispose()
 
 
 def record(i: int, label: str = "cat", version: str = "7", item: int = 0) -> PredictionRecord:

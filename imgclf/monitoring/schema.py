@@ -1,0 +1,84 @@
+"""The prediction log's table: what the service writes and the drift monitor reads.
+
+One definition for both sides, here below serving, so that monitoring never imports the service.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("item", sa.Integer, nullable=False, default=0),  # position in a batch request
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    # Ground truth, filled later by POST /feedback (NULL until someone labels the request).
+    sa.Column("true_label", sa.String(64), nullable=True),
+    sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True),
+)
+labelled = predictions.c.true_label.is_not(None)
+# Live accuracy reads a version's latest labels: a partial index holds only labelled rows, so
+# the query never walks the (many more) unlabelled ones, whatever the table's size.
+sa.Index(
+    "ix_predictions_labelled",
+    predictions.c.model_version,
+    predictions.c.feedback_at,
+    postgresql_where=labelled,
+    sqlite_where=labelled,
+)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One logged prediction, as the service knows it when it answers."""
+
+    request_id: str
+    sha256: str
+    width: int
+    height: int
+    label: str
+    probability: float
+    model_version: str
+    latency_ms: float
+    item: int = 0
+    timestamp: dt.datetime | None = None
+
+    def row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["timestamp"] = self.timestamp or dt.datetime.now(dt.UTC)
+        return row
+
+
+def create_or_upgrade(engine: sa.Engine) -> None:
+    """Create the table, or upgrade a log created by an older release in place: its columns are
+    a prefix of today's, and every later column is nullable, so ADD COLUMN (and the indexes) is
+    the whole migration."""
+    metadata.create_all(engine)
+    present = {column["name"] for column in sa.inspect(engine).get_columns(predictions.name)}
+    with engine.begin() as conn:
+        for column in predictions.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(
+                    sa.text(f"ALTER TABLE {predictions.name} ADD COLUMN {column.name} {kind}")
+                )
+                logger.warning("prediction log: added column %s", column.name)
+        for index in predictions.indexes:
+            index.create(conn, checkfirst=True)
