@@ -12,20 +12,18 @@ import pytest
 from PIL import Image
 
 from imgclf.config import EvaluateParams, MlflowParams, Paths
-from imgclf.evaluation.report import (
+from imgclf.evaluation.metrics import (
     MAX_CURVE_POINTS,
-    PREDICTION_COLUMNS,
     calibration_table,
     compute_metrics,
     expected_calibration_error,
     flat_metrics,
-    plot_misclassified,
     precision_recall_points,
-    read_predictions,
     roc_points,
-    run_evaluate,
     worst_mistakes,
 )
+from imgclf.evaluation.plots import plot_misclassified
+from imgclf.evaluation.report import PREDICTION_COLUMNS, read_predictions, run_evaluate
 from imgclf.io import read_json, read_tsv, write_json, write_tsv
 from imgclf.model.inference import load_model, predict_probabilities
 from tests.support.helpers import tiny_model
