@@ -1,4 +1,5 @@
-"""Small file helpers every stage uses: TSV manifests, JSON reports, all-or-nothing outputs."""
+"""Small helpers every stage uses: TSV manifests, JSON reports, all-or-nothing outputs, and URLs
+safe to print."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,3 +82,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     scratch.rename(final)
+
+
+def redact(uri: str) -> str:
+    """The URI without a password, for messages and reports."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -8,7 +8,7 @@
 
 The registry is MLflow's: params.yaml's mlflow.tracking_uri, or $MLFLOW_TRACKING_URI (a server).
 promote/rollback change the registry only (not reports/register.json, which is the stage's
-output). Problems are reported as one line on stderr, exit status 1. See imgclf/registry/client.py.
+output). Problems are reported as one line on stderr, exit status 1. See imgclf/registry/.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.config import PROJECT_ROOT, Paths, load_params
-from imgclf.io import read_json, write_json
-from imgclf.registry import client as registry
+from imgclf.registry import commands
+from imgclf.registry.client import RegistryError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,28 +31,22 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help=argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command")
-    promote = commands.add_parser("promote", help="point `champion` at a version")
+    subcommands = parser.add_subparsers(dest="command")
+    promote = subcommands.add_parser("promote", help="point `champion` at a version")
     promote.add_argument("--version", required=True, type=int)
     promote.add_argument("--reason", default="")
-    back = commands.add_parser("rollback", help="point `champion` back at the previous champion")
+    back = subcommands.add_parser("rollback", help="point `champion` back at the previous champion")
     back.add_argument("--reason", default="")
-    commands.add_parser("history", help="print the promotion history (JSON lines)")
+    subcommands.add_parser("history", help="print the promotion history (JSON lines)")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    from imgclf.tracking import tracking_uri
-
     paths = Paths(args.root)
     params = load_params(paths.root / "params.yaml")
     name = params.register.model_name
-    if args.command is None and not paths.mlflow_run.is_file():
-        raise registry.RegistryError(f"{paths.mlflow_run} missing: run train and evaluate first")
-    client = registry.connect(tracking_uri(params.mlflow, paths.root))
-
     if args.command == "promote":
-        out = registry.promote(client, name, args.version, args.reason)
+        out = commands.run_promote(paths, params, args.version, args.reason)
         if out["event"] is None:
             print(f"register: {name} v{out['version']} is the champion already")
         else:
@@ -60,21 +54,13 @@ def run(args: argparse.Namespace) -> None:
             previous = f"v{out['previous']}" if out["previous"] else "none"
             print(f"register: {name} champion {previous} -> v{out['version']}{note}")
     elif args.command == "rollback":
-        out = registry.rollback(client, name, args.reason)
+        out = commands.run_rollback(paths, params, args.reason)
         print(f"register: {name} champion rolled back v{out['previous']} -> v{out['version']}")
     elif args.command == "history":
-        for event in registry.champion_history(client, name):
+        for event in commands.run_history(paths, params):
             print(json.dumps(event, sort_keys=True))
     else:
-        report = registry.register_run(
-            client,
-            read_json(paths.mlflow_run)["run_id"],
-            params.register,
-            metrics=read_json(paths.metrics) if paths.metrics.is_file() else None,
-            split_counts=read_json(paths.split_report) if paths.split_report.is_file() else None,
-            classes=params.download.classes,
-        )
-        write_json(paths.reports / "register.json", report)
+        report = commands.run_register(paths, params)
         print(
             f"register: {name} v{report['version']} [{', '.join(report['aliases'])}] "
             f"{report['decision']}: {report['reason']} -> {paths.reports / 'register.json'}"
@@ -84,15 +70,8 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run(args)
-        except MlflowException as exc:
-            raise registry.RegistryError(
-                f"MLflow: {str(exc.message).strip().splitlines()[0]}"
-            ) from None
-    except (registry.RegistryError, FileNotFoundError) as exc:
+        run(args)
+    except (RegistryError, FileNotFoundError) as exc:
         print(f"register: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -36,9 +36,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from imgclf.config import MonitorParams
-from imgclf.io import read_tsv, write_json
+from imgclf.io import read_tsv, redact, write_json
 from imgclf.monitoring.schema import predictions
-from imgclf.registry.client import redact
 
 OK, DRIFT, INSUFFICIENT, INFO = "ok", "drift", "insufficient data", "info"
 VERDICT_COLOURS = {OK: "#1a7f37", DRIFT: "#cf222e", INSUFFICIENT: "#6e7781", INFO: "#0969da"}

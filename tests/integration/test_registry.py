@@ -1,4 +1,5 @@
-"""Model registry and promotion gate against a real `mlflow server` on loopback (no mocks)."""
+"""Model registry and promotion gate against a real `mlflow server` on loopback (no mocks).
+The gate's rule and the model card alone: tests/unit/test_gate.py, tests/unit/test_model_card.py."""
 
 from __future__ import annotations
 
@@ -12,72 +13,12 @@ import numpy as np
 import pytest
 
 from imgclf.config import RegisterParams
-from imgclf.registry import client as registry
-from imgclf.registry.client import Candidate, decide
+from imgclf.registry.client import RegistryError, champion_version, connect
+from imgclf.registry.history import champion_history
+from imgclf.registry.registration import register_run
 from stages import register as register_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# --------------------------------------------------------------------------------------------
-# The gate alone (no server)
-# --------------------------------------------------------------------------------------------
-
-
-def _gate(value, champion_value=None, *, same_data=True, **params):
-    params = RegisterParams(**params)
-    champion = (
-        None
-        if champion_value is False
-        else Candidate("1", champion_value, "dv1" if same_data else "dv0")
-    )
-    return decide(Candidate("2", value, "dv1"), champion, params)
-
-
-def test_gate_rules() -> None:
-    assert _gate(0.9, False).rule == "no_champion"
-    assert _gate(0.9, 0.8).rule == "better"
-    assert _gate(0.8, 0.8).rule == "not_better"  # a tie is no improvement
-    assert _gate(0.81, 0.8, min_delta=0.02).rule == "not_better"
-    assert _gate(0.83, 0.8, min_delta=0.02).rule == "better"
-    assert _gate(0.7, False, min_value=0.75).rule == "below_min_value"  # even with no champion
-    assert _gate(None, 0.8).rule == "metric_missing"
-    assert _gate(0.9, 0.8, same_data=False).rule == "data_version_differs"
-    assert _gate(0.9, None).rule == "champion_metric_missing"
-    off = _gate(0.9, False, auto_promote=False)
-    assert (off.promote, off.decision, off.rule) == (False, "challenger", "auto_promote_off")
-    assert "would promote" in off.reason
-
-
-def test_gate_lower_is_better() -> None:
-    assert _gate(0.05, 0.07, metric="log_loss").rule == "better"
-    assert _gate(0.09, 0.07, metric="ece").rule == "not_better"
-    assert _gate(0.2, False, metric="log_loss", min_value=0.1).rule == "below_min_value"
-    assert _gate(0.05, False, metric="log_loss", min_value=0.1).promote
-    assert _gate(0.05, 0.07, metric="accuracy", direction="lower").rule == "better"
-
-
-def test_model_card_keeps_use_and_limits_when_the_description_is_cut() -> None:
-    from types import SimpleNamespace
-
-    run = SimpleNamespace(
-        info=SimpleNamespace(run_id="r1"),
-        data=SimpleNamespace(
-            tags={"data_version": "dv1", "git_commit": "abc"},
-            params={f"p{i:03d}": "x" * 60 for i in range(100)},
-        ),
-    )
-    metrics = {s: {"accuracy": 0.9, "n": 100, "ece": 0.02} for s in ("train", "val", "test")}
-    card = registry.model_card("m", "3", run, metrics, None, RegisterParams(), ["cat", "dog"])
-    assert card.startswith("# m v3") and "| accuracy | 0.9000 | 0.9000 | 0.9000 |" in card
-    assert "±0.0588" in card and "ECE 0.0200" in card and "| p099 |" in card
-    description = registry._description(card)
-    assert len(description) <= registry.MAX_DESCRIPTION < len(card)
-    assert "## Limitations" in description and description.endswith("model_card.md)\n")
-
-
-# --------------------------------------------------------------------------------------------
-# A real server
-# --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +34,7 @@ def server(tiny_models, mlflow_server_process):
 
 @pytest.fixture(scope="module")
 def client(server: str):
-    return registry.connect(server)
+    return connect(server)
 
 
 EXAMPLE = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
@@ -165,7 +106,7 @@ def _champion_outputs(name: str) -> np.ndarray:
 
 def test_first_is_champion_worse_stays_challenger_better_is_promoted(client, runs) -> None:
     params = RegisterParams(model_name="gate")
-    first = registry.register_run(client, runs["base"][0], params)
+    first = register_run(client, runs["base"][0], params)
     assert (first["version"], first["decision"], first["rule"]) == (1, "promoted", "no_champion")
     assert first["aliases"] == ["challenger", "champion"]
     assert first["value"] == pytest.approx(0.90)
@@ -181,18 +122,18 @@ def test_first_is_champion_worse_stays_challenger_better_is_promoted(client, run
     card = Path(client.download_artifacts(runs["base"][0], "model_card.md")).read_text()
     assert card.startswith("# gate v1") and "## Limitations" in card
 
-    worse = registry.register_run(client, runs["worse"][0], params)
+    worse = register_run(client, runs["worse"][0], params)
     assert (worse["version"], worse["decision"], worse["rule"]) == (2, "challenger", "not_better")
     assert worse["aliases"] == ["challenger"]
     assert "does not beat champion v1's 0.9" in worse["reason"]
-    assert registry.champion_version(client, "gate") == "1"
+    assert champion_version(client, "gate") == "1"
 
-    better = registry.register_run(client, runs["better"][0], params)
+    better = register_run(client, runs["better"][0], params)
     assert (better["version"], better["decision"], better["rule"]) == (3, "promoted", "better")
     assert better["aliases"] == ["challenger", "champion"]
     assert better["previous_champion"]["version"] == "1"
     np.testing.assert_allclose(_champion_outputs("gate"), runs["better"][1], rtol=1e-6)
-    history = registry.champion_history(client, "gate")
+    history = champion_history(client, "gate")
     assert [(e["version"], e["previous"], e["action"]) for e in history] == [
         ("1", None, "auto-promote"),
         ("3", "1", "auto-promote"),
@@ -201,8 +142,8 @@ def test_first_is_champion_worse_stays_challenger_better_is_promoted(client, run
 
 def test_registering_a_run_again_changes_nothing(client, runs) -> None:
     params = RegisterParams(model_name="idempotent")
-    first = registry.register_run(client, runs["base"][0], params)
-    again = registry.register_run(client, runs["base"][0], params)
+    first = register_run(client, runs["base"][0], params)
+    again = register_run(client, runs["base"][0], params)
     assert (again["version"], again["decision"], again["rule"]) == (
         1,
         "unchanged",
@@ -210,16 +151,16 @@ def test_registering_a_run_again_changes_nothing(client, runs) -> None:
     )
     assert again["aliases"] == first["aliases"] == ["challenger", "champion"]
     assert len(client.search_model_versions("name = 'idempotent'")) == 1
-    assert len(registry.champion_history(client, "idempotent")) == 1
+    assert len(champion_history(client, "idempotent")) == 1
 
 
 def test_different_data_version_is_not_promoted(client, runs) -> None:
     params = RegisterParams(model_name="data-version")
-    registry.register_run(client, runs["base"][0], params)
-    report = registry.register_run(client, runs["other_data"][0], params)
+    register_run(client, runs["base"][0], params)
+    report = register_run(client, runs["other_data"][0], params)
     assert (report["decision"], report["rule"]) == ("challenger", "data_version_differs")
     assert "not comparable" in report["reason"]
-    assert registry.champion_version(client, "data-version") == "1"
+    assert champion_version(client, "data-version") == "1"
 
 
 def test_a_run_without_test_metrics_is_not_registered(client, runs, tiny_models) -> None:
@@ -231,18 +172,18 @@ def test_a_run_without_test_metrics_is_not_registered(client, runs, tiny_models)
         experiment_id=client.get_experiment_by_name("registry-tests").experiment_id
     ) as run:
         log_classifier(tiny_models["base"], EXAMPLE)
-    with pytest.raises(registry.RegistryError, match="has no test_accuracy metric: run evaluate"):
-        registry.register_run(client, run.info.run_id, RegisterParams(model_name="unevaluated"))
+    with pytest.raises(RegistryError, match="has no test_accuracy metric: run evaluate"):
+        register_run(client, run.info.run_id, RegisterParams(model_name="unevaluated"))
     assert client.search_model_versions("name = 'unevaluated'") == []
 
 
 def test_auto_promote_false_leaves_champion_to_a_person(client, runs) -> None:
     params = RegisterParams(model_name="manual", auto_promote=False, metric="log_loss")
-    report = registry.register_run(client, runs["base"][0], params)
+    report = register_run(client, runs["base"][0], params)
     assert (report["decision"], report["rule"]) == ("challenger", "auto_promote_off")
     assert report["direction"] == "lower"
     assert report["aliases"] == ["challenger"]
-    assert registry.champion_version(client, "manual") is None
+    assert champion_version(client, "manual") is None
     assert "promote --version 1" in report["reason"]
 
 
@@ -290,22 +231,22 @@ def test_stage_cli_promote_rollback_and_history(client, runs, tmp_path, capsys) 
 
     _point_at(root, runs["better"][0])
     assert register_stage.main(["--root", str(root)]) == 0
-    assert registry.champion_version(client, "cli") == "2"
+    assert champion_version(client, "cli") == "2"
 
     assert register_stage.main(["--root", str(root), "promote", "--version", "1"]) == 0
     assert "champion v2 -> v1" in capsys.readouterr().out
-    assert registry.champion_version(client, "cli") == "1"
+    assert champion_version(client, "cli") == "1"
     assert register_stage.main(["--root", str(root), "rollback"]) == 0  # undoes the promotion
-    assert registry.champion_version(client, "cli") == "2"
+    assert champion_version(client, "cli") == "2"
     assert register_stage.main(["--root", str(root), "rollback", "--reason", "bad"]) == 0
-    assert registry.champion_version(client, "cli") == "1"
+    assert champion_version(client, "cli") == "1"
     capsys.readouterr()
     assert register_stage.main(["--root", str(root), "rollback"]) == 1  # nothing before v1
     assert "nothing to roll back to" in capsys.readouterr().err
 
     client.set_registered_model_alias("cli", "champion", "2")  # a person, in the MLflow UI
     assert register_stage.main(["--root", str(root), "rollback"]) == 0
-    assert registry.champion_version(client, "cli") == "1"
+    assert champion_version(client, "cli") == "1"
 
     capsys.readouterr()
     assert register_stage.main(["--root", str(root), "history"]) == 0

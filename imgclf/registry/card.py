@@ -1,0 +1,155 @@
+"""The model card: a version's identity, metrics, data, intended use, limits and parameters.
+
+Each registered version's description is its card (cut to the SQL column's size), and the full
+card is logged to its run as `model_card.md`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from imgclf.config import RegisterParams
+from imgclf.registry.client import utc_now
+from imgclf.registry.gate import higher_is_better
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+SPLITS = ("train", "val", "test")
+MAX_DESCRIPTION = 5000  # model version description column of the SQL backends
+METRIC_ORDER = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
+COUNT_KEYS = ("tn", "fp", "fn", "tp", "n")
+
+
+def split_metrics(run_metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """{"test_accuracy": 0.9} -> {"test": {"accuracy": 0.9}} (train/val/test prefixes only).
+
+    Prefer reports/metrics.json where it exists: Keras' MlflowCallback logs `val_accuracy`
+    and `val_loss` per epoch into the same run, and the run keeps the highest step's value.
+    """
+    out: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
+    for key, value in run_metrics.items():
+        split, _, name = key.partition("_")
+        if split in out and name:
+            out[split][name] = value
+    return out
+
+
+def _fmt(name: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if name in COUNT_KEYS:
+        return str(int(value))
+    if isinstance(value, int | float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _cell(value: Any, width: int = 80) -> str:
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def model_card(
+    name: str,
+    version: str,
+    run: Run,
+    metrics: Mapping[str, Mapping[str, Any]],
+    split_counts: Mapping[str, Any] | None,
+    params: RegisterParams,
+    classes: Sequence[str] | None = None,
+) -> str:
+    """The version's model card (Markdown): identity, metrics, data, use, limits, params."""
+    tags, run_params = run.data.tags, run.data.params
+    test = metrics.get("test", {})
+    classes = list(classes or [])
+    lines = [
+        f"# {name} v{version}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Model URI | `models:/{name}/{version}` |",
+        f"| Run | `{run.info.run_id}` ({run_params.get('train.arch', 'unknown arch')}) |",
+        f"| Git commit | `{tags.get('git_commit', 'unknown')}` |",
+        f"| Data version | `{tags.get('data_version', 'unknown')}` (hash of the split manifests) |",
+        f"| Registered | {utc_now()} |",
+        f"| Gate metric | test {params.metric} "
+        f"({'higher' if higher_is_better(params.metric, params.direction) else 'lower'} "
+        f"is better) |",
+        "",
+        "## Metrics",
+        "",
+        "| metric | train | val | test |",
+        "|---|---|---|---|",
+    ]
+    names = [m for m in METRIC_ORDER if any(m in metrics.get(s, {}) for s in SPLITS)]
+    names += sorted(
+        {m for s in SPLITS for m in metrics.get(s, {})} - set(names) - {"threshold"},
+        key=lambda m: (m in COUNT_KEYS, m),
+    )
+    for metric in names:
+        cells = " | ".join(_fmt(metric, metrics.get(s, {}).get(metric)) for s in SPLITS)
+        lines.append(f"| {metric} | {cells} |")
+    if "threshold" in test:
+        lines += [
+            "",
+            f"Decision threshold on P({classes[1] if classes else 'class 1'}): "
+            f"{test['threshold']}.",
+        ]
+    lines += ["", "## Data", ""]
+    if split_counts and split_counts.get("splits"):
+        class_names = sorted(split_counts.get("classes", {}))
+        lines += [
+            "| split | images | groups | " + " | ".join(class_names) + " |",
+            "|---|---|---|" + "---|" * len(class_names),
+        ]
+        for split, row in split_counts["splits"].items():
+            counts = " | ".join(str(row.get("classes", {}).get(c, 0)) for c in class_names)
+            lines.append(f"| {split} | {row.get('total')} | {row.get('groups')} | {counts} |")
+        totals = " | ".join(str(split_counts["classes"][c]) for c in class_names)
+        lines.append(f"| total | {split_counts.get('total')} | | {totals} |")
+    else:
+        lines.append("Split counts not available (reports/split.json missing).")
+    label = " / ".join(classes) if classes else "the training classes"
+    n, accuracy = test.get("n"), test.get("accuracy")
+    interval = ""
+    if n and accuracy is not None:
+        half = 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / n)
+        interval = (
+            f" With {int(n)} test images, test accuracy {accuracy:.4f} is uncertain by about "
+            f"±{half:.4f} (95% normal interval)."
+        )
+    ece = test.get("ece")
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        f"Binary classification of one photo as {label}, for photos like the training data "
+        f"(consumer photos of one pet). Served by the BentoML service from "
+        f"`models:/{name}@champion`. Not for decisions about people or safety.",
+        "",
+        "## Limitations",
+        "",
+        f"- It always answers one of {label}: there is no 'neither' class, so out-of-scope "
+        f"images (other animals, drawings, several animals) get a confident wrong answer.",
+        f"- Measured only on the data version above.{interval}",
+        "- Scores of versions tested on a different data version are not comparable.",
+    ]
+    if ece is not None:
+        lines.append(f"- Probabilities are calibrated to about ECE {ece:.4f} on the test split.")
+    # Last: a description longer than the SQL column is cut here, keeping the sections above.
+    lines += ["", "## Parameters", "", "| param | value |", "|---|---|"]
+    for key in sorted(run_params):
+        lines.append(f"| {key} | {_cell(run_params[key])} |")
+    return "\n".join(lines) + "\n"
+
+
+def description_for(card: str) -> str:
+    """The card as a version description: cut to whole lines under the SQL column's size."""
+    if len(card) <= MAX_DESCRIPTION:
+        return card
+    tail = "\n\n… (truncated: the full card is the run artifact model_card.md)\n"
+    head = card[: MAX_DESCRIPTION - len(tail)]
+    return head[: head.rfind("\n")] + tail  # whole lines only
