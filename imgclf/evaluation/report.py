@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from imgclf.evaluation.metrics import (
     roc_points,
     worst_mistakes,
 )
-from imgclf.io import atomic_dir, read_tsv, write_json, write_tsv
+from imgclf.io import atomic_dir, read_json, read_tsv, write_json, write_tsv
 from imgclf.model.dataset import LabelledFiles, read_split
 from imgclf.model.decision import predicted_indices
 from imgclf.model.inference import load_model, predict_probabilities
@@ -54,15 +55,22 @@ PNG_NAMES = (
 Predicted = dict[str, tuple[LabelledFiles, np.ndarray]]
 
 
-def run_evaluate(
-    paths: Paths, classes: Sequence[str], params: EvaluateParams, model=None
-) -> dict[str, dict[str, Any]]:
-    """Predict every split, write artifacts/evaluate/ and reports/metrics.json; return metrics.
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, dict[str, Any]]  # {"train": {...}, "val": {...}, "test": {...}}
+    mlflow_run_id: str | None  # train's run the results were logged into; None: not logged
 
-    `model` defaults to the trained one at paths.model.
-    """
-    if model is None:
-        model = load_model(paths.model)
+
+def run_evaluate(
+    paths: Paths,
+    classes: Sequence[str],
+    params: EvaluateParams,
+    mlflow_params: MlflowParams | None = None,
+) -> Evaluation:
+    """Predict every split with the trained model at paths.model, write artifacts/evaluate/ and
+    reports/metrics.json, and (given `mlflow_params`) log them into train's run when
+    artifacts/train/mlflow_run.json names one."""
+    model = load_model(paths.model)
     results = predict_splits(paths, classes, params.batch_size, model)
     metrics = {
         split: compute_metrics(data.labels, probs, params.threshold, params.calibration_bins)
@@ -75,7 +83,11 @@ def run_evaluate(
         draw_test_pngs(out, test, test_probabilities, metrics["test"], classes, params)
         plots.plot_training_curves(out / "training_curves.png", paths.history)
     write_json(paths.metrics, metrics)
-    return metrics
+    if mlflow_params is None or not paths.mlflow_run.is_file():
+        return Evaluation(metrics, None)
+    run_id = read_json(paths.mlflow_run)["run_id"]
+    log_to_mlflow(paths, mlflow_params, metrics, run_id)
+    return Evaluation(metrics, run_id)
 
 
 def predict_splits(paths: Paths, classes: Sequence[str], batch_size: int, model) -> Predicted:

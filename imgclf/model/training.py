@@ -1,4 +1,5 @@
-"""Compile, callbacks and fit: two-phase transfer learning, or end to end from scratch.
+"""The train stage: compile, callbacks and fit, two-phase transfer learning or end to end from
+scratch, and `run_train`, which writes artifacts/train and records the MLflow run.
 
 Phase 1 trains the head with the pretrained backbone frozen (on features extracted once, when
 nothing random happens to the images); phase 2 optionally fine-tunes the backbone's top blocks.
@@ -9,16 +10,73 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from imgclf.config import TrainParams
-from imgclf.model.architectures.factory import Classifier, augmentation, unfreeze_top
-from imgclf.model.dataset import LabelledFiles, image_dataset
+from imgclf.config import Params, Paths, TrainParams
+from imgclf.io import atomic_dir, write_json, write_tsv
+from imgclf.model.architectures.factory import (
+    Classifier,
+    augmentation,
+    build_classifier,
+    unfreeze_top,
+)
+from imgclf.model.dataset import LabelledFiles, image_dataset, read_split
 from imgclf.model.inference import predict_batches
+from imgclf.model.preprocess import load_images
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What `run_train` did: the MLflow run, the split sizes and one history row per epoch."""
+
+    run_id: str
+    train_images: int
+    val_images: int
+    history: list[dict[str, float]]
+
+    @property
+    def best_epoch(self) -> dict[str, float]:
+        """The epoch whose weights were kept (lowest val_loss)."""
+        return min(self.history, key=lambda row: row["val_loss"])
+
+
+def run_train(paths: Paths, params: Params) -> TrainRun:
+    """Train on the split manifests; write model.keras, history.csv and mlflow_run.json (all or
+    nothing) and log params, tags, curves and the model into a new MLflow run."""
+    import mlflow
+
+    from imgclf import tracking
+
+    classes, train_params = params.download.classes, params.train
+    set_seeds(train_params.seed)
+    train = read_split(paths.split_manifest("train"), classes, paths.root)
+    val = read_split(paths.split_manifest("val"), classes, paths.root)
+    manifests = [paths.split_manifest(name) for name in ("train", "val", "test")]
+
+    with (
+        atomic_dir(paths.train_dir) as out,
+        tracking.open_run(params.mlflow, paths.root, run_name=train_params.arch) as run,
+        distribution_strategy(train_params.strategy).scope(),
+    ):
+        tracking.log_run_context(
+            params.model_dump(mode="json", exclude={"mlflow"}), paths.root, manifests
+        )
+        classifier = build_classifier(train_params, paths.pretrained_weights)
+        history = train_classifier(
+            classifier, train, val, train_params, callbacks=[mlflow.keras.MlflowCallback()]
+        )
+        classifier.model.save(out / paths.model.name)
+        write_tsv(out / paths.history.name, history, list(history[0]), delimiter=",")
+        write_json(out / paths.mlflow_run.name, {"run_id": run.info.run_id})
+        tracking.log_classifier(
+            classifier.model, load_images(train.files[:1], train_params.image_size)
+        )
+    return TrainRun(run.info.run_id, len(train), len(val), history)
 
 
 def set_seeds(seed: int) -> None:

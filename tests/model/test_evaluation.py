@@ -170,7 +170,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Paths, dict]:
     model = tiny_model()
     model.save(paths.model)
     params = EvaluateParams(batch_size=4, misclassified_grid=3, calibration_bins=5)
-    metrics = run_evaluate(paths, CLASSES, params)  # loads paths.model itself
+    metrics = run_evaluate(paths, CLASSES, params).metrics
     return paths, metrics
 
 
