@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import config
-from imgclf.data import ingest as images
-from imgclf.data import sources
+from imgclf.data import ingest, sources
 from imgclf.io import write_json
 
 
@@ -30,7 +29,7 @@ def run(params_file: Path = config.PARAMS_FILE, root: Path = config.PROJECT_ROOT
         sha256=params.sha256,
         s3_endpoint_url=params.s3_endpoint_url,
     ) as source_dir:
-        summary = images.build_dataset(
+        summary = ingest.build_dataset(
             source_dir,
             paths,
             classes=params.classes,

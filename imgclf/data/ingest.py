@@ -1,101 +1,58 @@
-"""Labels, validation and standardisation of downloaded images, and the download stage's outputs.
+"""The download stage's per-file work and outputs: label every file, standardise it
+(`imgclf.data.standardise`) into `images/<label>/<name>.jpg`, and write the manifest, the
+quarantine list and the counts.
 
-Every file is decoded once with Pillow in worker processes. A file that cannot become a clean RGB
-JPEG is quarantined with a reason; the stage never crashes on a file. Kept images are written as
-`images/<label>/<name>.jpg`: a baseline RGB JPEG without rotation is copied byte-for-byte,
-anything else is re-encoded, and the manifest's `converted` column says why.
-
-Multi-frame images (animated GIF/PNG/WebP, multi-page TIFF) are quarantined as `animated` rather
-than reduced to their first frame: a first frame is often blank or a title card, and the label
-may describe the motion. MPO files (phone JPEGs with an embedded preview) are not animations:
-their primary image is kept.
+Every file is decoded once, in worker processes. A file that cannot become a clean RGB JPEG is
+quarantined with its reason; the stage never crashes on a file. A baseline RGB JPEG without
+rotation is copied byte-for-byte, anything else is re-encoded, and the manifest's `converted`
+column says why.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import multiprocessing
 import os
 import random
 import re
 import threading
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from imgclf.config import Paths, resolve_workers
+from imgclf.data.labels import infer_label
+from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
 from imgclf.io import atomic_dir, write_tsv
 
 MANIFEST_COLUMNS = ("path", "label", "sha256", "width", "height", "bytes", "source", "converted")
 QUARANTINE_COLUMNS = ("source", "reason", "detail")
+UNREADABLE = "unreadable"  # the file itself cannot be read (a dangling link, permissions)
+UNLABELLED = "unlabelled"  # no class in its path
+# Every reason the download's limits can give (the report lists each, zeros included).
 QUARANTINE_REASONS = (
-    "empty",
-    "truncated",
-    "not_an_image",
-    "corrupt",
-    "unreadable",
-    "too_large",
-    "too_small",
-    "unlabelled",
-    "animated",
+    Reason.EMPTY,
+    Reason.TRUNCATED,
+    Reason.NOT_AN_IMAGE,
+    Reason.CORRUPT,
+    UNREADABLE,
+    Reason.TOO_MANY_PIXELS,
+    Reason.TOO_SMALL,
+    UNLABELLED,
+    Reason.ANIMATED,
 )
-_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-HIGH_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _SKIPPED_DIRS = {"__MACOSX"}  # macOS resource forks inside zips: metadata, never images
 
 
 # --------------------------------------------------------------------------------------------
-# Labels and names
+# Names and listing
 # --------------------------------------------------------------------------------------------
-
-
-def _class_lookup(classes: Sequence[str]) -> dict[str, str]:
-    """Lower-case spelling -> class; exact names win over singular/plural variants."""
-    lookup = {c.lower(): c for c in classes}
-    for c in classes:
-        low = c.lower()
-        variants = {low + "s", low + "es"}
-        if low.endswith("s"):
-            variants.add(low[:-1])
-        if low.endswith("es"):
-            variants.add(low[:-2])
-        if low.endswith("y"):
-            variants.add(low[:-1] + "ies")
-        if low.endswith("ies"):
-            variants.add(low[:-3] + "y")
-        for variant in sorted(variants):
-            lookup.setdefault(variant, c)
-    return lookup
-
-
-def infer_label(relpath: str | PurePosixPath, classes: Sequence[str]) -> str | None:
-    """The class of a file from its path inside the source, or None.
-
-    Kaggle-style names first (`cat.123.jpg` -> cat), then the nearest parent folder whose name is
-    a class, case-insensitive, singular or plural (`PetImages/Dog/1.jpg`, `train/cats/x.png`).
-    """
-    parts = PurePosixPath(relpath).parts
-    if not parts:
-        return None
-    lookup = _class_lookup(classes)
-    name_parts = parts[-1].split(".")
-    if len(name_parts) >= 3 and name_parts[0].lower() in lookup:
-        return lookup[name_parts[0].lower()]
-    for folder in reversed(parts[:-1]):
-        if folder.lower() in lookup:
-            return lookup[folder.lower()]
-    return None
 
 
 def _safe_stem(relpath: str) -> str:
@@ -159,138 +116,34 @@ class ImageResult:
 
 
 def _reject(reason: str, detail: object) -> ImageResult:
-    return ImageResult(reason=reason, detail=" ".join(str(detail).split())[:300])
+    return ImageResult(reason=str(reason), detail=" ".join(str(detail).split())[:300])
 
 
-@contextlib.contextmanager
-def pixel_limit(max_pixels: int) -> Iterator[None]:
-    """Tie Pillow's decompression-bomb guard to `max_pixels` and silence its warnings (e.g.
-    "Corrupt EXIF data") for one file. Pillow then refuses to even open an image over
-    2 x max_pixels; the caller checks the header size against max_pixels itself."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
-def standardise_image(
-    src: Path, dest: Path, *, max_pixels: int, min_side: int, jpeg_quality: int
-) -> ImageResult:
-    """Decode `src` fully once; write a clean RGB JPEG to `dest` or say why not. Never raises
-    for a bad file."""
+def ingest_file(src: Path, dest: Path, *, limits: Limits, jpeg_quality: int) -> ImageResult:
+    """Standardise `src` into a clean RGB JPEG at `dest`, or say why not. Never raises for a bad
+    file."""
     try:
         data = Path(src).read_bytes()
     except OSError as exc:
-        return _reject("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}")
-    if not data:
-        return _reject("empty", "0 bytes")
-    with pixel_limit(max_pixels):
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            return _reject("too_large", f"over max_pixels {max_pixels}: {exc}")
-        except UnidentifiedImageError:
-            return _reject("not_an_image", f"unknown format, starts with {data[:12]!r}")
-        except Exception as exc:  # Pillow raises many kinds on garbage headers
-            return _reject("corrupt", f"{type(exc).__name__}: {exc}")
-        width, height = image.size
-        # Check the header before decoding anything: a bomb is never decoded.
-        if width * height > max_pixels:
-            return _reject("too_large", f"{width}x{height} > max_pixels {max_pixels}")
-        if getattr(image, "is_animated", False) and image.format != "MPO":
-            return _reject("animated", f"{image.format} with {image.n_frames} frames")
-        if min(width, height) < min_side:
-            return _reject("too_small", f"{width}x{height} < min_side {min_side}")
-        try:
-            image.load()
-            encoded, converted = _standardise(image, jpeg_quality)
-        except Image.DecompressionBombError as exc:  # a frame larger than the header said
-            return _reject("too_large", f"over max_pixels {max_pixels}: {exc}")
-        except OSError as exc:
-            reason = "truncated" if "truncated" in str(exc) else "corrupt"
-            return _reject(reason, f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # decoder errors come as SyntaxError, ValueError, ...
-            return _reject("corrupt", f"{type(exc).__name__}: {exc}")
-    out = data if encoded is None else encoded
-    dest.write_bytes(out)
-    final_w, final_h = (width, height) if encoded is None else Image.open(io.BytesIO(out)).size
-    return ImageResult(
-        width=final_w,
-        height=final_h,
-        bytes=len(out),
-        sha256=hashlib.sha256(out).hexdigest(),
-        converted=tuple(converted),
-    )
-
-
-def exif_orientation(image: Image.Image) -> int:
+        return _reject(UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}")
     try:
-        value = image.getexif().get(0x0112, 1)  # EXIF Orientation
-    except Exception:  # unreadable EXIF: treat as upright rather than reject the pixels
-        return 1
-    return value if value in range(2, 9) else 1
-
-
-def _standardise(image: Image.Image, quality: int) -> tuple[bytes | None, list[str]]:
-    """(JPEG bytes, reasons), or (None, []) when the original bytes are already right."""
-    fmt = image.format or "unknown"
-    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
-    rotated = exif_orientation(image) != 1
-    if fmt == "JPEG" and image.mode == "RGB" and not progressive and not rotated:
-        return None, []
-    reasons = [] if fmt == "JPEG" else [fmt.lower()]
-    if progressive:
-        reasons.append("progressive")
-    icc = image.info.get("icc_profile")
-    keep_icc = isinstance(icc, bytes) and icc[16:20] == b"RGB "  # a CMYK/gray profile lies on RGB
-    if rotated:
-        image = ImageOps.exif_transpose(image)
-        reasons.append("exif_rotated")
-    image, mode_reasons = to_rgb(image)
-    reasons += mode_reasons
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality, icc_profile=icc if keep_icc else None)
-    return buffer.getvalue(), reasons
-
-
-def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
-    """Any Pillow mode -> 8-bit RGB, alpha flattened on white."""
-    reasons = []
-    if image.mode == "P":
-        reasons.append("palette")
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in HIGH_BIT_MODES:
-        reasons.append("16bit")
-        # convert("L") would clip 16-bit values at 255 instead of scaling them.
-        wide = np.asarray(image).astype(np.int64)
-        image = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
-    elif image.mode == "F":
-        reasons.append("float")
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    elif image.mode == "1":
-        reasons.append("bilevel")
-        image = image.convert("L")
-    if image.mode in ("L", "LA", "La"):
-        reasons.append("grayscale")
-    elif image.mode not in ("RGB", "RGBA", "RGBa"):
-        reasons.append(image.mode.lower())  # cmyk, ycbcr, lab, hsv
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        reasons.append("alpha_flattened")
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat, reasons
-    return image.convert("RGB"), reasons
+        clean = standardise(data, limits, jpeg_quality=jpeg_quality)
+    except ImageRejected as exc:
+        return _reject(exc.reason, exc.detail)
+    dest.write_bytes(clean.data)
+    return ImageResult(
+        width=clean.width,
+        height=clean.height,
+        bytes=len(clean.data),
+        sha256=hashlib.sha256(clean.data).hexdigest(),
+        converted=clean.changes,
+    )
 
 
 def _process_task(task: tuple[str, str], **options: Any) -> ImageResult:
     """Pool entry point: (source file, destination file) -> result."""
     src, dest = task
-    return standardise_image(Path(src), Path(dest), **options)
+    return ingest_file(Path(src), Path(dest), **options)
 
 
 def _start_method() -> str:
@@ -303,7 +156,7 @@ def _start_method() -> str:
 
 
 class _Decoder:
-    """Runs `standardise_image` over batches, in worker processes when more than one, with one
+    """Runs `ingest_file` over batches, in worker processes when more than one, with one
     progress bar for the whole stage."""
 
     def __init__(self, workers: int, progress: bool, **options: Any) -> None:
@@ -368,7 +221,7 @@ class DownloadSummary:
             "read": self.files,
             "kept": {c: self.kept[c] for c in self.classes},
             "kept_total": sum(self.kept.values()),
-            "quarantined": {r: self.quarantined[r] for r in QUARANTINE_REASONS},
+            "quarantined": {str(r): self.quarantined[r] for r in QUARANTINE_REASONS},
             "quarantined_total": sum(self.quarantined.values()),
             "converted": dict(sorted(self.converted.items())),
             "converted_files": self.converted_files,
@@ -404,7 +257,7 @@ def build_dataset(
     quarantine = [
         {
             "source": rel,
-            "reason": "unlabelled",
+            "reason": UNLABELLED,
             "detail": f"no class ({', '.join(classes)}) in path",
         }
         for rel, label in labels.items()
@@ -419,7 +272,7 @@ def build_dataset(
     wanted = {c: len(q) if max_per_class is None else max_per_class for c, q in queues.items()}
     images_rel = Path(os.path.relpath(paths.images, paths.root)).as_posix()
     manifest: list[dict[str, Any]] = []
-    options = {"max_pixels": max_pixels, "min_side": min_side, "jpeg_quality": jpeg_quality}
+    options = {"limits": Limits(max_pixels, min_side), "jpeg_quality": jpeg_quality}
 
     with atomic_dir(paths.download_dir) as scratch, _Decoder(workers, progress, **options) as dec:
         images = scratch / paths.images.relative_to(paths.download_dir)

@@ -1,4 +1,5 @@
-"""Per-file outcomes of the download stage's decoder, labels, names and the dataset build."""
+"""The download stage's per-file work (standardised to a JPEG file or quarantined with one reason),
+labels, names and the dataset build."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from imgclf.data.ingest import (
     MANIFEST_COLUMNS,
     QUARANTINE_COLUMNS,
     build_dataset,
-    infer_label,
+    ingest_file,
     output_names,
-    standardise_image,
 )
+from imgclf.data.labels import infer_label
+from imgclf.data.standardise import Limits
 from imgclf.io import read_tsv
 
-OPTIONS = {"max_pixels": 1_000_000, "min_side": 32, "jpeg_quality": 95}
+MAX_PIXELS, MIN_SIDE, JPEG_QUALITY = 1_000_000, 32, 95
 
 
 def noise(size: tuple[int, int] = (64, 48), mode: str = "RGB", seed: int = 0) -> Image.Image:
@@ -52,11 +54,15 @@ def png_header_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
-def run_one(tmp_path: Path, name: str, data: bytes, **options: int):
+def ingest(src: Path, dest: Path, max_pixels: int = MAX_PIXELS):
+    return ingest_file(src, dest, limits=Limits(max_pixels, MIN_SIDE), jpeg_quality=JPEG_QUALITY)
+
+
+def run_one(tmp_path: Path, name: str, data: bytes, max_pixels: int = MAX_PIXELS):
     src = tmp_path / name
     src.write_bytes(data)
     dest = tmp_path / "out.jpg"
-    return standardise_image(src, dest, **{**OPTIONS, **options}), dest
+    return ingest(src, dest, max_pixels), dest
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,8 +86,12 @@ def test_baseline_rgb_jpeg_is_copied_byte_for_byte(tmp_path: Path) -> None:
         ("text.jpg", b"this is not an image\n" * 20, "not_an_image"),
         ("Thumbs.db", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 512, "not_an_image"),
         ("tiny.jpg", jpeg_bytes(noise((16, 40))), "too_small"),
-        ("big.png", png_header_bomb(2000, 1000), "too_large"),  # 2 MP > 1 MP: not decoded
-        ("bomb.png", png_header_bomb(100_000, 100_000), "too_large"),  # 10 GP: Pillow's own guard
+        ("big.png", png_header_bomb(2000, 1000), "too_many_pixels"),  # 2 MP > 1 MP: not decoded
+        (
+            "bomb.png",
+            png_header_bomb(100_000, 100_000),
+            "too_many_pixels",
+        ),  # 10 GP: Pillow's own guard
     ],
 )
 def test_bad_files_are_quarantined(tmp_path: Path, name: str, data: bytes, reason: str) -> None:
@@ -109,7 +119,7 @@ def test_corrupt_png_crc(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     src = tmp_path / "dangling.jpg"
     src.symlink_to(tmp_path / "missing.jpg")
-    result = standardise_image(src, tmp_path / "out.jpg", **OPTIONS)
+    result = ingest(src, tmp_path / "out.jpg")
     assert result.reason == "unreadable", result.detail
 
 
@@ -118,7 +128,7 @@ def test_pixel_limit_applies_to_header_before_decoding(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (1500, 1000), "white").save(buffer, "PNG")
     result, _ = run_one(tmp_path, "wide.png", buffer.getvalue())
-    assert result.reason == "too_large" and "max_pixels" in result.detail
+    assert result.reason == "too_many_pixels" and "max_pixels" in result.detail
     result, _ = run_one(tmp_path, "wide.png", buffer.getvalue(), max_pixels=2_000_000)
     assert result.kept and result.converted == ("png",)
 

@@ -1,0 +1,245 @@
+"""THE image standardisation: an image file's bytes -> clean RGB image bytes and what was changed,
+or ONE rejection reason.
+
+The download stage (`imgclf.data.ingest`), batch prediction (`imgclf.model.batch_predict`) and
+the service (`imgclf.serving.validation`) all call `standardise`, so a photo reaches the model
+the same way whichever door it came in by. They differ only in their `Limits` and in how a
+re-encoded image is stored.
+
+Clean means 8-bit RGB, EXIF orientation applied (and the tag gone), alpha flattened on white. A
+baseline RGB JPEG without rotation is already clean and is passed on as its original bytes: no
+second loss, and the same bytes give the same probability everywhere. Anything else is decoded
+once and re-encoded, as JPEG at `jpeg_quality` (the download stage's storage) or, by default,
+as lossless PNG (prediction: the pixels the model sees are exactly the decoded ones).
+
+Safety comes first: Pillow's decompression-bomb guard is tied to `max_pixels`, and the size is
+read from the header BEFORE any pixel is decoded, so a bomb is never decoded. Multi-frame images
+(animated GIF/PNG/WebP, multi-page TIFF) are rejected rather than reduced to their first frame:
+a first frame is often blank or a title card, and a label may describe the motion. MPO files
+(phone JPEGs with an embedded preview) are not animations: their primary image is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_ORIENTATION = 0x0112  # EXIF tag
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Pillow modes holding more than 8 bits per channel; 16-bit RGB(A) PNGs open as 8-bit modes
+# and are recognised from their header instead.
+HIGH_BIT_MODES = _SIXTEEN_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
+
+
+class Reason(StrEnum):
+    """Why an image cannot be standardised: ONE code per cause, everywhere."""
+
+    EMPTY = "empty"
+    NOT_AN_IMAGE = "not_an_image"  # no image format recognised
+    UNSUPPORTED_FORMAT = "unsupported_format"  # an image, but not a format the caller takes
+    CORRUPT = "corrupt"
+    TRUNCATED = "truncated"
+    TOO_MANY_PIXELS = "too_many_pixels"  # width x height over max_pixels (from the header)
+    TOO_SMALL = "too_small"  # a side under min_side
+    ANIMATED = "animated"
+    HIGH_BIT_DEPTH = "high_bit_depth"  # 16-bit or float, where the caller does not scale them
+
+
+class ImageRejected(Exception):
+    """An image `standardise` will not pass on: one `reason` and a one-line `detail`."""
+
+    def __init__(self, reason: Reason, detail: object) -> None:
+        self.reason = reason
+        self.detail = " ".join(str(detail).split())[:300]
+        super().__init__(f"{reason}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an image must satisfy; the callers differ only here."""
+
+    max_pixels: int
+    min_side: int = 1
+    formats: frozenset[str] | None = None  # Pillow format names taken; None: any it can read
+    scale_high_bit_depth: bool = True  # 16-bit/float scaled to 8 bits; False: rejected
+
+
+@dataclass(frozen=True)
+class Standardised:
+    """A clean image: `data` are the original bytes exactly when `changes` is empty."""
+
+    data: bytes
+    width: int  # after EXIF orientation
+    height: int
+    source_format: str  # Pillow's name of the input's format: JPEG, MPO, PNG, WEBP, ...
+    changes: tuple[str, ...]  # why it was re-encoded: png, progressive, exif_rotated, cmyk, ...
+
+
+def standardise(data: bytes, limits: Limits, *, jpeg_quality: int | None = None) -> Standardised:
+    """Check, decode once and clean one image; `ImageRejected` says why not. Re-encoded images
+    become JPEG at `jpeg_quality`, or lossless PNG when it is None. Raises nothing else."""
+    if not data:
+        raise ImageRejected(Reason.EMPTY, "0 bytes")
+    with _pixel_guard(limits.max_pixels):
+        image = _open(data, limits.max_pixels)
+        _check_header(image, limits)
+        try:
+            return _clean(image, data, jpeg_quality)
+        except Image.DecompressionBombError as exc:  # a frame larger than the header said
+            raise ImageRejected(Reason.TOO_MANY_PIXELS, exc) from exc
+        except OSError as exc:
+            truncated = "truncated" in str(exc)
+            reason = Reason.TRUNCATED if truncated else Reason.CORRUPT
+            raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # decoders raise SyntaxError, ValueError, ...
+            raise ImageRejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _pixel_guard(max_pixels: int) -> Iterator[None]:
+    """Tie Pillow's decompression-bomb guard to `max_pixels` and silence its warnings (e.g.
+    "Corrupt EXIF data") for one image. Pillow then refuses to even open an image over
+    2 x max_pixels; `_check_header` compares the header's size with max_pixels itself."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(Reason.TOO_MANY_PIXELS, f"over max_pixels {max_pixels}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(
+            Reason.NOT_AN_IMAGE, f"unknown format, starts with {data[:12]!r}"
+        ) from exc
+    except Exception as exc:  # garbage headers raise many kinds
+        raise ImageRejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_header(image: Image.Image, limits: Limits) -> None:
+    """Every check that needs no pixel: format, size, frames, bit depth."""
+    if limits.formats is not None and image.format not in limits.formats:
+        taken = ", ".join(sorted(limits.formats))
+        raise ImageRejected(
+            Reason.UNSUPPORTED_FORMAT, f"{image.format} images are not accepted ({taken})"
+        )
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            Reason.TOO_MANY_PIXELS, f"{width}x{height} > max_pixels {limits.max_pixels}"
+        )
+    if getattr(image, "is_animated", False) and image.format != "MPO":
+        raise ImageRejected(Reason.ANIMATED, f"{image.format} with {image.n_frames} frames")
+    if not limits.scale_high_bit_depth and _high_bit_depth(image):
+        raise ImageRejected(Reason.HIGH_BIT_DEPTH, f"{image.mode} image of over 8 bits a channel")
+    if min(width, height) < limits.min_side:
+        raise ImageRejected(Reason.TOO_SMALL, f"{width}x{height} < min_side {limits.min_side}")
+
+
+def _high_bit_depth(image: Image.Image) -> bool:
+    """Over 8 bits a channel; 16-bit RGB(A) PNGs open as 8-bit modes, so their header says it."""
+    if image.mode in HIGH_BIT_MODES:
+        return True
+    if image.format != "PNG":
+        return False
+    position = image.fp.tell()
+    image.fp.seek(24)  # IHDR's bit depth byte
+    depth = image.fp.read(1)[0]
+    image.fp.seek(position)
+    return depth > 8
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = upright); unreadable EXIF counts as upright rather than lose
+    the pixels."""
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if value in range(2, 9) else 1
+
+
+def _clean(image: Image.Image, data: bytes, jpeg_quality: int | None) -> Standardised:
+    fmt = image.format or "unknown"
+    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+    if fmt == "JPEG" and image.mode == "RGB" and not progressive and exif_orientation(image) == 1:
+        return _passed_on(image, data)
+    changes = [] if fmt == "JPEG" else [fmt.lower()]
+    if progressive:
+        changes.append("progressive")
+    # Decode before reading EXIF: Pillow reads a PNG's EXIF by decoding it, hiding its errors.
+    image.load()
+    icc = image.info.get("icc_profile")
+    keep_icc = isinstance(icc, bytes) and icc[16:20] == b"RGB "  # a CMYK/gray profile lies on RGB
+    if exif_orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+        changes.append("exif_rotated")
+    image, mode_changes = to_rgb(image)
+    encoded = _encode(image, jpeg_quality, icc if keep_icc else None)
+    return Standardised(encoded, *image.size, fmt, (*changes, *mode_changes))
+
+
+def _passed_on(image: Image.Image, data: bytes) -> Standardised:
+    """An already clean JPEG: its own bytes, once its pixels are known to decode. Every
+    entropy-coded block is decoded (truncation and corruption fail as at full size), but at 1/8
+    scale, skipping the full-size IDCT and colour conversion that nothing would use."""
+    width, height = image.size
+    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+    image.load()
+    return Standardised(data, width, height, image.format, ())
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Any Pillow mode -> 8-bit RGB, alpha flattened on white; and what that changed."""
+    changes = []
+    if image.mode == "P":
+        changes.append("palette")
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in _SIXTEEN_BIT_MODES:
+        changes.append("16bit")
+        # convert("L") would clip 16-bit values at 255 instead of scaling them.
+        wide = np.asarray(image).astype(np.int64)
+        image = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
+    elif image.mode == "F":
+        changes.append("float")
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    elif image.mode == "1":
+        changes.append("bilevel")
+        image = image.convert("L")
+    if image.mode in ("L", "LA", "La"):
+        changes.append("grayscale")
+    elif image.mode not in ("RGB", "RGBA", "RGBa"):
+        changes.append(image.mode.lower())  # cmyk, ycbcr, lab, hsv
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        changes.append("alpha_flattened")
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat, changes
+    return image.convert("RGB"), changes
+
+
+def _encode(image: Image.Image, jpeg_quality: int | None, icc: bytes | None) -> bytes:
+    buffer = io.BytesIO()
+    if jpeg_quality is None:
+        # compress_level 1: lossless either way, and several times faster than the default.
+        image.save(buffer, "PNG", compress_level=1, icc_profile=icc)
+    else:
+        image.save(buffer, "JPEG", quality=jpeg_quality, icc_profile=icc)
+    return buffer.getvalue()
