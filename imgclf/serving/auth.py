@@ -24,7 +24,21 @@ from typing import Any
 
 import jwt
 
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+# BentoML's health and metrics routes; the API docs page, its assets and the OpenAPI document
+# (a browser cannot send a token to load them, and they hold no secret).
+OPEN_PATHS = frozenset(
+    {
+        "/livez",
+        "/readyz",
+        "/healthz",
+        "/metrics",
+        "/docs",
+        "/docs/assets/swagger-ui-bundle.js",
+        "/docs/assets/swagger-ui.css",
+        "/docs/assets/favicon-light-32x32.png",
+        "/openapi.json",
+    }
+)
 
 
 class AuthError(Exception):

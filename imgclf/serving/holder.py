@@ -1,24 +1,16 @@
 """The served model: load the registry's `@champion` (or the bento's packaged copy), poll the
-alias, hot-swap to a newly promoted version, and batch concurrent requests into one forward pass.
+alias, and hot-swap to a newly promoted version (batching: batcher.py).
 
 Swapping: the poller resolves the alias to a version number, loads `models:/<name>/<version>`
 fully (weights, a traced forward function, one warm-up call) while the old model keeps serving,
 then replaces one reference. A request takes a snapshot of that reference before preprocessing
 and its forward pass runs on that snapshot, so in-flight requests finish on the model they
 started with, and the version in every response is the version that computed it.
-
-Batching: `Batcher` collects images from concurrent requests (up to `max_batch_size`) and runs one
-forward pass per model snapshot in a single inference thread. It never waits when nothing more is
-on its way: an image that finds the queue empty and no other request between validation and
-submission goes straight to the model; only while other requests are still preprocessing does it
-wait (at most `max_latency_ms`) for them to join.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -205,114 +197,3 @@ class ChampionHolder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-@dataclass
-class _Item:
-    image: np.ndarray  # (S, S, 3) float32
-    model: LoadedModel
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-class Batcher:
-    """Adaptive batching: requests queue images; one thread runs them in batches.
-
-    A batch is released at once when the queue is empty and no request has announced images
-    (`expect`) that it has not submitted yet; otherwise it waits for those, at most
-    `max_latency_ms` after its first image, or until it holds `max_batch_size` images. Under no
-    load an image therefore goes to the model immediately; under load batches grow with the
-    queue (the images that arrive while a forward pass runs form the next batch). The images of
-    one `submit_many` call go into one queue entry, so a /predict_batch request is not split by
-    a batch boundary unless it is larger than the space left. Futures resolve to
-    (probability, model version).
-    """
-
-    def __init__(
-        self,
-        max_batch_size: int,
-        max_latency_ms: float,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> None:
-        self.max_batch_size = max_batch_size
-        self.max_latency = max_latency_ms / 1000.0
-        self.on_batch = on_batch
-        self.queue: queue.Queue[list[_Item] | None] = queue.Queue()
-        self._carry: list[_Item] = []  # taken from the queue but over the last batch's size
-        self._expected = 0  # images announced by requests that are still preprocessing
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self._thread.start()
-
-    def expect(self, n: int) -> None:
-        """Announce `n` images that `submit_many(..., announced=n)` will bring soon."""
-        with self._lock:
-            self._expected += n
-
-    def submit_many(
-        self, images: list[np.ndarray], model: LoadedModel, announced: int = 0
-    ) -> list[concurrent.futures.Future]:
-        """Queue images (one entry); `announced` withdraws an `expect` (pass it also when the
-        request fails before submitting: `submit_many([], model, announced=n)`)."""
-        items = [_Item(image, model) for image in images]
-        if items:
-            self.queue.put(items)
-        if announced:
-            with self._lock:
-                self._expected -= announced
-        return [item.future for item in items]
-
-    def submit(self, image: np.ndarray, model: LoadedModel) -> concurrent.futures.Future:
-        return self.submit_many([image], model)[0]
-
-    def _waiting_for_more(self) -> bool:
-        return self._expected > 0
-
-    def _collect(self) -> list[_Item] | None:
-        if self._carry:
-            items, self._carry = self._carry, []
-        else:
-            first = self.queue.get()
-            if first is None:
-                return None
-            items = first
-        deadline = time.monotonic() + self.max_latency
-        while len(items) < self.max_batch_size:
-            try:
-                entry = self.queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._waiting_for_more():
-                    break
-                try:  # short slices: stop waiting as soon as nothing more is announced
-                    entry = self.queue.get(timeout=min(remaining, 0.001))
-                except queue.Empty:
-                    continue
-            if entry is None:
-                self.queue.put(None)  # stop after this batch
-                break
-            items.extend(entry)
-        if len(items) > self.max_batch_size:
-            items, self._carry = items[: self.max_batch_size], items[self.max_batch_size :]
-        return items
-
-    def _run(self) -> None:
-        while (items := self._collect()) is not None:
-            groups: dict[int, list[_Item]] = {}
-            for item in items:  # normally one group; two right after a swap
-                groups.setdefault(id(item.model), []).append(item)
-            for group in groups.values():
-                model = group[0].model
-                try:
-                    probabilities = model.forward(np.stack([i.image for i in group]))
-                    if self.on_batch is not None:
-                        self.on_batch(len(group))
-                    for item, prob in zip(group, probabilities, strict=True):
-                        item.future.set_result((float(prob), model.version))
-                except Exception as exc:
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self._thread.join(timeout=10)

@@ -58,7 +58,7 @@ def service_metrics() -> ServiceMetrics:
         ),
         confidence=m.Histogram(
             name="imgclf_prediction_confidence",
-            documentation="Confidence of each prediction: max(p, 1 - p)",
+            documentation="Confidence of each prediction: the probability of the predicted class",
             labelnames=["label"],
             buckets=CONFIDENCE_BUCKETS,
         ),

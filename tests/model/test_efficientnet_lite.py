@@ -37,10 +37,9 @@ def state_dict():
 def pretrained(tmp_path_factory):
     """(weights .h5 written by the stage, the stage's info dict)."""
     from imgclf.config import Paths
-    from stages.pretrained import run
 
     paths = Paths(tmp_path_factory.mktemp("pretrained"))
-    info = run(paths)
+    info = effl.run_pretrained(paths)
     return paths.pretrained_weights, info
 
 

@@ -1,5 +1,5 @@
-"""Serving pieces without a server: JWT auth, upload validation, prediction log, batcher,
-settings."""
+"""Serving pieces without a server: JWT auth, upload validation, batcher, settings, the OpenAPI
+document."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import base64
 import hmac
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
-from imgclf.serving.holder import Batcher, LoadedModel
+from imgclf.serving.batcher import Batcher
+from imgclf.serving.errors import ErrorCode
+from imgclf.serving.holder import LoadedModel
 from imgclf.serving.settings import database_url, load_settings
 from imgclf.serving.validation import InvalidImage, validate_image
 
@@ -204,6 +207,7 @@ def test_bad_uploads_raise_invalid_image(make, status: int, code: str) -> None:
     with pytest.raises(InvalidImage) as caught:
         validate_image(make(), **LIMITS)
     assert (caught.value.status, caught.value.code) == (status, code)
+    assert ErrorCode(code).status == status  # the code the service answers, at this status
     assert caught.value.to_json()["detail"]
 
 
@@ -239,7 +243,7 @@ def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
 
     old = LoadedModel(version="1", source="a", image_size=2, forward=forward)
     new = LoadedModel(version="2", source="b", image_size=2, forward=forward)
-    batcher = Batcher(max_batch_size=8, max_latency_ms=20, on_batch=sizes.append)
+    batcher = Batcher(max_batch_size=8, on_batch=sizes.append)
     futures = [
         batcher.submit(np.full((2, 2, 3), i / 20, "float32"), old if i < 10 else new)
         for i in range(20)
@@ -251,37 +255,35 @@ def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
     assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
 
 
-def test_batcher_dispatches_at_once_when_nothing_else_is_coming() -> None:
+def test_batcher_never_waits_and_batches_what_queued_during_a_forward_pass() -> None:
     sizes: list[int] = []
-    model = LoadedModel("1", "x", 2, lambda batch: batch.reshape(len(batch), -1).mean(axis=1))
-    batcher = Batcher(max_batch_size=8, max_latency_ms=2000, on_batch=sizes.append)
-    start = time.perf_counter()
-    batcher.submit(np.zeros((2, 2, 3), "float32"), model).result(timeout=5)
-    assert time.perf_counter() - start < 0.5  # not max_latency_ms: nobody else was coming
-    # An announced request is waited for (up to max_latency_ms) and joins the same batch.
-    batcher.expect(1)
+    running, release = threading.Event(), threading.Event()
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        running.set()
+        release.wait(timeout=10)  # the first pass holds until more images are queued
+        return batch.reshape(len(batch), -1).mean(axis=1)
+
+    model = LoadedModel("1", "x", 2, forward)
+    batcher = Batcher(max_batch_size=8, on_batch=sizes.append)
     first = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
-    time.sleep(0.05)
-    assert not first.done()
-    rest = batcher.submit_many([np.ones((2, 2, 3), "float32")] * 3, model, announced=1)
-    assert [f.result(timeout=5)[0] for f in [first, *rest]] == [0.0, 1.0, 1.0, 1.0]
-    # A request that announces images but fails before submitting releases the wait.
-    batcher.expect(2)
-    lone = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
-    batcher.submit_many([], model, announced=2)
-    lone.result(timeout=1.5)
+    assert running.wait(timeout=5)  # alone in the queue: it went to the model at once
+    rest = batcher.submit_many([np.ones((2, 2, 3), "float32")] * 3, model)
+    single = batcher.submit(np.ones((2, 2, 3), "float32"), model)
+    release.set()
+    assert [f.result(timeout=5)[0] for f in [first, *rest, single]] == [0.0] + [1.0] * 4
     # A submit_many bigger than the room left is split, never lost.
     many = batcher.submit_many([np.zeros((2, 2, 3), "float32")] * 13, model)
     assert len([f.result(timeout=5) for f in many]) == 13
     batcher.close()
-    assert sizes[:3] == [1, 4, 1] and max(sizes) <= 8 and sum(sizes) == 19
+    assert sizes[:2] == [1, 4] and max(sizes) <= 8 and sum(sizes) == 18
 
 
 def test_batcher_passes_model_errors_to_the_request() -> None:
     def broken(batch):
         raise RuntimeError("boom")
 
-    batcher = Batcher(max_batch_size=4, max_latency_ms=1)
+    batcher = Batcher(max_batch_size=4)
     future = batcher.submit(np.zeros((2, 2, 3)), LoadedModel("1", "x", 2, broken))
     with pytest.raises(RuntimeError, match="boom"):
         future.result(timeout=5)
@@ -311,65 +313,57 @@ def test_settings_from_params_and_env(tmp_path: Path) -> None:
 
 
 def _spec() -> dict:
-    from imgclf.serving.openapi import spec_for
+    from imgclf.serving.app import build_app
 
-    return spec_for(load_settings({"IMGCLF_SERVE_MODEL_NAME": "m"}))
+    def no_runtime():
+        raise AssertionError("documenting the API needs no runtime")
+
+    return build_app(load_settings({"IMGCLF_SERVE_MODEL_NAME": "m"}), no_runtime).openapi()
 
 
-def test_openapi_document_is_valid_and_documents_every_route() -> None:
+def test_openapi_document_is_valid_and_documents_the_routes() -> None:
     from openapi_spec_validator import validate
-    from starlette.routing import Route
-
-    from imgclf.serving.api import build_app
-    from imgclf.serving.auth import OPEN_PATHS
-    from imgclf.serving.openapi import BENTOML_DOC_PATHS, SPEC_PATH
 
     spec = _spec()
     validate(spec)
     paths = spec["paths"]
-    app = build_app(lambda: None)
-    served = {
-        (method.lower(), route.path)
-        for route in app.routes
-        if isinstance(route, Route)
-        for method in route.methods or ()
-        if method != "HEAD"
+    assert {path: set(item) for path, item in paths.items()} == {
+        "/predict": {"post"},
+        "/predict_batch": {"post"},
+        "/feedback": {"post"},
     }
-    assert {("post", "/predict"), ("post", "/predict_batch"), ("get", SPEC_PATH)} <= served
-    for method, path in served:  # every route of ours, with its method
-        assert method in paths.get(path, {}), (method, path)
-    for path in OPEN_PATHS:  # BentoML's health and metrics routes: documented and open
-        assert paths[path]["get"]["security"] == [], path
-    for path in BENTOML_DOC_PATHS:
-        assert "security" not in paths[path]["get"]  # behind the JWT like everything else
-    assert set(spec["components"]["securitySchemes"]["bearerAuth"].items()) >= {
-        ("type", "http"),
-        ("scheme", "bearer"),
-        ("bearerFormat", "JWT"),
-    }
-    predict = paths["/predict"]["post"]
-    assert "multipart/form-data" in predict["requestBody"]["content"]
-    assert "image/jpeg" in predict["requestBody"]["content"]
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert all(item["post"]["security"] == [{"bearerAuth": []}] for item in paths.values())
+    binary = {"type": "string", "format": "binary"}
+    predict = paths["/predict"]["post"]["requestBody"]["content"]
+    assert predict["multipart/form-data"]["schema"]["properties"]["image"] == binary
+    assert predict["image/jpeg"]["schema"] == binary
     batch = paths["/predict_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert batch["schema"]["properties"]["images"]["items"] == binary
     assert batch["schema"]["properties"]["images"]["maxItems"] == 32  # params.yaml's limit
+    label = paths["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert label["properties"]["label"]["enum"] == ["cat", "dog"]  # the classes served
+    assert "`cat`, `dog`" in spec["info"]["description"]
+    assert "HTTPValidationError" not in str(spec)  # FastAPI's own 422 never answers
 
 
-def test_openapi_error_codes_are_the_ones_the_code_raises() -> None:
-    """Every InvalidImage(status, "code") in the serving code is documented, and vice versa."""
-    import re
+def test_openapi_lists_every_error_code_under_its_status() -> None:
+    from imgclf.serving.errors import CLASSIFY_ERRORS, FEEDBACK_ERRORS
 
-    import imgclf.serving.api as api
-    import imgclf.serving.validation as validation
-    from imgclf.serving.openapi import ERROR_CODES
-
-    raised = set()
-    for module in (api, validation):
-        source = Path(module.__file__).read_text()
-        for status, code in re.findall(r'InvalidImage\(\s*(\d{3}),\s*"([a-z_]+)"', source):
-            raised.add((int(status), code))
-    documented = {(s, c) for s, codes in ERROR_CODES.items() if s < 500 for c in codes}
-    assert raised == documented
-    responses = _spec()["paths"]["/predict_batch"]["post"]["responses"]
-    for status, codes in ERROR_CODES.items():
-        schema = responses[str(status)]["content"]["application/json"]["schema"]
-        assert schema["properties"]["error"]["enum"] == list(codes)
+    spec = _spec()
+    assert spec["components"]["schemas"]["ErrorCode"]["enum"] == [c.value for c in ErrorCode]
+    for path, codes in [
+        ("/predict", CLASSIFY_ERRORS),
+        ("/predict_batch", CLASSIFY_ERRORS),
+        ("/feedback", FEEDBACK_ERRORS),
+    ]:
+        responses = spec["paths"][path]["post"]["responses"]
+        documented = {
+            (int(status), code)
+            for status, response in responses.items()
+            for code in ErrorCode
+            if f"`{code}`" in response["description"]
+        }
+        assert documented == {(code.status, code) for code in codes}, path
+    assert set(CLASSIFY_ERRORS) | set(FEEDBACK_ERRORS) == set(ErrorCode)

