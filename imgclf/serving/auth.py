@@ -16,13 +16,13 @@ badly signed, expired or wrong-audience tokens get a 401 JSON answer.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
+
+from imgclf.serving.settings import load_auth_settings
 
 # BentoML's health and metrics routes; the API docs page, its assets and the OpenAPI document
 # (a browser cannot send a token to load them, and they hold no secret).
@@ -84,31 +84,18 @@ class JWTVerifier:
 
 
 def verifier_from_env(environ: Mapping[str, str] | None = None) -> JWTVerifier | None:
-    """The configured verifier, or None when IMGCLF_AUTH=disabled. Raises ValueError when
-    auth is on but no key is configured: the service refuses to start open by accident."""
-    env = os.environ if environ is None else environ
-    mode = env.get("IMGCLF_AUTH", "jwt").strip().lower()
-    if mode == "disabled":
+    """The configured verifier (AuthSettings from `environ`, default os.environ), or None when
+    IMGCLF_AUTH=disabled. Raises ValueError when auth is on but no key is configured: the service
+    refuses to start open by accident."""
+    settings = load_auth_settings(environ)
+    if settings.auth == "disabled":
         return None
-    if mode != "jwt":
-        raise ValueError(f"IMGCLF_AUTH must be 'jwt' or 'disabled', got {mode!r}")
-    secret = env.get("IMGCLF_JWT_SECRET")
-    public_key = env.get("IMGCLF_JWT_PUBLIC_KEY")
-    if not public_key and env.get("IMGCLF_JWT_PUBLIC_KEY_FILE"):
-        public_key = Path(env["IMGCLF_JWT_PUBLIC_KEY_FILE"]).read_text()
-    if bool(secret) == bool(public_key):
-        raise ValueError(
-            "JWT auth needs exactly one of IMGCLF_JWT_SECRET (HS256) or IMGCLF_JWT_PUBLIC_KEY"
-            "[_FILE] (RS256); set IMGCLF_AUTH=disabled to run without auth"
-        )
-    if secret and len(secret.encode()) < 32:
-        raise ValueError("IMGCLF_JWT_SECRET must be at least 32 bytes for HS256")
     return JWTVerifier(
-        key=secret or public_key or "",
-        algorithm="HS256" if secret else "RS256",
-        audience=env.get("IMGCLF_JWT_AUDIENCE", "imgclf"),
-        issuer=env.get("IMGCLF_JWT_ISSUER") or None,
-        leeway=float(env.get("IMGCLF_JWT_LEEWAY", "0")),
+        key=settings.key,
+        algorithm=settings.algorithm,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway,
     )
 
 
