@@ -7,7 +7,7 @@ Writes DIR/report.html (self-contained), DIR/drift.png and DIR/drift.json (defau
 artifacts/monitor) and prints a summary. The database defaults to the service's prediction log:
 $IMGCLF_PREDICTION_DB_URL, else params serve.prediction_db (a bare file name is a SQLite file in
 the current directory, as for the service). Thresholds: params.yaml `monitor:`; the checks are
-described in imgclf/monitoring/drift.py.
+described in imgclf/monitoring/drift/checks.py.
 
 Exit status: 0 nothing flagged (including "insufficient data"), 1 drift flagged, 2 bad input
 (no database, no predictions table, no reference files).
@@ -73,34 +73,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from imgclf.config import Paths, load_params
-    from imgclf.monitoring import drift
+    from imgclf.monitoring.drift.inputs import DriftInputError
+    from imgclf.monitoring.drift.report import run_monitor, summary_lines
     from imgclf.serving.settings import database_url
 
     params, paths = load_params(), Paths(args.root)
-    monitor = params.monitor
-    if args.days is not None:
-        monitor = monitor.model_copy(update={"days": args.days})
     db = args.db or os.environ.get("IMGCLF_PREDICTION_DB_URL") or params.serve.prediction_db
-    url = database_url(db, Path.cwd())
-    start, end = drift.window(args.now or dt.datetime.now(dt.UTC), monitor.days)
-    classes = params.download.classes
     try:
-        reference = drift.load_reference(
-            paths.split_manifest("test"),
-            paths.download_manifest,
-            paths.predictions,
-            classes,
-            params.evaluate.threshold,
+        report, files = run_monitor(
+            paths,
+            params,
+            database_url(db, Path.cwd()),
+            args.now or dt.datetime.now(dt.UTC),
+            days=args.days,
+            model_version=args.model_version,
+            out_dir=args.out,
         )
-        live = drift.load_live(url, start, end, args.model_version)
-    except drift.DriftInputError as exc:
+    except DriftInputError as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return 2
-
-    report = drift.compare(live, reference, classes, monitor, start, end)
-    out = args.out or paths.artifacts / "monitor"
-    files = drift.write_report(out, report, live, reference, classes, url)
-    print("\n".join(drift.summary_lines(report)))
+    print("\n".join(summary_lines(report)))
     print(f"report: {files['report.html']}")
     return 1 if report.flagged else 0
 

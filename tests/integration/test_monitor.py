@@ -1,6 +1,6 @@
-"""Drift report (imgclf/monitoring/drift.py, python -m stages.monitor): generated prediction
+"""Drift report (imgclf/monitoring/drift/, python -m stages.monitor): generated prediction
 logs, written through SQLAlchemy into the real `predictions` table, against a generated test
-split."""
+split. The PSI arithmetic alone: tests/unit/test_drift_checks.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from PIL import Image
 
 from imgclf.config import MonitorParams, Paths
 from imgclf.io import write_tsv
-from imgclf.monitoring import drift
+from imgclf.model.decision import decide
+from imgclf.monitoring.drift.inputs import load_live, load_reference, window
+from imgclf.monitoring.drift.report import VERDICT_COLOURS
 from imgclf.monitoring.schema import predictions
 from stages.monitor import main
 
@@ -146,15 +148,6 @@ SHIFTS = {
     "confidence": {"low_confidence": 0.3},
     "image size": {"scale": 2.5},
 }
-
-
-def test_psi() -> None:
-    assert drift.psi([50, 50], [500, 500]) == pytest.approx(0, abs=1e-12)
-    assert drift.psi([85, 15], [50, 50]) == pytest.approx(0.6, abs=0.02)
-    assert 1 < drift.psi([0, 100, 0], [50, 50, 0]) < 10  # empty bins stay finite
-    values = np.array([0.5, 0.549, 0.55, 0.999, 1.0])
-    counts = drift.bin_counts(values, drift.confidence_edges(10))
-    assert counts.tolist() == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]
 
 
 def test_an_unshifted_log_flags_nothing(project: Path, tmp_path: Path) -> None:
@@ -311,7 +304,7 @@ def test_report_files(project: Path, tmp_path: Path) -> None:
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     for check in report["checks"]:
         assert f"<td>{check['name']}</td>" in page
-    assert page.count(f'background:{drift.VERDICT_COLOURS["drift"]}">drift</td>') == 2
+    assert page.count(f'background:{VERDICT_COLOURS["drift"]}">drift</td>') == 2
     assert len(report["checks"]) == 6 and set(report["flagged"]) == {"class mix", "accuracy"}
 
 
@@ -332,6 +325,24 @@ def test_a_log_from_before_feedback_columns_is_read(tmp_path: Path) -> None:
     with engine.begin() as conn:
         conn.execute(sa.insert(old), [{k: v for k, v in r.items() if k in old.c} for r in rows])
     engine.dispose()
-    live = drift.load_live(f"sqlite:///{tmp_path / 'old.db'}", *drift.window(NOW, 7))
+    live = load_live(f"sqlite:///{tmp_path / 'old.db'}", *window(NOW, 7), threshold=0.5)
     assert len(live) == 10 and not live.labelled.any() and live.accuracy() is None
     assert all(t.tzinfo == dt.UTC for t in live.timestamp)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.99])
+def test_the_reference_is_labelled_by_the_decision_rule(project: Path, threshold: float) -> None:
+    """The test split's labels and confidences are the service's: imgclf/model/decision.py."""
+    paths = Paths(project)
+    reference = load_reference(
+        paths.split_manifest("test"),
+        paths.download_manifest,
+        paths.predictions,
+        CLASSES,
+        threshold,
+    )
+    decisions = [decide(p, CLASSES, threshold) for p in reference.probability]
+    assert reference.label.tolist() == [d.label for d in decisions]
+    np.testing.assert_allclose(reference.confidence, [d.confidence for d in decisions])
+    if threshold == 0.99:  # some dogs by P >= 0.5 are cats by this rule, with confidence < 0.5
+        assert (reference.confidence < 0.5).any()
