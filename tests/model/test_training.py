@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import keras
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.config import FineTuneParams, TrainParams
+from imgclf.config import FineTuneParams, MlflowParams, Paths, TrainParams, load_params
+from imgclf.io import read_json, write_tsv
 from imgclf.model.architectures.cnn import small_cnn_backbone
 from imgclf.model.architectures.factory import Classifier, binary_head, build_classifier
 from imgclf.model.dataset import LabelledFiles
-from imgclf.model.training import class_weights, set_seeds, train_classifier
+from imgclf.model.training import class_weights, run_train, set_seeds, train_classifier
 
 SIZE = 32
 
@@ -110,3 +112,47 @@ def test_fine_tuning_changes_only_the_top_of_the_backbone(splits) -> None:
     top_conv = [layer.name for layer in layers if isinstance(layer, keras.layers.Conv2D)][-1]
     assert top_conv in changed
     assert layers[0].name not in changed  # the stem stays frozen
+
+
+def _write_manifests(paths: Paths, classes: list[str]) -> None:
+    """Split manifests (paths relative to the root, as split writes them) over fresh images."""
+    paths.split_dir.mkdir(parents=True)
+    for seed, name in enumerate(("train", "val", "test")):
+        folder = paths.root / "images" / name
+        folder.mkdir(parents=True)
+        split = _write_images(folder, 8, seed)
+        rows = [
+            {"path": str(Path(f).relative_to(paths.root)), "label": classes[label]}
+            for f, label in zip(split.files, split.labels, strict=True)
+        ]
+        write_tsv(paths.split_manifest(name), rows, ("path", "label"))
+
+
+def test_run_train_writes_the_stage_outputs_into_one_mlflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    paths = Paths(tmp_path / "project")
+    mlflow_params = MlflowParams(artifact_location=str(tmp_path / "mlartifacts"), experiment="t")
+    params = load_params().model_copy(update={"train": _params(epochs=2), "mlflow": mlflow_params})
+    _write_manifests(paths, params.download.classes)
+
+    result = run_train(paths, params)
+
+    assert (result.train_images, result.val_images) == (16, 16)
+    assert read_json(paths.mlflow_run) == {"run_id": result.run_id}
+    with open(paths.history, newline="") as fh:
+        written = list(csv.DictReader(fh))
+    assert [float(row["val_loss"]) for row in written] == [r["val_loss"] for r in result.history]
+    assert result.best_epoch["val_loss"] == min(r["val_loss"] for r in result.history)
+    model = keras.models.load_model(paths.model)
+    assert model.output_shape == (None, 1)
+    run = MlflowClient(tracking_uri=uri).get_run(result.run_id)
+    assert run.data.params["train.arch"] == "small_cnn"
+    assert {"git_commit", "data_version"} <= run.data.tags.keys()
+    assert "val_loss" in run.data.metrics
+    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(result.run_id)}
+    assert "model" in logged
