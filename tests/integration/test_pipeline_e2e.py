@@ -66,6 +66,31 @@ def test_repro_produces_metrics_plots_and_one_mlflow_run(trained_repo: Path, run
     assert "model/MLmodel" in logged
 
 
+def _stages_with_changed_dep(repo: Path, run_dvc, dep: str) -> set[str]:
+    """Stages whose `dvc status` names `dep` among their changed deps."""
+    status = json.loads(run_dvc(repo, "status", "--json").stdout)
+    return {
+        stage
+        for stage, changes in status.items()
+        for change in changes
+        if isinstance(change, dict) and dep in change.get("changed deps", {})
+    }
+
+
+def test_editing_a_module_train_runs_makes_train_and_evaluate_stale(
+    trained_repo: Path, run_dvc
+) -> None:
+    module = "imgclf/model/inference.py"
+    source = trained_repo / module
+    original = source.read_bytes()
+    try:
+        source.write_bytes(original + b"# an edit\n")
+        assert _stages_with_changed_dep(trained_repo, run_dvc, module) == {"train", "evaluate"}
+    finally:
+        source.write_bytes(original)
+    assert _stages_with_changed_dep(trained_repo, run_dvc, module) == set()
+
+
 def _commit(repo: Path, message: str) -> None:
     for args in (["add", "-A"], ["commit", "-qm", message]):
         subprocess.run(["git", *args], cwd=repo, check=True)
