@@ -16,6 +16,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.model.decision import decide
+from imgclf.monitoring.schema import PredictionRecord
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.errors import ErrorCode, ServiceError
 from imgclf.serving.holder import (
@@ -30,7 +31,6 @@ from imgclf.serving.prediction_log import (
     ConflictingLabel,
     LabelledPrediction,
     PredictionLog,
-    PredictionRecord,
     UnknownPrediction,
 )
 from imgclf.serving.schemas import Feedback, Prediction

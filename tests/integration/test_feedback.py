@@ -103,7 +103,7 @@ def test_live_accuracy_metric_follows_feedback(
 def test_feedback_is_stored_beside_the_prediction(
     champion_service: ChampionService, labelled: list[dict]
 ) -> None:
-    from imgclf.serving.prediction_log import predictions
+    from imgclf.monitoring.schema import predictions
 
     engine = sa.create_engine(champion_service.db_url)
     ids = [reply["request_id"] for reply in labelled]

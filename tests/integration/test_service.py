@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
 import os
 import threading
 import time
@@ -254,25 +253,13 @@ def test_health_and_metrics_are_open(server: Server, ready: dict) -> None:
         assert requests.get(server.url + path, timeout=5).status_code == 200, path
 
 
-def test_openapi_document_is_served_and_covers_the_live_routes(
-    server: Server, ready: dict, registry: Registry
-) -> None:
-    from imgclf.serving.openapi import SPEC_PATH, spec_for
-    from imgclf.serving.settings import load_settings
-
-    assert requests.get(server.url + SPEC_PATH, timeout=5).status_code == 401  # like /docs.json
-    response = requests.get(server.url + SPEC_PATH, headers=auth(), timeout=5)
+def test_openapi_document_is_open_and_covers_the_live_routes(server: Server, ready: dict) -> None:
+    response = requests.get(server.url + "/openapi.json", timeout=5)  # no token needed
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     spec = response.json()
-    settings = load_settings(
-        {
-            "IMGCLF_SERVE_MODEL_NAME": registry.model_name,
-            "IMGCLF_SERVE_MAX_BYTES": str(MAX_BYTES),
-            "IMGCLF_SERVE_MAX_PIXELS": str(MAX_PIXELS),
-            "IMGCLF_SERVE_MAX_IMAGES_PER_REQUEST": "8",
-        }
-    )
-    assert spec == json.loads(json.dumps(spec_for(settings)))  # the server's limits, one source
+    batch = spec["paths"]["/predict_batch"]["post"]["requestBody"]["content"]
+    assert batch["multipart/form-data"]["schema"]["properties"]["images"]["maxItems"] == 8
+    assert f"at most {MAX_BYTES} bytes and {MAX_PIXELS} pixels" in spec["info"]["description"]
     # Every documented operation exists on the live server (no 404/405) ...
     for path, item in spec["paths"].items():
         for method in item:
@@ -281,6 +268,34 @@ def test_openapi_document_is_served_and_covers_the_live_routes(
     # ... and what is not documented is not served.
     for path in ("/predict/x", "/classify", "/admin"):
         assert requests.post(server.url + path, headers=auth(), timeout=5).status_code == 404
+    assert requests.get(server.url + "/docs.json", timeout=5).status_code == 401  # BentoML's
+
+
+def test_docs_page_loads_without_a_token_and_its_authorize_scheme_works(
+    server: Server, ready: dict, photos: list[Path]
+) -> None:
+    import re
+
+    page = requests.get(server.url + "/docs", timeout=5)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "SwaggerUIBundle" in page.text and "'/openapi.json'" in page.text
+    assets = re.findall(r'(?:href|src)="(/[^"]+)"', page.text)
+    assert len(assets) == 3  # script, style sheet, icon: all served here, none from a CDN
+    for asset in assets:
+        assert requests.get(server.url + asset, timeout=5).status_code == 200, asset
+    # What the Authorize button sends, per the document's scheme, to the documented form field.
+    spec = requests.get(server.url + "/openapi.json", timeout=5).json()
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    operation = spec["paths"]["/predict"]["post"]
+    assert operation["security"] == [{"bearerAuth": []}]
+    field = next(
+        iter(operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"])
+    )
+    files = upload(photos[0], name=field)
+    assert post(server, "/predict", files=files, headers={}).status_code == 401
+    answer = post(server, "/predict", files=files, headers={"Authorization": f"Bearer {token()}"})
+    assert answer.status_code == 200, answer.text
 
 
 def _bad_inputs(photo: Path) -> dict[str, tuple[dict, int, str]]:
@@ -408,7 +423,7 @@ def test_sigterm_flushes_every_prediction_to_the_log(
 ) -> None:
     import sqlalchemy as sa
 
-    from imgclf.serving.prediction_log import predictions
+    from imgclf.monitoring.schema import predictions
 
     burst = 12
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
