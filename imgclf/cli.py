@@ -1,0 +1,192 @@
+"""`imgclf`: the everyday commands, one thin verb per library call (`imgclf --help`).
+
+    imgclf predict photos/ --out submission.csv     batch prediction (a folder or an archive)
+    imgclf promote --version 3 --reason "..."       point `champion` at a registry version
+    imgclf rollback                                 `champion` back to the one it replaced
+    imgclf history                                  every move of `champion` (JSON lines)
+    imgclf monitor --days 7                         drift report of the prediction log
+    imgclf bento                                    package the champion into a bento
+    imgclf token --subject me --ttl 600             a JWT for testing the service
+
+Settings come from params.yaml (`--params`, default: this project's) and the environment, as for
+the service (imgclf.serving.settings). The DVC pipeline keeps its own entry points
+(`python -m stages.X`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from imgclf.config import PARAMS_FILE, Params, Paths, load_params
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--params",
+    "params_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=PARAMS_FILE,
+    envvar="IMGCLF_PARAMS_FILE",
+    help="the project's params.yaml (its folder is the project root); default: this checkout's",
+)
+@click.pass_context
+def cli(ctx: click.Context, params_file: Path) -> None:
+    """Image classifier: predict, manage the registry's champion, monitor, package, test."""
+    ctx.obj = params_file.resolve()
+
+
+def _project(params_file: Path) -> tuple[Paths, Params]:
+    return Paths(params_file.parent), load_params(params_file)
+
+
+@contextmanager
+def _one_line_errors(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
+    """An expected failure (`errors`) as a message on stderr and `exit_code`, not a traceback."""
+    try:
+        yield
+    except errors as exc:
+        failure = click.ClickException(str(exc))
+        failure.exit_code = exit_code
+        raise failure from exc
+
+
+# -------------------------------------------------------------------------------- registry
+
+
+def _registry_call(params_file: Path, run: Callable[..., Any], *args: Any) -> Any:
+    """`run(paths, params, *args)` from imgclf.registry.commands, its errors as one line."""
+    from imgclf.registry.client import RegistryError
+
+    with _one_line_errors(RegistryError):
+        return run(*_project(params_file), *args)
+
+
+def _champion_move(out: dict[str, Any]) -> str:
+    previous = f"v{out['previous']}" if out["previous"] else "none"
+    note = f" ({out['note']})" if out["note"] else ""
+    return f"champion {previous} -> v{out['version']}{note}"
+
+
+@cli.command()
+@click.option("--version", required=True, type=click.IntRange(min=1), help="registry version")
+@click.option("--reason", default="", help="recorded in the champion's history")
+@click.pass_obj
+def promote(params_file: Path, version: int, reason: str) -> None:
+    """Point the registry's `champion` alias at VERSION (a person's decision)."""
+    from imgclf.registry.commands import run_promote
+
+    click.echo(_champion_move(_registry_call(params_file, run_promote, version, reason)))
+
+
+@cli.command()
+@click.option("--reason", default="", help="recorded in the champion's history")
+@click.pass_obj
+def rollback(params_file: Path, reason: str) -> None:
+    """Point `champion` back at the version it replaced."""
+    from imgclf.registry.commands import run_rollback
+
+    click.echo(_champion_move(_registry_call(params_file, run_rollback, reason)))
+
+
+@cli.command()
+@click.pass_obj
+def history(params_file: Path) -> None:
+    """Every recorded move of `champion`, oldest first, one JSON object a line."""
+    from imgclf.registry.commands import run_history
+
+    for event in _registry_call(params_file, run_history):
+        click.echo(json.dumps(event, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------- monitoring
+
+
+@cli.command()
+@click.option("--db", help="prediction log (SQLAlchemy URL or SQLite file); default: the service's")
+@click.option("--days", type=click.IntRange(min=1), help="window; default: monitor.days")
+@click.option("--model-version", help="only predictions of this registry version")
+@click.option("--out", type=click.Path(path_type=Path), help="default: artifacts/monitor")
+@click.option("--now", type=click.DateTime(), help="end of the window (UTC); default: now")
+@click.pass_obj
+def monitor(
+    params_file: Path,
+    db: str | None,
+    days: int | None,
+    model_version: str | None,
+    out: Path | None,
+    now: dt.datetime | None,
+) -> None:
+    """Drift report: the prediction log's last days against the test split. Exit status: 0
+    nothing flagged, 1 drift flagged, 2 bad input (as python -m stages.monitor)."""
+    from imgclf.monitoring.drift.inputs import DriftInputError
+    from imgclf.monitoring.drift.report import run_monitor, summary_lines
+    from imgclf.serving.settings import database_url, load_settings
+
+    url = (
+        database_url(db, Path.cwd())
+        if db
+        else load_settings(params_file=params_file).prediction_db_url
+    )
+    end = now.replace(tzinfo=dt.UTC) if now else dt.datetime.now(dt.UTC)
+    paths, params = _project(params_file)
+    with _one_line_errors(DriftInputError, exit_code=2):
+        report, files = run_monitor(
+            paths, params, url, end, days=days, model_version=model_version, out_dir=out
+        )
+    click.echo("\n".join(summary_lines(report)))
+    click.echo(f"report: {files['report.html']}")
+    sys.exit(1 if report.flagged else 0)
+
+
+# ---------------------------------------------------------------------------------- serving
+
+
+@cli.command()
+@click.option("--build/--no-build", default=True, help="build the bento after the import")
+@click.option("--bentofile", default="bentofile.yaml", show_default=True)
+def bento(build: bool, bentofile: str) -> None:
+    """Import the registry's champion into the BentoML store, then build the bento."""
+    from imgclf.serving.bento_model import import_champion
+
+    tag, version = import_champion()
+    click.echo(f"imported champion version {version} as {tag}")
+    if build:
+        import bentoml
+
+        click.echo(f"built {bentoml.bentos.build_bentofile(bentofile).tag}")
+
+
+@cli.command()
+@click.option("--subject", default="imgclf-cli", show_default=True, help="the `sub` claim")
+@click.option("--ttl", default=3600, type=click.IntRange(min=1), help="seconds until it expires")
+@click.option("--audience", help="the `aud` claim; default: IMGCLF_JWT_AUDIENCE or imgclf")
+def token(subject: str, ttl: int, audience: str | None) -> None:
+    """Mint an HS256 JWT from IMGCLF_JWT_SECRET, for testing the service:
+    curl -H "Authorization: Bearer $(imgclf token)" ..."""
+    import jwt
+    from pydantic import ValidationError
+
+    from imgclf.serving.settings import load_auth_settings
+
+    with _one_line_errors(ValidationError):
+        settings = load_auth_settings()
+    if settings.jwt_secret is None:
+        raise click.ClickException("minting needs IMGCLF_JWT_SECRET (HS256)")
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "aud": audience or settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl,
+        **({"iss": settings.jwt_issuer} if settings.jwt_issuer else {}),
+    }
+    click.echo(jwt.encode(claims, settings.jwt_secret.get_secret_value(), "HS256"))
