@@ -49,8 +49,8 @@ def _project(params_file: Path) -> tuple[Paths, Params]:
 
 
 @contextmanager
-def _one_line_errors(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
-    """An expected failure (`errors`) as a message on stderr and `exit_code`, not a traceback."""
+def _reported(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
+    """An expected failure (`errors`) as its message on stderr and `exit_code`, no traceback."""
     try:
         yield
     except errors as exc:
@@ -66,7 +66,7 @@ def _registry_call(params_file: Path, run: Callable[..., Any], *args: Any) -> An
     """`run(paths, params, *args)` from imgclf.registry.commands, its errors as one line."""
     from imgclf.registry.client import RegistryError
 
-    with _one_line_errors(RegistryError):
+    with _reported(RegistryError):
         return run(*_project(params_file), *args)
 
 
@@ -138,7 +138,7 @@ def monitor(
     )
     end = now.replace(tzinfo=dt.UTC) if now else dt.datetime.now(dt.UTC)
     paths, params = _project(params_file)
-    with _one_line_errors(DriftInputError, exit_code=2):
+    with _reported(DriftInputError, exit_code=2):
         report, files = run_monitor(
             paths, params, url, end, days=days, model_version=model_version, out_dir=out
         )
@@ -167,17 +167,20 @@ def bento(build: bool, bentofile: str) -> None:
 
 @cli.command()
 @click.option("--subject", default="imgclf-cli", show_default=True, help="the `sub` claim")
-@click.option("--ttl", default=3600, type=click.IntRange(min=1), help="seconds until it expires")
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(min=1), help="seconds")
 @click.option("--audience", help="the `aud` claim; default: IMGCLF_JWT_AUDIENCE or imgclf")
 def token(subject: str, ttl: int, audience: str | None) -> None:
-    """Mint an HS256 JWT from IMGCLF_JWT_SECRET, for testing the service:
-    curl -H "Authorization: Bearer $(imgclf token)" ..."""
+    """Mint an HS256 JWT from IMGCLF_JWT_SECRET for testing the service, e.g.
+
+    \b
+    curl -H "Authorization: Bearer $(imgclf token)" -F image=@cat.jpg 127.0.0.1:3000/predict
+    """
     import jwt
     from pydantic import ValidationError
 
     from imgclf.serving.settings import load_auth_settings
 
-    with _one_line_errors(ValidationError):
+    with _reported(ValidationError):
         settings = load_auth_settings()
     if settings.jwt_secret is None:
         raise click.ClickException("minting needs IMGCLF_JWT_SECRET (HS256)")
