@@ -5,9 +5,11 @@ python -m stages.predict <folder|archive> --out submission.csv [--proba]
                          [--model PATH | models:/NAME@champion | runs:/ID/model] [--batch-size N]
 
 The id is the numeric part of the file name (`123.jpg`, `cat.123.jpg` -> 123; other names keep
-their stem); rows are sorted by id, numbers first. Each file is decoded with Pillow first: a
-corrupt or non-image file is reported on stderr and skipped, never fatal. Probabilities come from
-`imgclf.evaluation.report.predict_probabilities`, the function evaluate uses.
+their stem); rows are sorted by id, numbers first. Each file is standardised first, as the
+download stage and the service do (EXIF rotation applied, any mode made RGB): a corrupt or
+non-image file is reported on stderr with its reason and skipped, never fatal. Probabilities come
+from `imgclf.model.inference.predict_probabilities`, the function evaluate uses, and labels from
+THE decision rule (`imgclf.model.decision`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from imgclf.model.batch_predict import (
     find_images,
     input_folder,
-    screen_images,
+    standardised_inputs,
     submission_id,
     submission_order,
     write_submission,
@@ -52,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from imgclf.config import Paths, load_params
     from imgclf.data.sources import SourceError
+    from imgclf.data.standardise import Limits
+    from imgclf.model.decision import predicted_indices
     from imgclf.model.inference import load_model, predict_probabilities
 
     params, paths = load_params(), Paths()
@@ -60,15 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with input_folder(args.input) as folder:
             candidates, ignored = find_images(folder)
-            good, rejected = screen_images(candidates)
-            for path, reason in rejected:
-                print(f"skipped {path.relative_to(folder)}: {reason}", file=sys.stderr)
-            if not good:
-                print(f"predict: no usable images in {args.input}", file=sys.stderr)
-                return 1
-            model = load_model(args.model or paths.model)
-            probabilities = predict_probabilities(model, good, batch_size, desc="predict")
-            relative = [p.relative_to(folder).as_posix() for p in good]
+            # The download stage's pixel limit: nothing larger ever reached training either.
+            limits = Limits(params.download.max_pixels)
+            with standardised_inputs(candidates, limits) as (good, rejected):
+                for path, reason in rejected:
+                    print(f"skipped {path.relative_to(folder)}: {reason}", file=sys.stderr)
+                if not good:
+                    print(f"predict: no usable images in {args.input}", file=sys.stderr)
+                    return 1
+                model = load_model(args.model or paths.model)
+                files = [image.file for image in good]
+                probabilities = predict_probabilities(model, files, batch_size, desc="predict")
+            relative = [image.source.relative_to(folder).as_posix() for image in good]
     except (SourceError, OSError) as exc:  # FileNotFoundError is an OSError
         print(f"predict: {exc}", file=sys.stderr)
         return 1
@@ -93,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out, [(ident, prob) for ident, _, prob in rows], threshold, probability_column
     )
 
-    positives = sum(prob >= threshold for _, _, prob in rows)
+    positives = int(predicted_indices(np.array([prob for _, _, prob in rows]), threshold).sum())
     print(
         f"predict: {len(rows)} images -> {args.out} ({positives} {classes[1]}, "
         f"{len(rows) - positives} {classes[0]}); skipped {len(rejected)} unreadable, "

@@ -1,7 +1,10 @@
-"""Batch prediction over a folder or archive: find images, screen out unusable files, name rows.
+"""Batch prediction over a folder or archive: find images, standardise each one, name rows.
 
-The probabilities themselves come from `imgclf.evaluation.report.predict_probabilities`, the
-function evaluate uses, so a file gets the same probability in both.
+Every file goes through `imgclf.data.standardise`, the standardisation the download stage and the
+service use (EXIF rotation applied, CMYK/palette/alpha converted), so a phone photo reaches the
+model upright here too; a file that cannot be standardised is reported and skipped. The
+probabilities come from `imgclf.model.inference.predict_probabilities`, the function evaluate
+uses, so a file gets the same probability in both.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.sources import SourceError, extracted, is_archive
+from imgclf.data.standardise import ImageRejected, Limits, standardise
+from imgclf.model.decision import predicted_indices
 
 # Files with these suffixes are candidates (and reported if unusable); others are ignored.
 IMAGE_SUFFIXES = (
@@ -28,10 +38,17 @@ IMAGE_SUFFIXES = (
     ".tif",
     ".tiff",
 )
-# What Pillow may call a file that `tf.io.decode_image` (THE preprocessing) can decode.
-DECODABLE_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "BMP"}
 _SKIPPED_DIRS = {"__MACOSX"}
 _NUMERIC_ID = re.compile(r"^(?:.*[._\-\s])?(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One usable file: the user's `source`, and the `file` the model reads (the source itself
+    when it is already clean, else its standardised copy)."""
+
+    source: Path
+    file: Path
 
 
 def find_images(folder: Path) -> tuple[list[Path], int]:
@@ -51,31 +68,45 @@ def find_images(folder: Path) -> tuple[list[Path], int]:
     return sorted(found), ignored
 
 
-def check_image(path: Path) -> str | None:
-    """None if THE preprocessing can decode the file, else a one-line reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            if image.format not in DECODABLE_FORMATS:
-                return f"unsupported image format {image.format}"
-            image.load()  # full decode: truncated or corrupt data fails here
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    return None
+def standardise_file(source: Path, copy: Path, limits: Limits) -> ModelInput:
+    """`source` standardised; a re-encoded image is written to `copy`. Raises ImageRejected or
+    OSError (an unreadable file)."""
+    clean = standardise(source.read_bytes(), limits)
+    if not clean.changes:
+        return ModelInput(source, source)
+    copy.write_bytes(clean.data)
+    return ModelInput(source, copy)
 
 
-def screen_images(candidates: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Split candidates into usable files and (file, reason) for the rest; decodes in threads
-    (Pillow releases the GIL while decoding)."""
+@contextlib.contextmanager
+def standardised_inputs(
+    candidates: Sequence[Path], limits: Limits
+) -> Iterator[tuple[list[ModelInput], list[tuple[Path, str]]]]:
+    """Usable files and (file, reason) for the rest; re-encoded copies live in a temporary
+    folder until the block ends. Decodes in threads (Pillow releases the GIL)."""
+
+    def attempt(job: tuple[int, Path]) -> ModelInput | str:
+        index, source = job
+        try:
+            return standardise_file(source, Path(scratch, f"{index}.png"), limits)
+        except ImageRejected as exc:
+            return f"{exc.reason}: {exc.detail}"
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+
     workers = min(8, len(os.sched_getaffinity(0)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(check_image, candidates))
-    usable = [path for path, reason in zip(candidates, reasons, strict=True) if reason is None]
-    rejected = [(p, r) for p, r in zip(candidates, reasons, strict=True) if r is not None]
-    return usable, rejected
+    with (
+        tempfile.TemporaryDirectory(prefix="imgclf-standardised-") as scratch,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
+        outcomes = list(pool.map(attempt, enumerate(candidates)))
+        usable = [outcome for outcome in outcomes if isinstance(outcome, ModelInput)]
+        rejected = [
+            (source, outcome)
+            for source, outcome in zip(candidates, outcomes, strict=True)
+            if isinstance(outcome, str)
+        ]
+        yield usable, rejected
 
 
 def submission_id(path: Path | str) -> int | str:
@@ -96,15 +127,11 @@ def input_folder(source: Path) -> Iterator[Path]:
     """A folder as is; an archive extracted (safely) into a temporary folder."""
     if source.is_dir():
         yield source
-        return
-    from imgclf.data.sources import expand_nested_archives, is_archive, safe_extract
-
-    if not (source.is_file() and is_archive(source)):
-        raise FileNotFoundError(f"{source} is neither a folder nor a .zip/.tar archive")
-    with tempfile.TemporaryDirectory(prefix="imgclf-predict-") as tmp:
-        safe_extract(source, Path(tmp))
-        expand_nested_archives(Path(tmp))
-        yield Path(tmp)
+    elif source.is_file() and is_archive(source):
+        with extracted(source) as folder:
+            yield folder
+    else:
+        raise SourceError(f"{source} is neither a folder nor a .zip/.tar archive")
 
 
 def write_submission(
@@ -113,13 +140,14 @@ def write_submission(
     threshold: float,
     probability_column: str | None,
 ) -> None:
-    """Write `id,label[,probability]` atomically; label = 1 when probability >= threshold."""
+    """Write `id,label[,probability]` atomically; the label is THE decision rule's class index."""
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.with_name(f".{out.name}.tmp")
     with open(scratch, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["id", "label"] + ([probability_column] if probability_column else []))
-        for ident, prob in rows:
+        labels = predicted_indices(np.array([prob for _, prob in rows]), threshold)
+        for (ident, prob), label in zip(rows, labels, strict=True):
             extra = [format(prob, ".9g")] if probability_column else []
-            writer.writerow([ident, int(prob >= threshold), *extra])
+            writer.writerow([ident, int(label), *extra])
     os.replace(scratch, out)

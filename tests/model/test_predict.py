@@ -1,4 +1,5 @@
-"""Batch prediction CLI: file search, ids, bad files, archives, and equality with evaluate."""
+"""Batch prediction CLI: file search, ids, standardisation and bad files, archives, and equality
+with evaluate."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import pytest
 from PIL import Image
 
 from imgclf.config import EvaluateParams, Paths
+from imgclf.data.standardise import Limits
 from imgclf.evaluation.report import read_predictions, run_evaluate
 from imgclf.io import write_tsv
-from imgclf.model.batch_predict import check_image, find_images, submission_id
+from imgclf.model.batch_predict import find_images, standardised_inputs, submission_id
 from stages.predict import main
 from tests.support.helpers import tiny_model
+from tests.support.photos import brighter_half_on_top, encode, stored_with_tag, upright_detector
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["cat", "dog"]
@@ -90,14 +93,27 @@ def test_find_images_is_recursive_and_ignores_other_files(folder: Path) -> None:
     assert ignored == 1
 
 
-def test_check_image_explains_bad_files(folder: Path, tmp_path: Path) -> None:
-    assert check_image(folder / "10.jpg") is None
-    assert check_image(folder / "sub" / "deeper" / "dog.1.png") is None
-    assert check_image(folder / "notes.jpg") == "not an image"
-    assert "cannot decode" in check_image(folder / "sub" / "broken.jpg")
-    tiff = tmp_path / "x.tif"
-    write_image(tiff, 5, "TIFF")
-    assert check_image(tiff) == "unsupported image format TIFF"
+def test_every_file_is_standardised_or_explained(folder: Path, tmp_path: Path) -> None:
+    tiff, cmyk, link = tmp_path / "x.tif", tmp_path / "cmyk.jpg", tmp_path / "gone.jpg"
+    write_image(tiff, 5, "TIFF")  # no format of THE preprocessing's: standardised to PNG
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(cmyk, "JPEG")
+    link.symlink_to(tmp_path / "missing.jpg")
+    files = [folder / "10.jpg", folder / "sub" / "deeper" / "dog.1.png", tiff, cmyk]
+    bad = [folder / "notes.jpg", folder / "sub" / "broken.jpg", link]
+    with standardised_inputs([*files, *bad], Limits(max_pixels=10_000)) as (good, rejected):
+        assert [image.source for image in good] == files
+        assert good[0].file == files[0]  # a clean JPEG is read as it is
+        for image in good[1:]:
+            assert image.file != image.source and image.file.read_bytes().startswith(b"\x89PNG")
+            assert Image.open(image.file).mode == "RGB"
+        copies = [image.file for image in good[1:]]
+    assert not any(copy.exists() for copy in copies)  # the copies vanish with the block
+    reasons = {path.name: reason.split(":")[0] for path, reason in rejected}
+    assert reasons == {
+        "notes.jpg": "not_an_image",
+        "broken.jpg": "truncated",
+        "gone.jpg": "unreadable",
+    }
 
 
 def test_predict_skips_bad_files_and_writes_a_sorted_submission(
@@ -107,8 +123,8 @@ def test_predict_skips_bad_files_and_writes_a_sorted_submission(
     args = [str(folder), "--out", str(out), "--model", str(model_file), "--batch-size", "2"]
     assert main([*args, "--proba"]) == 0
     captured = capsys.readouterr()
-    assert "skipped notes.jpg: not an image" in captured.err
-    assert "skipped sub/broken.jpg: cannot decode" in captured.err
+    assert "skipped notes.jpg: not_an_image" in captured.err
+    assert "skipped sub/broken.jpg: truncated" in captured.err
     assert "skipped 2 unreadable" in captured.out and "ignored 1 non-image" in captured.out
     assert "4 images" in captured.out
 
@@ -124,6 +140,25 @@ def test_predict_skips_bad_files_and_writes_a_sorted_submission(
     columns, plain_rows = read_csv(plain)
     assert columns == ["id", "label"]
     assert [(r["id"], r["label"]) for r in plain_rows] == [(r["id"], r["label"]) for r in rows]
+
+
+def test_exif_rotated_photos_reach_the_model_upright(tmp_path: Path) -> None:
+    """A phone photo stored on its side with the EXIF tag that turns it back is predicted upright,
+    as the service and the download stage see it (this once reached the model sideways)."""
+    model = tmp_path / "upright.keras"
+    upright_detector().save(model)
+    photo = brighter_half_on_top()
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "1.jpg").write_bytes(encode(photo, "JPEG"))
+    for orientation in (3, 6, 8):
+        (folder / f"{orientation}.jpg").write_bytes(stored_with_tag(photo, orientation, "JPEG"))
+    out = tmp_path / "upright.csv"
+    assert main([str(folder), "--out", str(out), "--model", str(model), "--proba"]) == 0
+    _, rows = read_csv(out)
+    probabilities = {r["id"]: float(r["dog_probability"]) for r in rows}
+    assert probabilities.keys() == {"1", "3", "6", "8"}
+    assert all(p > 0.99 for p in probabilities.values()), probabilities
 
 
 def test_predict_reads_an_archive(

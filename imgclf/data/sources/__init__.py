@@ -34,6 +34,7 @@ __all__ = [
     "UnsafeArchiveError",
     "download_http",
     "expand_nested_archives",
+    "extracted",
     "is_archive",
     "open_source",
     "safe_extract",

@@ -1,0 +1,70 @@
+"""Variants of one photo for the model-behaviour tests (tests/model/test_behaviour.py and
+tests/integration/test_serving_invariance.py): stored turned with the EXIF tag that turns it
+back, re-encoded, or as a PNG of exactly the pixels THE preprocessing decodes from a JPEG.
+
+Plain functions: each module builds its files from them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that stores an upright photo so that a viewer honouring the
+# tag shows it upright again (the inverse of what the tag asks a viewer to do).
+STORED_AS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,  # mirrored
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,  # stored turned left: "rotate 90° clockwise to view"
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,  # stored turned right: "rotate 90° counter-clockwise to view"
+}
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def stored_with_tag(upright: Image.Image, orientation: int, fmt: str, **options: object) -> bytes:
+    """`upright`'s pixels turned as a camera stores them, tagged with `orientation`."""
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    return encode(upright.transpose(STORED_AS[orientation]), fmt, exif=exif, **options)
+
+
+def decoded_as_model_sees(jpeg: bytes) -> Image.Image:
+    """The RGB pixels THE preprocessing decodes from `jpeg` (its decoder, not Pillow's)."""
+    import tensorflow as tf
+
+    from imgclf.model.preprocess import decode_image
+
+    return Image.fromarray(decode_image(tf.constant(jpeg)).numpy())
+
+
+def brighter_half_on_top(width: int = 64, height: int = 48) -> Image.Image:
+    """White above, black below: which way up it is shows at a glance."""
+    image = Image.new("RGB", (width, height), "black")
+    image.paste("white", (0, 0, width, height // 2))
+    return image
+
+
+def upright_detector(size: int = 32):
+    """A Keras model that answers only "is the bright half on top?":
+    P = sigmoid(20 x (mean of the top half - mean of the bottom half)), so an upright
+    `brighter_half_on_top` gets ~1, the same image on its side 0.5, upside down ~0."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    rows = np.where(np.arange(size) < size // 2, 1.0, -1.0)
+    per_pixel = np.broadcast_to(rows[:, None, None], (size, size, 3)) / (size * size * 3 / 2)
+    model.layers[-1].set_weights([20 * per_pixel.reshape(-1, 1), np.zeros(1)])
+    return model
