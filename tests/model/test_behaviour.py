@@ -13,7 +13,6 @@ The service's side of the same checks is tests/integration/test_serving_invarian
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
@@ -28,7 +27,20 @@ from imgclf.io import read_tsv, write_tsv
 from imgclf.model.batch_predict import submission_id
 from stages.predict import main
 from tests.support.helpers import tiny_model
-from tests.support.photos import decoded_as_model_sees, encode, stored_with_tag
+from tests.support.photos import (
+    ORIGINAL,
+    PHONE_JPEG,
+    QUALITY_90,
+    SAME_PIXELS_PNG,
+    SIDEWAYS,
+    TURNS,
+    by_photo,
+    encode,
+    spread,
+    stored_with_tag,
+    submission_probabilities,
+    write_variants,
+)
 
 CLASSES = ["cat", "dog"]
 PHOTOS = [f"cat/cat.{i}.jpg" for i in range(1, 5)] + [f"dog/dog.{i}.jpg" for i in range(1, 5)]
@@ -38,30 +50,6 @@ FLOAT_NOISE = 1e-6  # the same pixels in another batch position
 # the phone JPEG (decoded by Pillow when turned, by TensorFlow's faster IDCT when not); 5% keeps
 # a margin and still fails a re-encode that mixed photos up, lost colour or turned a photo.
 REENCODE_SHARE_OF_SPREAD = 0.05
-TURNS = (3, 6, 8)  # upside down, stored turned left, stored turned right
-
-# Each photo's variants are named <photo><variant>.<ext>, so the submission id says which is which.
-ORIGINAL, SAME_PIXELS_PNG, QUALITY_90, PHONE_JPEG, SIDEWAYS = 0, 1, 2, 4, 7
-
-
-def variants(photo: bytes) -> dict[int, tuple[str, bytes]]:
-    """Variant -> (extension, bytes) of one JPEG photo; variants 3, 6, 8 are EXIF turns."""
-    seen = decoded_as_model_sees(photo)
-    upright = Image.open(io.BytesIO(photo)).convert("RGB")
-    files = {
-        ORIGINAL: ("jpg", photo),
-        SAME_PIXELS_PNG: ("png", encode(seen, "PNG")),
-        QUALITY_90: ("jpg", encode(upright, "JPEG", quality=90)),
-        PHONE_JPEG: ("jpg", stored_with_tag(upright, 6, "JPEG", quality=95)),
-        SIDEWAYS: ("png", encode(seen.transpose(Image.Transpose.ROTATE_90), "PNG")),  # no tag
-    }
-    files.update({turn: ("png", stored_with_tag(seen, turn, "PNG")) for turn in TURNS})
-    return files
-
-
-def read_probabilities(csv_file: Path) -> dict[int, float]:
-    with open(csv_file, newline="", encoding="utf-8") as fh:
-        return {int(row["id"]): float(row["dog_probability"]) for row in csv.DictReader(fh)}
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +65,10 @@ def predicted(
 ) -> dict[int, dict[int, float]]:
     """Photo index -> variant -> probability, from one `predict --proba` run over every file."""
     folder = tmp_path_factory.mktemp("variants")
-    for index, name in enumerate(PHOTOS, start=1):
-        for variant, (ext, data) in variants((sample_data_dir / name).read_bytes()).items():
-            (folder / f"{index}{variant}.{ext}").write_bytes(data)
+    write_variants([sample_data_dir / name for name in PHOTOS], folder)
     out = folder.parent / "variants.csv"
     assert main([str(folder), "--out", str(out), "--model", str(model_file), "--proba"]) == 0
-    by_photo: dict[int, dict[int, float]] = {}
-    for ident, probability in read_probabilities(out).items():
-        by_photo.setdefault(ident // 10, {})[ident % 10] = probability
-    return by_photo
-
-
-def spread(predicted: dict[int, dict[int, float]]) -> float:
-    originals = [variant[ORIGINAL] for variant in predicted.values()]
-    return max(originals) - min(originals)
+    return by_photo(submission_probabilities(out))
 
 
 def test_the_model_tells_photos_and_orientations_apart(predicted) -> None:
@@ -156,7 +134,7 @@ def test_predict_equals_evaluate_on_the_download_stage_output(
     }
     out = tmp_path / "submission.csv"
     assert main([str(paths.images), "--out", str(out), "--model", str(paths.model), "--proba"]) == 0
-    predicted = read_probabilities(out)
+    predicted = submission_probabilities(out)
 
     assert len(evaluated) == len(predicted) == len(PHOTOS)
     for name, probability in evaluated.items():

@@ -2,12 +2,16 @@
 tests/integration/test_serving_invariance.py): stored turned with the EXIF tag that turns it
 back, re-encoded, or as a PNG of exactly the pixels THE preprocessing decodes from a JPEG.
 
-Plain functions: each module builds its files from them.
+Plain functions: each module builds its files from them. Photo n's variant v is the file
+`<n><v>.<ext>`, so a submission id (or any id n * 10 + v) says which is which.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -24,6 +28,54 @@ STORED_AS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_270,  # stored turned right: "rotate 90° counter-clockwise to view"
 }
+
+
+# Variants 3, 6 and 8 are the EXIF turns (upside down, stored turned left, turned right).
+ORIGINAL, SAME_PIXELS_PNG, QUALITY_90, PHONE_JPEG, SIDEWAYS = 0, 1, 2, 4, 7
+TURNS = (3, 6, 8)
+
+
+def variants(photo: bytes) -> dict[int, tuple[str, bytes]]:
+    """Variant -> (extension, bytes) of one JPEG photo. SIDEWAYS (turned, no tag) is the control
+    that shows the model notices a turn."""
+    seen = decoded_as_model_sees(photo)
+    upright = Image.open(io.BytesIO(photo)).convert("RGB")
+    files = {
+        ORIGINAL: ("jpg", photo),
+        SAME_PIXELS_PNG: ("png", encode(seen, "PNG")),
+        QUALITY_90: ("jpg", encode(upright, "JPEG", quality=90)),
+        PHONE_JPEG: ("jpg", stored_with_tag(upright, 6, "JPEG", quality=95)),
+        SIDEWAYS: ("png", encode(seen.transpose(Image.Transpose.ROTATE_90), "PNG")),
+    }
+    files.update({turn: ("png", stored_with_tag(seen, turn, "PNG")) for turn in TURNS})
+    return files
+
+
+def write_variants(photos: list[Path], folder: Path) -> None:
+    """Every variant of every photo into `folder`, photos numbered from 1."""
+    for number, path in enumerate(photos, start=1):
+        for variant, (ext, data) in variants(path.read_bytes()).items():
+            (folder / f"{number}{variant}.{ext}").write_bytes(data)
+
+
+def by_photo(probabilities: Mapping[int, float]) -> dict[int, dict[int, float]]:
+    """{n * 10 + v: p} -> {n: {v: p}}."""
+    grouped: dict[int, dict[int, float]] = {}
+    for ident, probability in probabilities.items():
+        grouped.setdefault(ident // 10, {})[ident % 10] = probability
+    return grouped
+
+
+def spread(grouped: Mapping[int, Mapping[int, float]]) -> float:
+    """How far apart the model puts the original photos."""
+    originals = [variant[ORIGINAL] for variant in grouped.values()]
+    return max(originals) - min(originals)
+
+
+def submission_probabilities(csv_file: Path) -> dict[int, float]:
+    """id -> probability from `python -m stages.predict --proba`'s CSV."""
+    with open(csv_file, newline="", encoding="utf-8") as fh:
+        return {int(row["id"]): float(row["dog_probability"]) for row in csv.DictReader(fh)}
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -1,0 +1,113 @@
+"""The served side of the model-behaviour tests (tests/model/test_behaviour.py), over HTTP against
+the session's real service (tests/support/champion_service.py): an upload's probability must not
+depend on how the photo was stored, and it must equal `python -m stages.predict`'s for the same
+file, because both standardise it with imgclf.data.standardise and run THE preprocessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from stages.predict import main
+from tests.support.champion_service import ChampionService
+from tests.support.photos import (
+    ORIGINAL,
+    PHONE_JPEG,
+    QUALITY_90,
+    SAME_PIXELS_PNG,
+    SIDEWAYS,
+    TURNS,
+    by_photo,
+    spread,
+    submission_probabilities,
+    write_variants,
+)
+
+PHOTOS = [f"cat/cat.{i}.jpg" for i in range(11, 15)] + [f"dog/dog.{i}.jpg" for i in range(11, 15)]
+FLOAT_NOISE = 1e-6  # the same pixels in another batch
+# As in tests/model/test_behaviour.py: a re-encode moves the probability by a small share of the
+# distance between two photos.
+REENCODE_SHARE_OF_SPREAD = 0.05
+CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
+
+
+@pytest.fixture(scope="module")
+def variant_files(sample_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("served_variants")
+    write_variants([sample_data_dir / name for name in PHOTOS], folder)
+    return folder
+
+
+def served_probability(service: ChampionService, path: Path) -> tuple[float, str]:
+    response = requests.post(
+        service.url + "/predict",
+        files={"image": (path.name, path.read_bytes(), CONTENT_TYPES[path.suffix[1:]])},
+        headers=service.headers(),
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    return answer["probability"], answer["model_version"]
+
+
+@pytest.fixture(scope="module")
+def served(champion_service: ChampionService, variant_files: Path) -> tuple[dict[int, float], str]:
+    """File id -> served probability, and the one model version that answered."""
+    answers = {
+        int(path.stem): served_probability(champion_service, path)
+        for path in sorted(variant_files.iterdir())
+    }
+    versions = {version for _, version in answers.values()}
+    assert len(versions) == 1, versions
+    return {ident: probability for ident, (probability, _) in answers.items()}, versions.pop()
+
+
+@pytest.fixture(scope="module")
+def grouped(served: tuple[dict[int, float], str]) -> dict[int, dict[int, float]]:
+    return by_photo(served[0])
+
+
+def test_the_served_model_tells_photos_and_orientations_apart(grouped) -> None:
+    """Without this the invariance tests below could not fail."""
+    assert spread(grouped) > 100 * FLOAT_NOISE
+    for number, probability in grouped.items():
+        assert abs(probability[SIDEWAYS] - probability[ORIGINAL]) > 10 * FLOAT_NOISE, number
+
+
+@pytest.mark.parametrize("turn", TURNS)
+def test_served_probability_is_invariant_to_exif_orientation(grouped, turn: int) -> None:
+    for number, probability in grouped.items():
+        assert probability[turn] == pytest.approx(probability[ORIGINAL], abs=FLOAT_NOISE), number
+
+
+def test_served_png_and_jpeg_of_the_same_pixels_agree(grouped) -> None:
+    for number, probability in grouped.items():
+        assert probability[SAME_PIXELS_PNG] == pytest.approx(
+            probability[ORIGINAL], abs=FLOAT_NOISE
+        ), number
+
+
+@pytest.mark.parametrize("variant", [QUALITY_90, PHONE_JPEG], ids=["quality_90", "phone_jpeg"])
+def test_served_probability_is_nearly_invariant_to_a_jpeg_re_encode(grouped, variant) -> None:
+    tolerance = REENCODE_SHARE_OF_SPREAD * spread(grouped)
+    for number, probability in grouped.items():
+        assert probability[variant] == pytest.approx(probability[ORIGINAL], abs=tolerance), number
+
+
+def test_service_equals_predict_cli_for_every_file(
+    champion_service: ChampionService, served, variant_files: Path, tmp_path: Path
+) -> None:
+    """Every variant (EXIF-turned, PNG, re-encoded) gets the same probability from the service and
+    from `python -m stages.predict` with the same model."""
+    probabilities, version = served
+    model = tmp_path / "champion.keras"
+    champion_service.registry.models[version].save(model)
+    out = tmp_path / "submission.csv"
+    assert main([str(variant_files), "--out", str(out), "--model", str(model), "--proba"]) == 0
+    predicted = submission_probabilities(out)
+    assert predicted.keys() == probabilities.keys()
+    for ident, probability in probabilities.items():
+        assert predicted[ident] == pytest.approx(probability, abs=1e-5), ident
