@@ -4,7 +4,8 @@ The byte limit and the declared content type are the service's own; everything a
 itself is `imgclf.data.standardise`, the same standardisation the download stage and batch
 prediction use, so an upload reaches the model exactly as the same file does through
 `python -m stages.predict`. The service takes only JPEG, PNG, WebP and BMP stills of at most
-8 bits a channel; each rejection reason has its HTTP status here. Never raises anything but
+8 bits a channel, and sets no minimum side; each rejection reason is the service's error code of
+the same name (imgclf/serving/errors.py gives its HTTP status). Never raises anything but
 `InvalidImage`.
 """
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
+from imgclf.data.standardise import ImageRejected, Limits, standardise
+from imgclf.serving.errors import ErrorCode
 
 # Pillow format names accepted; MPO is a phone JPEG with an embedded preview (its first frame).
 ACCEPTED_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
@@ -28,34 +30,20 @@ ACCEPTED_CONTENT_TYPES = {
     "image/x-ms-bmp",
     "application/octet-stream",  # clients that do not know: the bytes decide
 }
-HTTP_STATUS: dict[Reason, int] = {
-    Reason.EMPTY: 400,
-    Reason.TOO_MANY_PIXELS: 413,
-    Reason.NOT_AN_IMAGE: 415,
-    Reason.UNSUPPORTED_FORMAT: 415,
-    Reason.CORRUPT: 422,
-    Reason.TRUNCATED: 422,
-    Reason.ANIMATED: 422,
-    Reason.HIGH_BIT_DEPTH: 422,
-    Reason.TOO_SMALL: 422,  # never: the service sets no minimum side
-}
 
 
-class Rejected(Exception):
-    """A request the service turns down: HTTP status, machine code, human message."""
+class InvalidImage(Exception):
+    """An upload the service will not classify: its error code (which carries the HTTP status)
+    and a human message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
+        self.status = code.status
         self.message = message
 
     def to_json(self) -> dict[str, str]:
         return {"error": self.code, "detail": self.message}
-
-
-class InvalidImage(Rejected):
-    """An upload the service will not classify."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +63,7 @@ def check_content_type(content_type: str | None) -> None:
     media = content_type.split(";")[0].strip().lower()
     if media not in ACCEPTED_CONTENT_TYPES:
         raise InvalidImage(
-            415,
-            "unsupported_media_type",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             f"content type {media!r} is not accepted; send JPEG, PNG, WebP or BMP",
         )
 
@@ -87,13 +74,14 @@ def validate_image(
     """Check the upload's size and declared type, then standardise it; `InvalidImage` says why
     not."""
     if len(data) > max_bytes:
-        raise InvalidImage(413, "too_many_bytes", f"{len(data)} bytes > limit {max_bytes}")
+        raise InvalidImage(ErrorCode.TOO_MANY_BYTES, f"{len(data)} bytes > limit {max_bytes}")
     check_content_type(content_type)
     limits = Limits(max_pixels, formats=frozenset(ACCEPTED_FORMATS), scale_high_bit_depth=False)
     try:
         clean = standardise(data, limits)
     except ImageRejected as exc:
-        raise InvalidImage(HTTP_STATUS[exc.reason], exc.reason.value, exc.detail) from exc
+        # The service's codes are the standardisation's reasons, spelled the same.
+        raise InvalidImage(ErrorCode(exc.reason), exc.detail) from exc
     return ValidatedImage(
         model_bytes=clean.data,
         sha256=hashlib.sha256(data).hexdigest(),
