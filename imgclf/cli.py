@@ -59,6 +59,23 @@ def _reported(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
         raise failure from exc
 
 
+# ------------------------------------------------------------------------------ prediction
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def predict(args: tuple[str, ...]) -> None:
+    """Batch prediction: a folder or archive of images -> a submission CSV (--help: options)."""
+    # Batch prediction is composed in the stage's entry point, not yet one library call: run
+    # exactly that, options and all, rather than a second copy.
+    from stages.predict import main as run_predict
+
+    sys.exit(run_predict(list(args)))
+
+
 # -------------------------------------------------------------------------------- registry
 
 
