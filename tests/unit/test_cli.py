@@ -1,12 +1,18 @@
-"""The `imgclf` command's verbs that need no model and no server: help and tokens."""
+"""The `imgclf` command's verbs that need no model and no server: help, tokens, monitor's exit
+status. The registry verbs: tests/integration/test_cli.py; predict: tests/model/test_cli_predict.py.
+"""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import jwt
 import pytest
 from click.testing import CliRunner
 
 from imgclf.cli import cli
+from imgclf.config import PARAMS_FILE
 from imgclf.serving.auth import AuthError, verifier_from_env
 
 SECRET = "s" * 32
@@ -59,7 +65,7 @@ def test_token_follows_the_configured_audience_and_issuer() -> None:
     assert (claims["aud"], claims["iss"]) == ("api", "https://issuer")
 
 
-def test_token_needs_the_shared_secret(tmp_path) -> None:
+def test_token_needs_the_shared_secret(tmp_path: Path) -> None:
     (tmp_path / "pub.pem").write_text("PEM")
     code, output = invoke(
         "token", IMGCLF_JWT_SECRET=None, IMGCLF_JWT_PUBLIC_KEY_FILE=str(tmp_path / "pub.pem")
@@ -68,3 +74,10 @@ def test_token_needs_the_shared_secret(tmp_path) -> None:
     code, output = invoke("token", IMGCLF_JWT_SECRET="tiny-secret-value")
     assert code == 1 and "32 bytes" in output and "tiny-secret-value" not in output
     assert jwt.get_unverified_header(invoke("token")[1].strip())["alg"] == "HS256"
+
+
+def test_monitor_without_a_reference_is_bad_input(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    shutil.copy(PARAMS_FILE, params)  # a project folder with no pipeline outputs yet
+    code, output = invoke("--params", str(params), "monitor", "--db", "sqlite:///none.db")
+    assert code == 2 and str(tmp_path / "artifacts" / "split" / "test.tsv") in output
