@@ -132,6 +132,7 @@ def _build(
         _EnvironSource(cls, os.environ if environ is None else environ),
         *(InitSettingsSource(cls, dict(layer)) for layer in lower),
     )
+    # BaseSettings' documented argument for sources built by the caller (its CliApp uses it too)
     return cls(_build_sources=(sources, values))
 
 
