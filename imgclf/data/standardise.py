@@ -90,9 +90,11 @@ def standardise(data: bytes, limits: Limits, *, jpeg_quality: int | None = None)
         raise ImageRejected(Reason.EMPTY, "0 bytes")
     with _pixel_guard(limits.max_pixels):
         image = _open(data, limits.max_pixels)
-        _check_header(image, limits)
         try:
+            _check_header(image, limits)
             return _clean(image, data, jpeg_quality)
+        except ImageRejected:
+            raise
         except Image.DecompressionBombError as exc:  # a frame larger than the header said
             raise ImageRejected(Reason.TOO_MANY_PIXELS, exc) from exc
         except OSError as exc:
