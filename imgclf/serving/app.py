@@ -50,9 +50,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # per image, on top of max_bytes (nginx's body l
 MAX_FEEDBACK_BYTES = 4096
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
 DOCS_PATH = "/docs"
-# Swagger UI's files as BentoML ships them (it serves them for its own page): no CDN needed.
-DOCS_ASSETS_PATH = "/docs/assets"
-DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-light-32x32.png")
+DOCS_ASSETS_PATH = "/docs/assets"  # the page's three files are open: see auth.OPEN_PATHS
 REQUEST_ID_HEADER = {
     "X-Request-ID": {
         "description": "this request's id (a prediction's is also in its body and the log)",
@@ -127,7 +125,8 @@ def _router(settings: ServeSettings) -> APIRouter:
     )
     async def predict(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
-        return await _answer(runtime, "predict", call, _classify(request, runtime, call, False))
+        work = _classify(request, runtime, call, batch=False)
+        return await _answer(runtime, "predict", call, work)
 
     @router.post(
         "/predict_batch",
@@ -140,7 +139,7 @@ def _router(settings: ServeSettings) -> APIRouter:
     )
     async def predict_batch(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
-        work = _classify(request, runtime, call, True)
+        work = _classify(request, runtime, call, batch=True)
         return await _answer(runtime, "predict_batch", call, work)
 
     @router.post(
@@ -159,7 +158,8 @@ def _router(settings: ServeSettings) -> APIRouter:
     )
     async def feedback(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
-        return await _answer(runtime, "feedback", call, _record_feedback(request, runtime))
+        work = _record_feedback(request, runtime)
+        return await _answer(runtime, "feedback", call, work)
 
     return router
 
@@ -372,6 +372,7 @@ def _feedback_body(settings: ServeSettings) -> dict[str, Any]:
 
 
 def _swagger_ui_dir() -> Path:
+    """Swagger UI's files as BentoML ships them for its own page: no CDN needed."""
     from bentoml._internal import server
 
     return Path(server.__file__).parent / "static_content"
