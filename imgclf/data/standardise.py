@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,19 +106,39 @@ def standardise(data: bytes, limits: Limits, *, jpeg_quality: int | None = None)
             raise ImageRejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _pixel_guard(max_pixels: int) -> Iterator[None]:
-    """Tie Pillow's decompression-bomb guard to `max_pixels` and silence its warnings (e.g.
-    "Corrupt EXIF data") for one image. Pillow then refuses to even open an image over
-    2 x max_pixels; `_check_header` compares the header's size with max_pixels itself."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+class _PixelGuard:
+    """Ties Pillow's decompression-bomb guard to the pixel limit and silences its warnings (e.g.
+    "Corrupt EXIF data") while any image is being standardised. Pillow then refuses to even open
+    an image over 2 x max_pixels; `_check_header` compares the header's size with max_pixels
+    itself. Both settings are process-wide, and batch prediction and the service standardise in
+    threads: the first image in sets them, the last one out puts back what was there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._limits: list[int] = []  # of the standardisations under way
+        self._saved: tuple[int | None, list] = (None, [])
+
+    @contextlib.contextmanager
+    def __call__(self, max_pixels: int) -> Iterator[None]:
+        with self._lock:
+            if not self._limits:
+                self._saved = (Image.MAX_IMAGE_PIXELS, warnings.filters[:])
+                warnings.simplefilter("ignore")
+            self._limits.append(max_pixels)
+            # The loosest: each image's own limit is checked exactly from its header anyway.
+            Image.MAX_IMAGE_PIXELS = max(self._limits)
+        try:
             yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        finally:
+            with self._lock:
+                self._limits.remove(max_pixels)
+                if self._limits:
+                    Image.MAX_IMAGE_PIXELS = max(self._limits)
+                else:
+                    Image.MAX_IMAGE_PIXELS, warnings.filters[:] = self._saved
+
+
+_pixel_guard = _PixelGuard()
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

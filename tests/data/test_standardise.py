@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -147,3 +149,14 @@ def test_callers_choose_formats_depth_and_minimum_side() -> None:
     tiny = encode(photo(16, 40), "JPEG")
     assert reason(tiny, DOWNLOAD) == Reason.TOO_SMALL
     assert standardise(tiny, SERVICE).changes == ()
+
+
+def test_standardising_in_threads_leaves_pillow_and_warnings_as_they_were() -> None:
+    """Batch prediction and the service standardise in threads; the bomb guard and the silenced
+    warnings are process-wide, so they must come back exactly when the last image is done."""
+    before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters))
+    files = [encode(photo(seed=n), "PNG" if n % 2 else "JPEG") for n in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            assert len(list(pool.map(lambda data: standardise(data, SERVICE), files))) == 32
+    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == before
