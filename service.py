@@ -12,6 +12,8 @@ import bentoml
 
 from imgclf.serving.app import build_app
 from imgclf.serving.auth import JWTAuthMiddleware
+from imgclf.serving.logs import configure_logging
+from imgclf.serving.runtime import ServingRuntime
 from imgclf.serving.settings import load_settings
 
 settings = load_settings()
@@ -21,10 +23,7 @@ app = build_app(settings, lambda: bentoml.get_current_service().runtime)
 @bentoml.service(name="imgclf", workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:
-    def __init__(self) -> None:
-        from imgclf.serving.logs import configure_logging
-        from imgclf.serving.runtime import ServingRuntime
-
+    def __init__(self) -> None:  # per worker; TensorFlow loads with the model, not at import
         configure_logging(settings.log_format)
         self.runtime = ServingRuntime(settings)
         self.runtime.start()  # the model loads in the background; /readyz waits for it
