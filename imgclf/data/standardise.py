@@ -37,7 +37,7 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Pillow modes holding more than 8 bits per channel; 16-bit RGB(A) PNGs open as 8-bit modes
 # and are recognised from their header instead.
-HIGH_BIT_MODES = _SIXTEEN_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
+_HIGH_BIT_MODES = _SIXTEEN_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
 
 
 class Reason(StrEnum):
@@ -177,7 +177,7 @@ def _check_header(image: Image.Image, limits: Limits) -> None:
 
 def _high_bit_depth(image: Image.Image) -> bool:
     """Over 8 bits a channel; 16-bit RGB(A) PNGs open as 8-bit modes, so their header says it."""
-    if image.mode in HIGH_BIT_MODES:
+    if image.mode in _HIGH_BIT_MODES:
         return True
     if image.format != "PNG":
         return False
