@@ -136,7 +136,6 @@ class ServeParams(BaseSettings):
     max_pixels: int = Field(default=25_000_000, ge=1)  # width x height, checked from the header
     max_images_per_request: int = Field(default=32, ge=1)  # /predict_batch
     max_batch_size: int = Field(default=32, ge=1)  # adaptive batching: images per forward pass
-    max_latency_ms: float = Field(default=5.0, ge=0)  # adaptive batching: longest wait to fill
     # SQLAlchemy URL or a SQLite file (relative to cwd); $IMGCLF_PREDICTION_DB_URL, the name the
     # deployments use, beats $IMGCLF_SERVE_PREDICTION_DB
     prediction_db: str = Field(
@@ -147,7 +146,7 @@ class ServeParams(BaseSettings):
 
 
 class RegisterParams(_Section):
-    """Model registry gate (stages/register.py, imgclf/registry/client.py)."""
+    """Model registry gate (stages/register.py; the rule: imgclf/registry/gate.py)."""
 
     model_name: str = Field(default="dogs-vs-cats", min_length=1)
     metric: str = Field(default="accuracy", min_length=1)  # a key of metrics.json's "test"
@@ -160,7 +159,7 @@ class RegisterParams(_Section):
 
 class MonitorParams(_Section):
     """Drift report: the last `days` of the prediction log against the test split
-    (stages/monitor.py, imgclf/monitoring/drift.py). Not a DVC stage: changing it reruns nothing."""
+    (`imgclf monitor`, imgclf/monitoring/drift/). Not a DVC stage: changing it reruns nothing."""
 
     days: int = Field(default=7, ge=1)  # live window: the last N days before now
     psi_threshold: float = Field(default=0.2, gt=0)  # population stability index: a material shift

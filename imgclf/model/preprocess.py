@@ -16,8 +16,17 @@ import tensorflow as tf
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG/BMP/GIF bytes -> uint8 RGB tensor (first frame of an animation)."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    """JPEG/PNG/BMP/GIF bytes -> uint8 RGB tensor (first frame of an animation).
+
+    JPEGs use libjpeg's accurate integer IDCT, the one Pillow uses: a photo the standardisation
+    passes through (decoded here) and one it re-encodes losslessly (decoded by Pillow) then hold
+    the same pixels. TensorFlow's default fast IDCT differs by up to 7 levels.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return image
 

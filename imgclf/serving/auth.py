@@ -9,8 +9,9 @@ Environment:
     IMGCLF_JWT_LEEWAY       seconds of clock skew allowed on exp/nbf (default 0)
 
 Every token must carry `exp` and `aud`; exactly one algorithm is accepted (no alg confusion).
-Health and metrics paths stay open; every other path needs a valid token: missing, malformed,
-badly signed, expired or wrong-audience tokens get a 401 JSON answer.
+Health and metrics paths, the API docs page (/docs) and the OpenAPI document stay open; every
+other path needs a valid token: missing, malformed, badly signed, expired or wrong-audience tokens
+get a 401 JSON answer (`ErrorCode.UNAUTHORIZED`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import jwt
 
+from imgclf.serving.errors import ErrorCode
 from imgclf.serving.settings import load_auth_settings
 
 # BentoML's health and metrics routes; the API docs page, its assets and the OpenAPI document
@@ -139,11 +141,11 @@ class JWTAuthMiddleware:
 
 
 async def _unauthorized(send: Callable, message: str) -> None:
-    body = json.dumps({"error": "unauthorized", "detail": message}).encode()
+    body = json.dumps({"error": ErrorCode.UNAUTHORIZED, "detail": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": ErrorCode.UNAUTHORIZED.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

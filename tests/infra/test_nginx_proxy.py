@@ -284,10 +284,10 @@ def photos(sample_data_dir: Path) -> dict[str, Path]:
 def test_body_limit_agrees_with_params_yaml() -> None:
     """client_max_body_size = max_images_per_request x (max_bytes + the service's multipart
     overhead): the proxy must not refuse a batch the service accepts, nor buffer a larger one."""
-    from imgclf.serving.api import _MULTIPART_OVERHEAD
+    from imgclf.serving.app import MULTIPART_OVERHEAD
 
     serve = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["serve"]
-    expected = serve["max_images_per_request"] * (serve["max_bytes"] + _MULTIPART_OVERHEAD)
+    expected = serve["max_images_per_request"] * (serve["max_bytes"] + MULTIPART_OVERHEAD)
     assert client_max_body_size(CONF.read_text()) == expected
 
 
