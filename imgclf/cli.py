@@ -9,8 +9,8 @@
     imgclf token --subject me --ttl 600             a JWT for testing the service
 
 Settings come from params.yaml (`--params`, default: this project's) and the environment, as for
-the service (imgclf.serving.settings). The DVC pipeline keeps its own entry points
-(`python -m stages.X`).
+the service (imgclf.serving.settings). The DVC pipeline's stages are not verbs: `dvc repro` runs
+them (`python -m stages.X`).
 """
 
 from __future__ import annotations
@@ -62,18 +62,56 @@ def _reported(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
 # ------------------------------------------------------------------------------ prediction
 
 
-@cli.command(
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
+@cli.command()
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("submission.csv"),
+    show_default=True,
+    help="CSV to write",
 )
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def predict(args: tuple[str, ...]) -> None:
-    """Batch prediction: a folder or archive of images -> a submission CSV (--help: options)."""
-    # Batch prediction is composed in the stage's entry point, not yet one library call: run
-    # exactly that, options and all, rather than a second copy.
-    from stages.predict import main as run_predict
+@click.option("--proba", is_flag=True, help="add a <class>_probability column")
+@click.option(
+    "--model",
+    help="a .keras file, or an MLflow URI (models:/NAME@champion, runs:/ID/model); "
+    "default: artifacts/train/model.keras",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="default: evaluate.batch_size")
+@click.pass_obj
+def predict(
+    params_file: Path,
+    source: Path,
+    out: Path,
+    proba: bool,
+    model: str | None,
+    batch_size: int | None,
+) -> None:
+    """Batch prediction: INPUT, a folder (searched recursively) or a .zip/.tar archive of images,
+    to a submission CSV `id,label`. A file that is not a usable image is reported and skipped."""
+    from imgclf.data.sources import SourceError
+    from imgclf.model.batch_predict import run_predict
 
-    sys.exit(run_predict(list(args)))
+    with _reported(SourceError, OSError):  # FileNotFoundError is an OSError
+        summary = run_predict(
+            *_project(params_file), source, out, model=model, batch_size=batch_size, proba=proba
+        )
+    for path, reason in summary.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not summary.rows:
+        raise click.ClickException(f"no usable images in {source}")
+    if summary.duplicate_ids:
+        click.echo(
+            f"warning: {len(summary.duplicate_ids)} ids occur more than once "
+            f"(e.g. {summary.duplicate_ids[0]}); file names should be unique",
+            err=True,
+        )
+    negative, positive = summary.classes[:2]
+    click.echo(
+        f"predict: {summary.rows} images -> {out} ({summary.positives} {positive}, "
+        f"{summary.rows - summary.positives} {negative}); skipped {len(summary.skipped)} "
+        f"unreadable, ignored {summary.ignored} non-image files"
+    )
 
 
 # -------------------------------------------------------------------------------- registry
@@ -143,7 +181,8 @@ def monitor(
     now: dt.datetime | None,
 ) -> None:
     """Drift report: the prediction log's last days against the test split. Exit status: 0
-    nothing flagged, 1 drift flagged, 2 bad input (as python -m stages.monitor)."""
+    nothing flagged (or too little data), 1 drift flagged, 2 bad input (no database, no
+    predictions table, no reference files)."""
     from imgclf.monitoring.drift.inputs import DriftInputError
     from imgclf.monitoring.drift.report import run_monitor, summary_lines
     from imgclf.serving.settings import database_url, load_settings

@@ -1,10 +1,16 @@
-"""Batch prediction over a folder or archive: find images, standardise each one, name rows.
+"""Batch prediction over a folder or archive (`imgclf predict`): find images, standardise each
+one, predict, write a Kaggle submission CSV `id,label` (label 1 = classes[1]), optionally with
+`<classes[1]>_probability`.
+
+The id is the numeric part of the file name (`123.jpg`, `cat.123.jpg` -> 123; other names keep
+their stem); rows are sorted by id, numbers first.
 
 Every file goes through `imgclf.data.standardise`, the standardisation the download stage and the
 service use (EXIF rotation applied, CMYK/palette/alpha converted), so a phone photo reaches the
 model upright here too; a file that cannot be standardised is reported and skipped. The
 probabilities come from `imgclf.model.inference.predict_probabilities`, the function evaluate
-uses, so a file gets the same probability in both.
+uses, so a file gets the same probability in both; labels come from THE decision rule
+(`imgclf.model.decision`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import csv
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.config import Params, Paths
 from imgclf.data.sources import SourceError, extracted, is_archive
 from imgclf.data.standardise import ImageRejected, Limits, standardise
 from imgclf.model.decision import predicted_indices
+from imgclf.model.inference import load_model, predict_probabilities
 
 # Files with these suffixes are candidates (and reported if unusable); others are ignored.
 IMAGE_SUFFIXES = (
@@ -151,3 +160,75 @@ def write_submission(
             extra = [format(prob, ".9g")] if probability_column else []
             writer.writerow([ident, int(label), *extra])
     os.replace(scratch, out)
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What run_predict did. `rows == 0`: no usable image, so nothing was written."""
+
+    classes: tuple[str, ...]
+    rows: int
+    positives: int  # rows labelled classes[1]
+    skipped: tuple[tuple[Path, str], ...]  # (path relative to the input, reason)
+    ignored: int  # files without an image suffix
+    duplicate_ids: tuple[int | str, ...]  # ids of more than one file: the names should differ
+
+
+def run_predict(
+    paths: Paths,
+    params: Params,
+    source: Path,
+    out: Path,
+    *,
+    model: str | None = None,
+    batch_size: int | None = None,
+    proba: bool = False,
+) -> PredictSummary:
+    """Predict every usable image of `source` (a folder, searched recursively, or an archive) and
+    write the submission to `out`. `model`: a .keras file or an MLflow URI (default: train's
+    model); `batch_size` default: evaluate.batch_size. Raises SourceError or OSError (a missing
+    input or model)."""
+    classes = tuple(params.download.classes)
+    with input_folder(source) as folder:
+        candidates, ignored = find_images(folder)
+        # The download stage's pixel limit: nothing larger ever reached training either.
+        limits = Limits(params.download.max_pixels)
+        with standardised_inputs(candidates, limits) as (good, rejected):
+            skipped = tuple((path.relative_to(folder), reason) for path, reason in rejected)
+            if not good:
+                return PredictSummary(classes, 0, 0, skipped, ignored, ())
+            probabilities = predict_probabilities(
+                load_model(model or paths.model),
+                [image.file for image in good],
+                batch_size or params.evaluate.batch_size,
+                desc="predict",
+            )
+        relative = [image.source.relative_to(folder).as_posix() for image in good]
+
+    rows = _submission_rows(relative, probabilities)
+    threshold = params.evaluate.threshold
+    write_submission(out, rows, threshold, f"{classes[1]}_probability" if proba else None)
+    labels = predicted_indices(np.array([prob for _, prob in rows]), threshold)
+    ids = Counter(ident for ident, _ in rows)
+    return PredictSummary(
+        classes=classes,
+        rows=len(rows),
+        positives=int(labels.sum()),
+        skipped=skipped,
+        ignored=ignored,
+        duplicate_ids=tuple(ident for ident, count in ids.items() if count > 1),
+    )
+
+
+def _submission_rows(
+    relative: Sequence[str], probabilities: Sequence[float]
+) -> list[tuple[int | str, float]]:
+    """(id, probability) per file, in submission order (ties: by relative path)."""
+    rows = sorted(
+        (
+            (submission_id(rel), rel, float(prob))
+            for rel, prob in zip(relative, probabilities, strict=True)
+        ),
+        key=lambda row: submission_order(row[:2]),
+    )
+    return [(ident, prob) for ident, _, prob in rows]

@@ -3,7 +3,7 @@
 The byte limit and the declared content type are the service's own; everything about the image
 itself is `imgclf.data.standardise`, the same standardisation the download stage and batch
 prediction use, so an upload reaches the model exactly as the same file does through
-`python -m stages.predict`. The service takes only JPEG, PNG, WebP and BMP stills of at most
+`imgclf predict`. The service takes only JPEG, PNG, WebP and BMP stills of at most
 8 bits a channel, and sets no minimum side; each rejection reason is the service's error code of
 the same name (imgclf/serving/errors.py gives its HTTP status). Never raises anything but
 `InvalidImage`.

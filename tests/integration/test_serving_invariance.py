@@ -1,7 +1,7 @@
 """The served side of the model-behaviour tests (tests/model/test_behaviour.py), over HTTP against
 the session's real service (tests/support/champion_service.py): an upload's probability must not
-depend on how the photo was stored, and it must equal `python -m stages.predict`'s for the same
-file, because both standardise it with imgclf.data.standardise and run THE preprocessing.
+depend on how the photo was stored, and it must equal batch prediction's (`imgclf predict`) for the
+same file, because both standardise it with imgclf.data.standardise and run THE preprocessing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from stages.predict import main
+from imgclf.config import Paths, load_params
+from imgclf.model.batch_predict import run_predict
 from tests.support.champion_service import ChampionService
 from tests.support.photos import (
     ORIGINAL,
@@ -101,12 +102,12 @@ def test_service_equals_predict_cli_for_every_file(
     champion_service: ChampionService, served, variant_files: Path, tmp_path: Path
 ) -> None:
     """Every variant (EXIF-turned, PNG, re-encoded) gets the same probability from the service and
-    from `python -m stages.predict` with the same model."""
+    from batch prediction (`imgclf predict`) with the same model."""
     probabilities, version = served
     model = tmp_path / "champion.keras"
     champion_service.registry.models[version].save(model)
     out = tmp_path / "submission.csv"
-    assert main([str(variant_files), "--out", str(out), "--model", str(model), "--proba"]) == 0
+    run_predict(Paths(), load_params(), variant_files, out, model=str(model), proba=True)
     predicted = submission_probabilities(out)
     assert predicted.keys() == probabilities.keys()
     for ident, probability in probabilities.items():

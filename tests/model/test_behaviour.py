@@ -1,4 +1,4 @@
-"""Model behaviour through batch prediction (`python -m stages.predict`), on real photos: the
+"""Model behaviour through batch prediction (`imgclf predict`'s run_predict), on real photos: the
 probability must not depend on how a photo was stored, and the CLI must agree with evaluate.
 
 Invariances, each against the photo's own JPEG:
@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.config import EvaluateParams, Paths
+from imgclf.config import EvaluateParams, Paths, load_params
 from imgclf.data.ingest import build_dataset
 from imgclf.evaluation.report import read_predictions, run_evaluate
 from imgclf.io import read_tsv, write_tsv
-from imgclf.model.batch_predict import submission_id
-from stages.predict import main
+from imgclf.model.batch_predict import run_predict, submission_id
 from tests.support.helpers import tiny_model
 from tests.support.photos import (
     ORIGINAL,
@@ -67,7 +66,8 @@ def predicted(
     folder = tmp_path_factory.mktemp("variants")
     write_variants([sample_data_dir / name for name in PHOTOS], folder)
     out = folder.parent / "variants.csv"
-    assert main([str(folder), "--out", str(out), "--model", str(model_file), "--proba"]) == 0
+    summary = run_predict(Paths(), load_params(), folder, out, model=str(model_file), proba=True)
+    assert summary.rows == len(list(folder.iterdir())) and not summary.skipped
     return by_photo(submission_probabilities(out))
 
 
@@ -133,7 +133,7 @@ def test_predict_equals_evaluate_on_the_download_stage_output(
         Path(r["path"]).name: r["probability"] for r in read_predictions(paths.predictions)
     }
     out = tmp_path / "submission.csv"
-    assert main([str(paths.images), "--out", str(out), "--model", str(paths.model), "--proba"]) == 0
+    run_predict(paths, load_params(), paths.images, out, model=str(paths.model), proba=True)
     predicted = submission_probabilities(out)
 
     assert len(evaluated) == len(predicted) == len(PHOTOS)

@@ -1,31 +1,34 @@
-"""Batch prediction CLI: file search, ids, standardisation and bad files, archives, and equality
-with evaluate."""
+"""Batch prediction, `imgclf predict`: file search, ids, standardisation and bad files, archives,
+the installed command, and equality with evaluate."""
 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 from PIL import Image
 
+from imgclf.cli import cli
 from imgclf.config import EvaluateParams, Paths
 from imgclf.data.standardise import Limits
 from imgclf.evaluation.report import read_predictions, run_evaluate
 from imgclf.io import write_tsv
 from imgclf.model.batch_predict import find_images, standardised_inputs, submission_id
-from stages.predict import main
-from tests.support.helpers import tiny_model
+from tests.support.helpers import imgclf_command, tiny_model
 from tests.support.photos import brighter_half_on_top, encode, stored_with_tag, upright_detector
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["cat", "dog"]
+
+
+def predict(*args: str | Path) -> Result:
+    """`imgclf predict ARGS` in-process; an exception is raised, not read as exit status 1."""
+    return CliRunner().invoke(cli, ["predict", *map(str, args)], catch_exceptions=False)
 
 
 def write_image(path: Path, seed: int, fmt: str = "JPEG") -> None:
@@ -117,16 +120,15 @@ def test_every_file_is_standardised_or_explained(folder: Path, tmp_path: Path) -
 
 
 def test_predict_skips_bad_files_and_writes_a_sorted_submission(
-    folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    folder: Path, model_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out" / "submission.csv"
-    args = [str(folder), "--out", str(out), "--model", str(model_file), "--batch-size", "2"]
-    assert main([*args, "--proba"]) == 0
-    captured = capsys.readouterr()
-    assert "skipped notes.jpg: not_an_image" in captured.err
-    assert "skipped sub/broken.jpg: truncated" in captured.err
-    assert "skipped 2 unreadable" in captured.out and "ignored 1 non-image" in captured.out
-    assert "4 images" in captured.out
+    result = predict(folder, "--out", out, "--model", model_file, "--batch-size", "2", "--proba")
+    assert result.exit_code == 0
+    assert "skipped notes.jpg: not_an_image" in result.stderr
+    assert "skipped sub/broken.jpg: truncated" in result.stderr
+    assert "skipped 2 unreadable" in result.stdout and "ignored 1 non-image" in result.stdout
+    assert "4 images" in result.stdout
 
     columns, rows = read_csv(out)
     assert columns == ["id", "label", "dog_probability"]
@@ -136,10 +138,20 @@ def test_predict_skips_bad_files_and_writes_a_sorted_submission(
         assert 0 <= float(row["dog_probability"]) <= 1
 
     plain = tmp_path / "plain.csv"
-    assert main([str(folder), "--out", str(plain), "--model", str(model_file)]) == 0
+    assert predict(folder, "--out", plain, "--model", model_file).exit_code == 0
     columns, plain_rows = read_csv(plain)
     assert columns == ["id", "label"]
     assert [(r["id"], r["label"]) for r in plain_rows] == [(r["id"], r["label"]) for r in rows]
+
+
+def test_a_shared_id_is_written_and_warned_about(model_file: Path, tmp_path: Path) -> None:
+    for name, seed in (("a/1.jpg", 1), ("b/cat.1.jpg", 2), ("2.jpg", 3)):
+        write_image(tmp_path / "in" / name, seed)
+    out = tmp_path / "shared.csv"
+    result = predict(tmp_path / "in", "--out", out, "--model", model_file)
+    assert result.exit_code == 0
+    assert "warning: 1 ids occur more than once (e.g. 1)" in result.stderr
+    assert [row["id"] for row in read_csv(out)[1]] == ["1", "1", "2"]
 
 
 def test_exif_rotated_photos_reach_the_model_upright(tmp_path: Path) -> None:
@@ -154,54 +166,56 @@ def test_exif_rotated_photos_reach_the_model_upright(tmp_path: Path) -> None:
     for orientation in (3, 6, 8):
         (folder / f"{orientation}.jpg").write_bytes(stored_with_tag(photo, orientation, "JPEG"))
     out = tmp_path / "upright.csv"
-    assert main([str(folder), "--out", str(out), "--model", str(model), "--proba"]) == 0
+    assert predict(folder, "--out", out, "--model", model, "--proba").exit_code == 0
     _, rows = read_csv(out)
     probabilities = {r["id"]: float(r["dog_probability"]) for r in rows}
     assert probabilities.keys() == {"1", "3", "6", "8"}
     assert all(p > 0.99 for p in probabilities.values()), probabilities
 
 
-def test_predict_reads_an_archive(
-    folder: Path, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_predict_reads_an_archive(folder: Path, model_file: Path, tmp_path: Path) -> None:
     archive = tmp_path / "images.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in folder.rglob("*"):
             if path.is_file():
                 zf.write(path, path.relative_to(folder).as_posix())
     out_zip, out_dir = tmp_path / "zip.csv", tmp_path / "dir.csv"
-    assert main([str(archive), "--out", str(out_zip), "--model", str(model_file), "--proba"]) == 0
-    assert main([str(folder), "--out", str(out_dir), "--model", str(model_file), "--proba"]) == 0
+    from_zip = predict(archive, "--out", out_zip, "--model", model_file, "--proba")
+    from_dir = predict(folder, "--out", out_dir, "--model", model_file, "--proba")
+    assert from_zip.exit_code == from_dir.exit_code == 0
     assert out_zip.read_text() == out_dir.read_text()
-    assert capsys.readouterr().err.count("skipped") == 4  # 2 bad files, each run
+    assert from_zip.stderr.count("skipped") == from_dir.stderr.count("skipped") == 2
 
 
-def test_predict_fails_cleanly_without_images(
-    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_predict_fails_in_one_line(folder: Path, tmp_path: Path, model_file: Path) -> None:
+    """No usable image, no input, no model: exit status 1, one line, nothing written."""
     (tmp_path / "empty").mkdir()
     out = tmp_path / "s.csv"
-    assert main([str(tmp_path / "empty"), "--out", str(out), "--model", str(model_file)]) == 1
+    result = predict(tmp_path / "empty", "--out", out, "--model", model_file)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: no usable images in {tmp_path / 'empty'}\n"
+    result = predict(tmp_path / "missing", "--out", out, "--model", model_file)
+    assert result.exit_code == 1 and "neither a folder nor" in result.stderr
+    result = predict(folder, "--out", out, "--model", tmp_path / "none.keras")
+    assert (result.exit_code, result.stderr) == (1, f"Error: no model at {tmp_path}/none.keras\n")
     assert not out.exists()
-    assert main([str(tmp_path / "missing"), "--out", str(out), "--model", str(model_file)]) == 1
-    assert "neither a folder nor" in capsys.readouterr().err
 
 
-def test_cli_runs_as_a_module(folder: Path, model_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "cli.csv"
-    command = [sys.executable, "-m", "stages.predict", str(folder), "--out", str(out)]
+def test_the_installed_command_reads_paths_from_the_callers_folder(
+    folder: Path, model_file: Path, tmp_path: Path
+) -> None:
+    command = [imgclf_command(), "predict", folder.name, "--out", "cli.csv"]
     command += ["--model", str(model_file), "--proba"]
-    result = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "CI": ""}
-    )
+    result = subprocess.run(command, cwd=folder.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "skipped notes.jpg" in result.stderr
-    columns, rows = read_csv(out)
+    assert result.stdout.startswith("predict: 4 images -> cli.csv (")
+    columns, rows = read_csv(tmp_path / "cli.csv")
     assert columns == ["id", "label", "dog_probability"] and len(rows) == 4
 
 
 def test_evaluate_and_predict_give_the_same_probabilities(
-    sample_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sample_data_dir: Path, tmp_path: Path
 ) -> None:
     """THE equality test: predictions.tsv and `predict --proba` agree on real photos."""
     root = tmp_path / "project"
@@ -236,8 +250,8 @@ def test_evaluate_and_predict_give_the_same_probabilities(
 
     out = tmp_path / "submission.csv"
     images = root / "artifacts/download/images"
-    args = [str(images), "--out", str(out), "--proba", "--model", str(paths.model)]
-    assert main([*args, "--batch-size", "3"]) == 0
+    result = predict(images, "--out", out, "--proba", "--model", paths.model, "--batch-size", "3")
+    assert result.exit_code == 0
     _, rows = read_csv(out)
     predicted = {int(r["id"]): float(r["dog_probability"]) for r in rows}
 

@@ -74,6 +74,14 @@ def program(name: str, package: str) -> str:
     return path
 
 
+def imgclf_command() -> str:
+    """Path of the installed `imgclf` command (make install), else `unavailable`."""
+    path = VENV_BIN / "imgclf"
+    if not path.is_file():
+        unavailable(f"{path} missing: `make install` installs the imgclf command")
+    return str(path)
+
+
 def stop_process(
     process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM, group: bool = False
 ) -> int:

@@ -73,7 +73,7 @@ def spread(grouped: Mapping[int, Mapping[int, float]]) -> float:
 
 
 def submission_probabilities(csv_file: Path) -> dict[int, float]:
-    """id -> probability from `python -m stages.predict --proba`'s CSV."""
+    """id -> probability from `imgclf predict --proba`'s CSV."""
     with open(csv_file, newline="", encoding="utf-8") as fh:
         return {int(row["id"]): float(row["dog_probability"]) for row in csv.DictReader(fh)}
 

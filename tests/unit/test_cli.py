@@ -1,5 +1,6 @@
 """The `imgclf` command's verbs that need no model and no server: help, tokens, monitor's exit
-status. The registry verbs: tests/integration/test_cli.py; predict: tests/model/test_cli_predict.py.
+status. The registry verbs: tests/integration/test_cli.py; predict: tests/model/test_predict.py;
+monitor on a real log: tests/integration/test_monitor.py.
 """
 
 from __future__ import annotations
