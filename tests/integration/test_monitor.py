@@ -1,4 +1,4 @@
-"""Drift report (imgclf/monitoring/drift/, python -m stages.monitor): generated prediction
+"""Drift report (imgclf/monitoring/drift/, `imgclf monitor`): generated prediction
 logs, written through SQLAlchemy into the real `predictions` table, against a generated test
 split. The PSI arithmetic alone: tests/unit/test_drift_checks.py."""
 
@@ -7,26 +7,28 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from PIL import Image
 
-from imgclf.config import MonitorParams, Paths
+from imgclf.cli import cli
+from imgclf.config import PARAMS_FILE, MonitorParams, Paths
 from imgclf.io import write_tsv
 from imgclf.model.decision import decide
 from imgclf.monitoring.drift.inputs import load_live, load_reference, window
 from imgclf.monitoring.drift.report import VERDICT_COLOURS
 from imgclf.monitoring.schema import predictions
-from stages.monitor import main
+from tests.support.helpers import imgclf_command
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["cat", "dog"]
 NOW = dt.datetime(2025, 6, 8, 12, 0, tzinfo=dt.UTC)
+NOW_OPTION = ["--now", NOW.strftime("%Y-%m-%dT%H:%M:%S")]  # naive: the command reads UTC
 PARAMS = MonitorParams()  # equal to params.yaml's `monitor:` (test_config), which the CLI reads
 REFERENCE_ROWS, REFERENCE_WRONG = 400, 20  # test accuracy exactly 95 %
 
@@ -56,8 +58,10 @@ def other(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder with the three reference files of a 400-image test split."""
+    """A project folder (its params.yaml this checkout's) with the three reference files of a
+    400-image test split."""
     root = tmp_path_factory.mktemp("project")
+    shutil.copy(PARAMS_FILE, root / "params.yaml")
     paths = Paths(root)
     probability, width, height = draw(REFERENCE_ROWS, seed=0)
     test, manifest, evaluated = [], [], []
@@ -133,14 +137,21 @@ def write_log(path: Path, *batches: list[dict[str, object]]) -> str:
     return url
 
 
+def monitor(project: Path, *args: str) -> Result:
+    """`imgclf --params PROJECT/params.yaml monitor ARGS` in-process."""
+    params = project / "params.yaml"
+    args = ["--params", str(params), "monitor", *NOW_OPTION, *args]
+    return CliRunner().invoke(cli, args, catch_exceptions=False)  # a crash is not exit status 1
+
+
 def run(
     project: Path, url: str, out: Path, *extra: str
-) -> tuple[int, dict[str, object], dict[str, str]]:
-    """`python -m stages.monitor` in-process: exit code, drift.json, {check: verdict}."""
-    args = ["--db", url, "--now", NOW.isoformat(), "--out", str(out), "--root", str(project)]
-    code = main([*args, *extra])
+) -> tuple[int, dict[str, object], dict[str, str], str]:
+    """`imgclf monitor` on `url`: exit code, drift.json, {check: verdict}, its stdout."""
+    result = monitor(project, "--db", url, "--out", str(out), *extra)
     report = json.loads((out / "drift.json").read_text())
-    return code, report, {c["name"]: c["verdict"] for c in report["checks"]}
+    verdicts = {c["name"]: c["verdict"] for c in report["checks"]}
+    return result.exit_code, report, verdicts, result.stdout
 
 
 SHIFTS = {
@@ -153,7 +164,7 @@ SHIFTS = {
 def test_an_unshifted_log_flags_nothing(project: Path, tmp_path: Path) -> None:
     """(a) A log drawn from the reference's own distribution: every check ok, exit 0."""
     url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=1), labelled=200, correct=190))
-    code, report, verdicts = run(project, url, tmp_path / "out")
+    code, report, verdicts, _ = run(project, url, tmp_path / "out")
     assert code == 0
     assert report["status"] == "ok" and report["flagged"] == []
     assert verdicts == {
@@ -175,7 +186,7 @@ def test_a_shifted_distribution_is_flagged(check: str, project: Path, tmp_path: 
     """(b) 85 % dogs vs 50/50, (c) 30 % low-confidence predictions, (d) 2.5x larger images:
     that check, and only it, is flagged; exit 1."""
     url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=2, **SHIFTS[check])))
-    code, report, verdicts = run(project, url, tmp_path / "out")
+    code, report, verdicts, _ = run(project, url, tmp_path / "out")
     assert code == 1
     assert report["status"] == "drift" and report["flagged"] == [check]
     assert verdicts["accuracy"] == "insufficient data"  # no feedback: no verdict, no alarm
@@ -190,7 +201,7 @@ def test_live_accuracy_below_the_test_accuracy(
     """(e) 300 labelled predictions, 3 points below the test's 95 % -> flagged; 1 point -> not."""
     correct = 300 * (95 - points_below) // 100
     rows = log_rows(*draw(1000, seed=3), labelled=300, correct=correct)
-    code, report, verdicts = run(project, write_log(tmp_path / "log.db", rows), tmp_path / "out")
+    code, report, verdicts, _ = run(project, write_log(tmp_path / "log.db", rows), tmp_path / "out")
     assert verdicts["accuracy"] == verdict
     assert code == (1 if verdict == "drift" else 0)
     accuracy = next(c for c in report["checks"] if c["name"] == "accuracy")["statistics"]
@@ -198,17 +209,15 @@ def test_live_accuracy_below_the_test_accuracy(
     assert accuracy["drop"] == pytest.approx(points_below / 100)
 
 
-def test_too_few_rows_is_insufficient_data_not_an_alarm(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_too_few_rows_is_insufficient_data_not_an_alarm(project: Path, tmp_path: Path) -> None:
     """(f) 60 predictions, all of them shifted and labelled wrong: no verdict, exit 0."""
     rows = log_rows(*draw(60, seed=4, dog=0.95, low_confidence=0.5, scale=3), labelled=60)
-    code, report, verdicts = run(project, write_log(tmp_path / "log.db", rows), tmp_path / "out")
+    url = write_log(tmp_path / "log.db", rows)
+    code, report, verdicts, out = run(project, url, tmp_path / "out")
     assert code == 0
     assert report["status"] == "insufficient data" and report["flagged"] == []
     for check in ("class mix", "confidence", "image size", "accuracy"):
         assert verdicts[check] == "insufficient data", check
-    out = capsys.readouterr().out
     assert "60 live predictions < min_rows 200" in out
     assert "insufficient data: fewer than 200 live predictions" in out
 
@@ -222,17 +231,15 @@ def test_only_the_window_counts(project: Path, tmp_path: Path) -> None:
         log_rows(*draw(1500, seed=6, dog=0.95, scale=3), newest=8, oldest=30, labelled=300),
         log_rows(*draw(500, seed=7, dog=0.95, scale=3), newest=-2, oldest=0),  # the future
     )
-    code, report, _ = run(project, url, tmp_path / "week")
+    code, report, _, _ = run(project, url, tmp_path / "week")
     assert code == 0 and report["live"]["rows"] == 800 and report["status"] == "ok"
     assert report["window"]["end"] == NOW.isoformat()
-    code, report, _ = run(project, url, tmp_path / "month", "--days", "30")
+    code, report, _, _ = run(project, url, tmp_path / "month", "--days", "30")
     assert code == 1 and report["live"]["rows"] == 2300
     assert {"class mix", "image size", "accuracy"} <= set(report["flagged"])
 
 
-def test_one_model_version_at_a_time(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_one_model_version_at_a_time(project: Path, tmp_path: Path) -> None:
     """The reference is one model's evaluation: a newer version's shifted answers flag the
     mixed window (with a warning) but not the window of the version the reference evaluated."""
     newer = [
@@ -240,52 +247,55 @@ def test_one_model_version_at_a_time(
         for row in log_rows(*draw(1000, seed=8, dog=0.95))
     ]
     url = write_log(tmp_path / "log.db", log_rows(*draw(1000, seed=9)), newer)
-    code, report, _ = run(project, url, tmp_path / "mixed")
+    code, report, _, out = run(project, url, tmp_path / "mixed")
     assert code == 1 and report["live"]["model_versions"] == {"3": 1000, "4": 1000}
-    assert "several model versions answered: 3 (1000), 4 (1000)" in capsys.readouterr().out
-    code, report, _ = run(project, url, tmp_path / "v3", "--model-version", "3")
+    assert "several model versions answered: 3 (1000), 4 (1000)" in out
+    code, report, _, out = run(project, url, tmp_path / "v3", "--model-version", "3")
     assert code == 0 and report["live"]["model_versions"] == {"3": 1000}
-    assert "model version 3 (1000)" in capsys.readouterr().out
+    assert "model version 3 (1000)" in out
 
 
-def test_bad_input_exits_2_with_one_clear_line(
-    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_input_exits_2_with_one_clear_line(project: Path, tmp_path: Path) -> None:
     """(h) No database file (and none created), no table, no reference: exit 2, one line."""
     missing = tmp_path / "missing.db"
-    common = ["--now", NOW.isoformat(), "--out", str(tmp_path / "out"), "--root", str(project)]
-    assert main(["--db", f"sqlite:///{missing}", *common]) == 2
-    err = capsys.readouterr().err
-    assert err == f"monitor: no prediction log at sqlite:///{missing} (file not found)\n"
+    out = ["--out", str(tmp_path / "out")]
+    result = monitor(project, "--db", f"sqlite:///{missing}", *out)
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: no prediction log at sqlite:///{missing} (file not found)\n"
     assert not missing.exists()
 
     empty = tmp_path / "empty.db"
     sa.create_engine(f"sqlite:///{empty}").connect().close()  # a database without the table
-    assert main(["--db", f"sqlite:///{empty}", *common]) == 2
-    assert "no table 'predictions'" in capsys.readouterr().err
+    result = monitor(project, "--db", f"sqlite:///{empty}", *out)
+    assert result.exit_code == 2 and "no table 'predictions'" in result.stderr
 
     url = write_log(tmp_path / "log.db", log_rows(*draw(300, seed=8)))
-    args = ["--db", url, *common[:-1], str(tmp_path / "no-project")]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("monitor: no reference:") and "test.tsv not found" in err
+    no_project = tmp_path / "no-project"
+    no_project.mkdir()
+    shutil.copy(project / "params.yaml", no_project)
+    result = monitor(no_project, "--db", url, *out)
+    assert result.exit_code == 2
+    assert (
+        result.stderr.startswith("Error: no reference:") and "test.tsv not found" in result.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_runs_as_a_module(project: Path, tmp_path: Path) -> None:
-    """The same missing-database error from `python -m stages.monitor`, with exit status 2."""
-    command = [sys.executable, "-m", "stages.monitor", "--db", str(tmp_path / "none.db")]
-    command += ["--root", str(project)]  # a reference exists: only the database is missing
+def test_the_default_log_is_the_services(project: Path, tmp_path: Path) -> None:
+    """Without --db, the installed command reads the service's log, $IMGCLF_PREDICTION_DB_URL (a
+    file name: in the current folder); a missing one is the same one line, exit status 2."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))}
+    command = [imgclf_command(), "--params", str(project / "params.yaml"), "monitor"]
     result = subprocess.run(
         command,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        env={**environ, "IMGCLF_PREDICTION_DB_URL": "none.db"},
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
-        f"monitor: no prediction log at sqlite:///{tmp_path / 'none.db'} (file not found)"
+        f"Error: no prediction log at sqlite:///{tmp_path / 'none.db'} (file not found)"
     )
 
 
@@ -293,7 +303,7 @@ def test_report_files(project: Path, tmp_path: Path) -> None:
     """(i) report.html (self-contained, one coloured row per check), drift.png, drift.json."""
     url = write_log(tmp_path / "log.db", log_rows(*draw(500, seed=9, dog=0.85), labelled=150))
     out = tmp_path / "out"
-    code, report, _ = run(project, url, out)
+    code, report, _, _ = run(project, url, out)
     assert code == 1
     with Image.open(out / "drift.png") as image:
         image.verify()

@@ -1,5 +1,5 @@
 """The drift report: summary lines, drift.json, drift.png and report.html, and `run_monitor`,
-the one call `python -m stages.monitor` makes (the checks: checks.py; the inputs: inputs.py).
+the one call `imgclf monitor` makes (the checks: checks.py; the inputs: inputs.py).
 """
 
 from __future__ import annotations
