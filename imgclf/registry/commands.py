@@ -1,4 +1,4 @@
-"""What `python -m stages.register` (and the `imgclf` command) runs: one call per command, from the
+"""What the `register` stage and the `imgclf` registry verbs run: one call per command, from the
 project's paths and params to a result; every MLflow failure arrives as a one-line RegistryError.
 
 The registry is MLflow's: params.yaml's mlflow.tracking_uri, or $MLFLOW_TRACKING_URI (a server).

@@ -60,7 +60,7 @@ def decide(
             "challenger",
             "auto_promote_off",
             f"register.auto_promote is false; the gate would promote it ({verdict.reason}). "
-            f"A person promotes it: python -m stages.register promote --version "
+            f"A person promotes it: imgclf promote --version "
             f"{candidate.version}",
         )
     return verdict

@@ -15,7 +15,7 @@ Two writers at the same instant could pick the same sequence number: promotions 
 made by one pipeline or one person, so that race is accepted.
 
 A person promotes or rolls back by moving `champion` in the MLflow UI (registered model ->
-version -> aliases) or with `python -m stages.register promote --version N` / `rollback`.
+version -> aliases) or with `imgclf promote --version N` / `imgclf rollback`.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def sync_history(client: MlflowClient, name: str) -> dict[str, Any] | None:
         current,
         recorded,
         "external",
-        "champion moved outside stages.register (MLflow UI or API); noticed at this time",
+        "champion moved outside imgclf (MLflow UI or API); noticed at this time",
     )
 
 
@@ -151,7 +151,7 @@ def rollback(client: MlflowClient, name: str, reason: str = "") -> dict[str, Any
     if target is None:
         raise RegistryError(
             f"no champion before v{current} is recorded for {name!r}; nothing to roll back to "
-            f"(promote a version: python -m stages.register promote --version N)"
+            f"(promote a version: imgclf promote --version N)"
         )
     model_version(client, name, target)  # still there?
     event = move_champion(client, name, target, "rollback", reason or f"rollback from v{current}")

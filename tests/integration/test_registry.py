@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 
+from imgclf.cli import cli
 from imgclf.config import RegisterParams
 from imgclf.registry.client import RegistryError, champion_version, connect
 from imgclf.registry.history import champion_history
@@ -219,7 +221,13 @@ def _point_at(root: Path, run_id: str) -> None:
     (root / "artifacts" / "train" / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
 
 
-def test_stage_cli_promote_rollback_and_history(client, runs, tmp_path, capsys) -> None:
+def imgclf(root: Path, *args: str) -> Result:
+    """`imgclf --params ROOT/params.yaml ARGS` in-process."""
+    args = ("--params", str(root / "params.yaml"), *args)
+    return CliRunner().invoke(cli, args, catch_exceptions=False)  # a crash is not exit status 1
+
+
+def test_stage_then_imgclf_promote_rollback_and_history(client, runs, tmp_path) -> None:
     root = _project(tmp_path, runs["base"][0], "cli")
     assert register_stage.main(["--root", str(root)]) == 0
     report = json.loads((root / "reports" / "register.json").read_text())
@@ -233,24 +241,23 @@ def test_stage_cli_promote_rollback_and_history(client, runs, tmp_path, capsys) 
     assert register_stage.main(["--root", str(root)]) == 0
     assert champion_version(client, "cli") == "2"
 
-    assert register_stage.main(["--root", str(root), "promote", "--version", "1"]) == 0
-    assert "champion v2 -> v1" in capsys.readouterr().out
+    promoted = imgclf(root, "promote", "--version", "1")
+    assert promoted.exit_code == 0 and "champion v2 -> v1" in promoted.stdout
     assert champion_version(client, "cli") == "1"
-    assert register_stage.main(["--root", str(root), "rollback"]) == 0  # undoes the promotion
+    assert imgclf(root, "rollback").exit_code == 0  # undoes the promotion
     assert champion_version(client, "cli") == "2"
-    assert register_stage.main(["--root", str(root), "rollback", "--reason", "bad"]) == 0
+    assert imgclf(root, "rollback", "--reason", "bad").exit_code == 0
     assert champion_version(client, "cli") == "1"
-    capsys.readouterr()
-    assert register_stage.main(["--root", str(root), "rollback"]) == 1  # nothing before v1
-    assert "nothing to roll back to" in capsys.readouterr().err
+    refused = imgclf(root, "rollback")  # nothing before v1
+    assert refused.exit_code == 1 and "nothing to roll back to" in refused.stderr
 
     client.set_registered_model_alias("cli", "champion", "2")  # a person, in the MLflow UI
-    assert register_stage.main(["--root", str(root), "rollback"]) == 0
+    assert imgclf(root, "rollback").exit_code == 0
     assert champion_version(client, "cli") == "1"
 
-    capsys.readouterr()
-    assert register_stage.main(["--root", str(root), "history"]) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    history = imgclf(root, "history")
+    assert history.exit_code == 0
+    events = [json.loads(line) for line in history.stdout.splitlines()]
     assert [(e["action"], e["version"], e["previous"]) for e in events] == [
         ("auto-promote", "1", None),
         ("auto-promote", "2", "1"),
@@ -263,9 +270,8 @@ def test_stage_cli_promote_rollback_and_history(client, runs, tmp_path, capsys) 
     assert events[4]["reason"] == "bad" and events[0]["by"]
     np.testing.assert_allclose(_champion_outputs("cli"), runs["base"][1], rtol=1e-6)
 
-    capsys.readouterr()
-    assert register_stage.main(["--root", str(root), "promote", "--version", "9"]) == 1
-    assert capsys.readouterr().err.strip() == "register: error: model 'cli' has no version 9"
+    missing = imgclf(root, "promote", "--version", "9")
+    assert missing.exit_code == 1 and missing.stderr == "Error: model 'cli' has no version 9\n"
 
 
 def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
