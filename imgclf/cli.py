@@ -209,11 +209,15 @@ def monitor(
 @cli.command()
 @click.option("--build/--no-build", default=True, help="build the bento after the import")
 @click.option("--bentofile", default="bentofile.yaml", show_default=True)
-def bento(build: bool, bentofile: str) -> None:
+@click.pass_obj
+def bento(params_file: Path, build: bool, bentofile: str) -> None:
     """Import the registry's champion into the BentoML store, then build the bento."""
+    from imgclf.registry.client import RegistryError
     from imgclf.serving.bento_model import import_champion
+    from imgclf.serving.settings import load_settings
 
-    tag, version = import_champion()
+    with _reported(RegistryError):
+        tag, version = import_champion(load_settings(params_file=params_file))
     click.echo(f"imported champion version {version} as {tag}")
     if build:
         import bentoml

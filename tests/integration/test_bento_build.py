@@ -1,7 +1,7 @@
 """Packaging the champion into a bento, offline: a tiny champion in the real `mlflow server`,
-`python -m imgclf.serving.bento_model --build` as a user runs it (`make bento`), then the bento
-must exist in a private BentoML store, carry the `imgclf-champion` model, and yield the
-Dockerfile `bentoml containerize` would use (written without Docker).
+`imgclf bento` as a user runs it (`make bento`), with the registry named only in its --params
+file, then the bento must exist in a private BentoML store, carry the `imgclf-champion` model,
+and yield the Dockerfile `bentoml containerize` would use (written without Docker).
 
 Everything touching the BentoML store runs in subprocesses with BENTOML_HOME set: the store's
 location is fixed once bentoml is configured in a process, so this process's store stays alone.
@@ -14,8 +14,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import yaml
+
+from imgclf.config import PARAMS_FILE
 from imgclf.serving.settings import BENTO_MODEL_NAME
-from tests.support.helpers import REPO_ROOT, VENV_BIN, Registry, mlflow_uris
+from tests.support.helpers import REPO_ROOT, VENV_BIN, Registry, imgclf_command, mlflow_uris
 
 TIMEOUT_S = 300
 # One interpreter (bentoml imports take seconds) to read the store at $BENTOML_HOME: the bentos,
@@ -46,15 +49,18 @@ def test_build_bento_carries_the_champion_and_a_containerfile(
     with mlflow_uris(mlflow_server):
         registry = Registry(tmp_path / "registry", mlflow_server)
         version = registry.promote(seed=3)
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    params["mlflow"]["tracking_uri"] = mlflow_server
+    params["register"]["model_name"] = registry.model_name
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))},
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "IMGCLF_SERVE_MODEL_NAME": registry.model_name,
         "BENTOML_HOME": str(tmp_path / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
     }
-    built = _run([str(VENV_BIN / "python"), "-m", "imgclf.serving.bento_model", "--build"], env)
+    command = [imgclf_command(), "--params", str(tmp_path / "params.yaml"), "bento"]
+    built = _run(command, env)
     assert f"imported champion version {version} as {BENTO_MODEL_NAME}:" in built.stdout
 
     dockerfile = tmp_path / "Dockerfile"

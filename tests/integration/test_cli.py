@@ -1,5 +1,6 @@
-"""The `imgclf` registry verbs (promote, history, rollback) against the session's real `mlflow
-server`, through the installed-style entry point (click's runner on imgclf.cli)."""
+"""The `imgclf` registry verbs (promote, history, rollback, and bento's champion lookup) against the
+session's real `mlflow server`, through the installed-style entry point (click's runner on
+imgclf.cli). A bento actually built: tests/integration/test_bento_build.py."""
 
 from __future__ import annotations
 
@@ -68,3 +69,11 @@ def test_a_registry_problem_is_one_line_and_status_1(project: tuple[Path, str]) 
     assert len(output.strip().splitlines()) == 1
     code, output = imgclf(params, "promote", "--version", "9")
     assert code == 1 and len(output.strip().splitlines()) == 1
+
+
+def test_bento_without_a_champion_is_one_line(project: tuple[Path, str]) -> None:
+    """The registry and the model come from --params, as for the other verbs."""
+    params, name = project
+    code, output = imgclf(params, "bento", "--no-build")
+    assert code == 1 and output.startswith(f"Error: no {name}@champion in http")
+    assert len(output.strip().splitlines()) == 1
