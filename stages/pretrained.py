@@ -16,7 +16,7 @@ needed) and writes, all-or-nothing, into artifacts/pretrained/:
 from __future__ import annotations
 
 from imgclf.config import Paths
-from imgclf.model.architectures.efficientnet_lite import run_pretrained
+from imgclf.model.pretrained import run_pretrained
 
 
 def main() -> None:
