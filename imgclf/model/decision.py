@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,12 @@ class Decision:
     confidence: float  # probability of the predicted class
 
 
-def predicted_indices(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+def predicted_indices(probabilities: ArrayLike, threshold: float) -> np.ndarray:
     """Class index per image (int64) for an array of P(second class)."""
     return (np.asarray(probabilities) >= threshold).astype(np.int64)
 
 
-def confidences(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+def confidences(probabilities: ArrayLike, threshold: float) -> np.ndarray:
     """Probability of the predicted class per image."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     return np.where(
@@ -34,7 +35,7 @@ def confidences(probabilities: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def decide(probability: float, classes: Sequence[str], threshold: float) -> Decision:
-    """One image's decision, from P(second class)."""
-    index = int(probability >= threshold)
-    confidence = probability if index == 1 else 1.0 - probability
-    return Decision(index=index, label=classes[index], confidence=float(confidence))
+    """One image's decision, from P(second class): the vector rule applied to one value."""
+    index = int(predicted_indices(probability, threshold))
+    confidence = float(confidences(probability, threshold))
+    return Decision(index=index, label=classes[index], confidence=confidence)

@@ -27,7 +27,7 @@ def test_confidence_is_the_probability_of_the_predicted_class() -> None:
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.2, 0.7])
-def test_vectorised_rule_equals_the_scalar_one(threshold: float) -> None:
+def test_one_image_decision_agrees_with_the_vector_rule(threshold: float) -> None:
     probabilities = np.random.default_rng(0).random(500)
     probabilities[:3] = [0.0, 1.0, threshold]
     decisions = [decide(float(p), CLASSES, threshold) for p in probabilities]
