@@ -77,8 +77,8 @@ def predict_probabilities(
 ) -> np.ndarray:
     """P(class 1) for each file (float32, same order), batched through THE preprocessing.
 
-    Every file must be decodable (evaluate's files are standardised by download; predict
-    validates its files first): one undecodable file fails the whole call.
+    Every file must be decodable by TensorFlow: one that is not fails the whole call. Nothing is
+    skipped here; a caller that may meet such files must handle them itself.
     """
     files = [str(f) for f in files]
     if not files:
