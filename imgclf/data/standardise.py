@@ -12,20 +12,19 @@ second loss, and the same bytes give the same probability everywhere. Anything e
 once and re-encoded, as JPEG at `jpeg_quality` (the download stage's storage) or, by default,
 as lossless PNG (prediction: the pixels the model sees are exactly the decoded ones).
 
-Safety comes first: Pillow's decompression-bomb guard is tied to `max_pixels`, and the size is
-read from the header BEFORE any pixel is decoded, so a bomb is never decoded. Multi-frame images
-(animated GIF/PNG/WebP, multi-page TIFF) are rejected rather than reduced to their first frame:
-a first frame is often blank or a title card, and a label may describe the motion. MPO files
-(phone JPEGs with an embedded preview) are not animations: their primary image is kept.
+Safety comes first: the size is read from the header and checked against `max_pixels` BEFORE
+any pixel is decoded, so a bomb is never decoded (Pillow's own guard stays as a backstop).
+Multi-frame images (animated GIF/PNG/WebP, multi-page TIFF) are rejected rather than reduced to
+their first frame: a first frame is often blank or a title card, and a label may describe the
+motion. MPO files (phone JPEGs with an embedded preview) are not animations: their primary image
+is kept.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -38,6 +37,13 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Pillow modes holding more than 8 bits per channel; 16-bit RGB(A) PNGs open as 8-bit modes
 # and are recognised from their header instead.
 _HIGH_BIT_MODES = _SIXTEEN_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
+
+# Pillow's complaints about a damaged file ("Corrupt EXIF data", "Truncated File Read", a
+# decompression bomb over our own limit, ...) add nothing to the Reason `standardise` gives, and
+# would be logged once per upload. A permanent filter on Pillow's own modules, set once at import:
+# switching filters per image is process-wide and races with other threads' catch_warnings.
+warnings.filterwarnings("ignore", module=r"PIL\.")
+_bomb_limit_lock = threading.Lock()
 
 
 class Reason(StrEnum):
@@ -89,56 +95,31 @@ def standardise(data: bytes, limits: Limits, *, jpeg_quality: int | None = None)
     become JPEG at `jpeg_quality`, or lossless PNG when it is None. Raises nothing else."""
     if not data:
         raise ImageRejected(Reason.EMPTY, "0 bytes")
-    with _pixel_guard(limits.max_pixels):
-        image = _open(data, limits.max_pixels)
-        try:
-            _check_header(image, limits)
-            return _clean(image, data, jpeg_quality)
-        except ImageRejected:
-            raise
-        except Image.DecompressionBombError as exc:  # a frame larger than the header said
-            raise ImageRejected(Reason.TOO_MANY_PIXELS, exc) from exc
-        except OSError as exc:
-            truncated = "truncated" in str(exc)
-            reason = Reason.TRUNCATED if truncated else Reason.CORRUPT
-            raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from exc
-        except Exception as exc:  # decoders raise SyntaxError, ValueError, ...
-            raise ImageRejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+    _allow_pixels(limits.max_pixels)
+    image = _open(data, limits.max_pixels)
+    try:
+        _check_header(image, limits)
+        return _clean(image, data, jpeg_quality)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:  # a frame larger than the header said
+        raise ImageRejected(Reason.TOO_MANY_PIXELS, exc) from exc
+    except OSError as exc:
+        truncated = "truncated" in str(exc)
+        reason = Reason.TRUNCATED if truncated else Reason.CORRUPT
+        raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # decoders raise SyntaxError, ValueError, ...
+        raise ImageRejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
 
 
-class _PixelGuard:
-    """Ties Pillow's decompression-bomb guard to the pixel limit and silences its warnings (e.g.
-    "Corrupt EXIF data") while any image is being standardised. Pillow then refuses to even open
-    an image over 2 x max_pixels; `_check_header` compares the header's size with max_pixels
-    itself. Both settings are process-wide, and batch prediction and the service standardise in
-    threads: the first image in sets them, the last one out puts back what was there."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._limits: list[int] = []  # of the standardisations under way
-        self._saved: tuple[int | None, list] = (None, [])
-
-    @contextlib.contextmanager
-    def __call__(self, max_pixels: int) -> Iterator[None]:
-        with self._lock:
-            if not self._limits:
-                self._saved = (Image.MAX_IMAGE_PIXELS, warnings.filters[:])
-                warnings.simplefilter("ignore")
-            self._limits.append(max_pixels)
-            # The loosest: each image's own limit is checked exactly from its header anyway.
-            Image.MAX_IMAGE_PIXELS = max(self._limits)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._limits.remove(max_pixels)
-                if self._limits:
-                    Image.MAX_IMAGE_PIXELS = max(self._limits)
-                else:
-                    Image.MAX_IMAGE_PIXELS, warnings.filters[:] = self._saved
-
-
-_pixel_guard = _PixelGuard()
+def _allow_pixels(max_pixels: int) -> None:
+    """Keep Pillow's process-wide bomb guard (it refuses to open over 2 x MAX_IMAGE_PIXELS) from
+    refusing what a caller allows. Only ever raised, so no thread sees it drop under the limit
+    it relies on; each caller's exact limit is `_check_header`'s, before any decoding. The guard
+    stays as the backstop for a frame or tile larger than the header said."""
+    with _bomb_limit_lock:
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

@@ -5,15 +5,20 @@ caller's limits apply."""
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from imgclf.config import PROJECT_ROOT
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
 from tests.support.photos import ORIENTATION_TAG, STORED_AS, encode, stored_with_tag
 
@@ -37,20 +42,37 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(image)
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body)
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
 def png_16_bit_rgb(width: int, height: int) -> bytes:
     """A 16-bit RGB PNG (mid gray), which Pillow reads but cannot write."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
     row = b"\0" + b"\x80\x00" * 3 * width  # filter byte, then 16-bit big-endian samples
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+        + png_chunk(b"IDAT", zlib.compress(row * height))
+        + png_chunk(b"IEND", b"")
     )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A gray PNG's header claiming width x height, with no pixel data: fine while nothing
+    decodes it."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+
+
+def jpeg_with_corrupt_exif() -> bytes:
+    """A JPEG whose EXIF claims 32 entries but holds one: Pillow warns "Corrupt EXIF data"."""
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    data = bytearray(encode(photo(), "JPEG", exif=exif.tobytes()))
+    entries = data.index(b"Exif\0\0MM") + 14  # after the TIFF header: the entry count
+    data[entries : entries + 2] = struct.pack(">H", 32)
+    return bytes(data)
 
 
 def reason(data: bytes, limits: Limits) -> Reason:
@@ -106,7 +128,7 @@ def test_alpha_is_flattened_on_white_and_cmyk_becomes_rgb() -> None:
         (b"plain text, not an image" * 4, Reason.NOT_AN_IMAGE),
         (encode(photo(400, 300), "JPEG")[:5000], Reason.TRUNCATED),
         (encode(Image.new("RGB", (1001, 1000)), "PNG"), Reason.TOO_MANY_PIXELS),
-        (encode(Image.new("1", (3000, 3000)), "PNG"), Reason.TOO_MANY_PIXELS),  # Pillow's guard
+        (encode(Image.new("1", (3000, 3000)), "PNG"), Reason.TOO_MANY_PIXELS),  # tiny file
         (
             encode(photo(), "PNG", save_all=True, append_images=[photo(seed=1)]),
             Reason.ANIMATED,
@@ -151,12 +173,53 @@ def test_callers_choose_formats_depth_and_minimum_side() -> None:
     assert standardise(tiny, SERVICE).changes == ()
 
 
-def test_standardising_in_threads_leaves_pillow_and_warnings_as_they_were() -> None:
-    """Batch prediction and the service standardise in threads; the bomb guard and the silenced
-    warnings are process-wide, so they must come back exactly when the last image is done."""
-    before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters))
-    files = [encode(photo(seed=n), "PNG" if n % 2 else "JPEG") for n in range(32)]
-    with ThreadPoolExecutor(8) as pool:
-        for _ in range(5):
-            assert len(list(pool.map(lambda data: standardise(data, SERVICE), files))) == 32
-    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == before
+def test_no_warning_is_silenced_while_images_are_in_flight() -> None:
+    """Batch prediction and the service standardise in threads: a warning from another thread
+    is still seen meanwhile, and the filters are left as they were."""
+    before = list(warnings.filters)
+    files = [jpeg_with_corrupt_exif()] * 8
+    files += [encode(photo(seed=n), "PNG" if n % 2 else "JPEG") for n in range(32)]
+    with ThreadPoolExecutor(8) as pool, warnings.catch_warnings(record=True) as caught:
+        in_flight = [pool.submit(standardise, data, SERVICE) for data in files * 4]
+        sent = 0
+        while sent == 0 or not all(future.done() for future in in_flight):
+            warnings.warn(f"another thread's warning {sent}", UserWarning, stacklevel=1)
+            sent += 1
+        standardised = [future.result() for future in in_flight]
+    assert len(standardised) == len(files) * 4
+    seen = [str(w.message) for w in caught if "another thread" in str(w.message)]
+    assert seen == [f"another thread's warning {n}" for n in range(sent)]
+    assert list(warnings.filters) == before
+
+
+def test_pillows_complaints_about_a_file_are_filtered_in_a_fresh_process(tmp_path: Path) -> None:
+    """The filter is set when the module is imported; pytest resets filters after collecting,
+    so only a process of its own shows what the service and `imgclf predict` print."""
+    damaged = tmp_path / "corrupt_exif.jpg"
+    damaged.write_bytes(jpeg_with_corrupt_exif())
+    script = (
+        "import sys; from pathlib import Path; "
+        "from imgclf.data.standardise import Limits, standardise; "
+        "standardise(Path(sys.argv[1]).read_bytes(), Limits(1_000_000))"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(damaged)],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_pillows_own_guard_never_refuses_what_the_caller_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pillow refuses to open over 2 x Image.MAX_IMAGE_PIXELS (process-wide, 179M by default);
+    a caller allowing more gets its own checks, here the minimum side, not Pillow's refusal."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after
+    huge = png_header_only(20_000, 10_000)  # 200M pixels, never decoded
+    assert reason(huge, Limits(max_pixels=300_000_000, min_side=20_001)) == Reason.TOO_SMALL
+    assert reason(huge, DOWNLOAD) == Reason.TOO_MANY_PIXELS
