@@ -1,6 +1,6 @@
-"""The download stage's per-file work and outputs: label every file, standardise it
-(`imgclf.data.standardise`) into `images/<label>/<name>.jpg`, and write the manifest, the
-quarantine list and the counts.
+"""The download stage (`run_download`): fetch `download.source` (`imgclf.data.sources`), label
+every file, standardise it (`imgclf.data.standardise`) into `images/<label>/<name>.jpg`, and
+write the manifest, the quarantine list and the report.
 
 Every file is decoded once, in worker processes. A file that cannot become a clean RGB JPEG is
 quarantined with its reason; the stage never crashes on a file. A baseline RGB JPEG without
@@ -16,6 +16,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,10 +27,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from imgclf.config import Paths, resolve_workers
+from imgclf.config import DownloadParams, Paths, resolve_workers
 from imgclf.data.labels import infer_label
+from imgclf.data.sources import open_source
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
-from imgclf.io import atomic_dir, write_tsv
+from imgclf.io import atomic_dir, write_json, write_tsv
 
 MANIFEST_COLUMNS = ("path", "label", "sha256", "width", "height", "bytes", "source", "converted")
 QUARANTINE_COLUMNS = ("source", "reason", "detail")
@@ -228,6 +230,36 @@ class DownloadSummary:
             "not_sampled": self.not_sampled,
             "seconds": round(seconds, 2),
         }
+
+
+def run_download(paths: Paths, params: DownloadParams, *, progress: bool = True) -> dict[str, Any]:
+    """Fetch `params.source`, build artifacts/download from it (`build_dataset`) and write
+    reports/download.json; return the report. A source that cannot be fetched raises
+    `SourceError` with one line that says what to do, and leaves no output."""
+    started = time.monotonic()
+    with open_source(
+        params.source,
+        root=paths.root,
+        cache_dir=paths.resolve(params.cache_dir),
+        sha256=params.sha256,
+        s3_endpoint_url=params.s3_endpoint_url,
+        progress=progress,
+    ) as source_dir:
+        summary = build_dataset(
+            source_dir,
+            paths,
+            classes=params.classes,
+            max_per_class=params.max_per_class,
+            seed=params.seed,
+            jpeg_quality=params.jpeg_quality,
+            max_pixels=params.max_pixels,
+            min_side=params.min_side,
+            workers=params.workers,
+            progress=progress,
+        )
+    report = summary.report(params.source, time.monotonic() - started)
+    write_json(paths.download_report, report)
+    return report
 
 
 def build_dataset(

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import yaml
+import pytest
 from PIL import Image
 
-from imgclf.config import PARAMS_FILE, PROJECT_ROOT, Paths
+from imgclf.config import DownloadParams, Paths, load_params
+from imgclf.data.ingest import run_download
 from imgclf.io import read_json, read_tsv
 from stages import download
 
 
-def write_params(folder: Path, **download_params: object) -> Path:
-    """A copy of the repo's params.yaml with the download section overridden."""
-    params = yaml.safe_load(PARAMS_FILE.read_text())
-    params["download"].update(download_params)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+def download_params(**overrides: object) -> DownloadParams:
+    """The repo's download params with some overridden."""
+    return DownloadParams.model_validate({**load_params().download.model_dump(), **overrides})
 
 
 def jpeg(size: tuple[int, int], color: str) -> bytes:
@@ -37,28 +31,37 @@ def jpeg(size: tuple[int, int], color: str) -> bytes:
     return buffer.getvalue()
 
 
-def run_stage_cli(params: Path, root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stages.download", "--params", str(params), "--root", str(root)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def run_stage(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    params: DownloadParams,
+    root: Path,
+) -> tuple[int, str, str]:
+    """The stage's entry point with these params and project root: (exit code, stdout,
+    stderr)."""
+    everything = load_params().model_copy(update={"download": params})
+    monkeypatch.setattr(download, "load_params", lambda: everything)
+    monkeypatch.setattr(download, "Paths", lambda: Paths(root))
+    code = download.main()
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_stage_on_real_photos_is_reproducible(tmp_path: Path, sample_data_dir: Path) -> None:
-    params = write_params(
-        tmp_path, source=str(sample_data_dir), max_per_class=10, seed=7, workers=2
-    )
-    # First run through the real entry point (worker processes, summary line) ...
-    first = run_stage_cli(params, tmp_path / "a")
-    assert first.returncode == 0, first.stderr
-    summary = first.stdout.strip()
+def test_stage_on_real_photos_is_reproducible(
+    tmp_path: Path,
+    sample_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    params = download_params(source=str(sample_data_dir), max_per_class=10, seed=7, workers=2)
+    # First run through the stage's entry point (worker processes, summary line) ...
+    code, out, err = run_stage(monkeypatch, capsys, params, tmp_path / "a")
+    assert code == 0, err
+    summary = out.strip()
     assert summary.startswith("download: ") and "kept cat 10, dog 10" in summary
     assert "\n" not in summary
-    # ... then in-process, in another root: the manifest must be byte-identical.
-    report = download.run(params, tmp_path / "b")
+    # ... then the library call in another root, in one process: byte-identical manifests.
+    report = run_download(Paths(tmp_path / "b"), params.model_copy(update={"workers": 1}))
     a, b = Paths(tmp_path / "a"), Paths(tmp_path / "b")
     assert a.download_manifest.read_bytes() == b.download_manifest.read_bytes()
     assert a.quarantine.read_bytes() == b.quarantine.read_bytes()
@@ -108,8 +111,8 @@ def test_stage_on_petimages_style_zip(tmp_path: Path) -> None:
         zf.writestr("PetImages/Dog/11702.jpg", noisy[: len(noisy) // 2])
         zf.writestr("MSR-LA - 3467.docx", b"PK\x03\x04 not really")
         zf.writestr("readme[1].txt", "Microsoft Research dataset")
-    params = write_params(tmp_path, source=str(archive), workers=1)
-    report = download.run(params, tmp_path / "root")
+    params = download_params(source=str(archive), workers=1)
+    report = run_download(Paths(tmp_path / "root"), params, progress=False)
     assert report["kept"] == {"cat": 3, "dog": 3}
     assert {k: v for k, v in report["quarantined"].items() if v} == {
         "not_an_image": 2,
@@ -124,12 +127,14 @@ def test_stage_on_petimages_style_zip(tmp_path: Path) -> None:
     }
 
 
-def test_stage_offline_url_fails_with_one_line(tmp_path: Path) -> None:
-    params = write_params(tmp_path, source="http://127.0.0.1:1/kagglecatsanddogs_5340.zip")
-    result = run_stage_cli(params, tmp_path / "root")
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+def test_stage_offline_url_fails_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = download_params(source="http://127.0.0.1:1/kagglecatsanddogs_5340.zip")
+    code, out, err = run_stage(monkeypatch, capsys, params, tmp_path / "root")
+    assert (code, out) == (1, "")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("download: ")
     assert "download.source=../shared/data/dogs-vs-cats" in lines[0]
     assert not (tmp_path / "root" / "artifacts" / "download").exists()
