@@ -17,14 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from imgclf.config import Params, Paths, TrainParams
+from imgclf.config import AugmentParams, Params, Paths, TrainParams
 from imgclf.io import atomic_dir, write_json, write_tsv
-from imgclf.model.architectures.factory import (
-    Classifier,
-    augmentation,
-    build_classifier,
-    unfreeze_top,
-)
+from imgclf.model.architectures.factory import Classifier, build_classifier, unfreeze_top
 from imgclf.model.dataset import LabelledFiles, image_dataset, read_split
 from imgclf.model.inference import predict_batches
 from imgclf.model.preprocess import load_images
@@ -173,11 +168,32 @@ def _feature_dataset(
     return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def _images(split: LabelledFiles, params: TrainParams, training: bool) -> tf.data.Dataset:
-    """Labelled batches; the training set is shuffled and, when enabled, augmented."""
-    seed = params.seed if training else None
-    dataset = image_dataset(split.files, params.image_size, params.batch_size, split.labels, seed)
-    augment = augmentation(params.augment) if training else None
+def augmentation(params: AugmentParams) -> keras.Sequential | None:
+    """Keras preprocessing layers for the training input pipeline (None when disabled).
+
+    They run in tf.data, never inside the saved model: a Keras random layer called without
+    `training=False` augments, and a served model must never do that.
+    """
+    if not params.enabled:
+        return None
+    layers = keras.layers
+    candidates = [
+        (params.flip, lambda: layers.RandomFlip("horizontal")),
+        (params.rotation, lambda: layers.RandomRotation(params.rotation, fill_mode="reflect")),
+        (params.shift, lambda: layers.RandomTranslation(params.shift, params.shift, "reflect")),
+        (params.zoom, lambda: layers.RandomZoom(params.zoom, fill_mode="reflect")),
+        (params.brightness, lambda: layers.RandomBrightness(params.brightness, (0.0, 1.0))),
+        (params.contrast, lambda: layers.RandomContrast(params.contrast)),
+    ]
+    return keras.Sequential([make() for wanted, make in candidates if wanted], name="augment")
+
+
+def _training_images(split: LabelledFiles, params: TrainParams) -> tf.data.Dataset:
+    """Shuffled labelled batches, augmented when enabled."""
+    dataset = image_dataset(
+        split.files, params.image_size, params.batch_size, split.labels, params.seed
+    )
+    augment = augmentation(params.augment)
     if augment is None:
         return dataset
     return dataset.map(
@@ -216,7 +232,10 @@ def train_classifier(
             initial_epoch=initial_epoch,
         )
 
-    images = (_images(train, params, training=True), _images(val, params, training=False))
+    images = (
+        _training_images(train, params),
+        image_dataset(val.files, params.image_size, params.batch_size, val.labels),
+    )
     backbone, head = classifier.backbone, classifier.head
     if backbone is None or head is None:
         return fit(classifier.model, images, params.lr, params.epochs)

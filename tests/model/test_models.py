@@ -11,12 +11,8 @@ import pytest
 from imgclf.config import AugmentParams, TrainParams
 from imgclf.model.architectures import applications
 from imgclf.model.architectures.cnn import seed_cnn
-from imgclf.model.architectures.factory import (
-    augmentation,
-    build_classifier,
-    load_classifier,
-    unfreeze_top,
-)
+from imgclf.model.architectures.factory import build_classifier, load_classifier, unfreeze_top
+from imgclf.model.training import augmentation
 
 
 def _params(**overrides: object) -> TrainParams:

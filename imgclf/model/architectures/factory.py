@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from imgclf.config import AugmentParams, TrainParams
+from imgclf.config import TrainParams
 from imgclf.model.architectures import applications, cnn, efficientnet_lite
 
 PRETRAINED_ARCHS = ("efficientnet_lite0", *applications.NAMES)
@@ -23,26 +23,6 @@ class Classifier:
     model: keras.Model
     backbone: keras.Model | None = None
     head: keras.Model | None = None
-
-
-def augmentation(params: AugmentParams) -> keras.Sequential | None:
-    """Keras preprocessing layers for the training input pipeline (None when disabled).
-
-    They run in tf.data, never inside the saved model: a Keras random layer called without
-    `training=False` augments, and a served model must never do that.
-    """
-    if not params.enabled:
-        return None
-    layers = keras.layers
-    candidates = [
-        (params.flip, lambda: layers.RandomFlip("horizontal")),
-        (params.rotation, lambda: layers.RandomRotation(params.rotation, fill_mode="reflect")),
-        (params.shift, lambda: layers.RandomTranslation(params.shift, params.shift, "reflect")),
-        (params.zoom, lambda: layers.RandomZoom(params.zoom, fill_mode="reflect")),
-        (params.brightness, lambda: layers.RandomBrightness(params.brightness, (0.0, 1.0))),
-        (params.contrast, lambda: layers.RandomContrast(params.contrast)),
-    ]
-    return keras.Sequential([make() for wanted, make in candidates if wanted], name="augment")
 
 
 def binary_head(features: int, dropout: float) -> keras.Sequential:
