@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from imgclf.config import PARAMS_FILE, Params, Paths, load_params
 
@@ -54,9 +55,21 @@ def _reported(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
     try:
         yield
     except errors as exc:
-        failure = click.ClickException(str(exc))
+        failure = click.ClickException(_one_line(exc))
         failure.exit_code = exit_code
         raise failure from exc
+
+
+def _one_line(error: Exception) -> str:
+    """pydantic's multi-line report as `key: problem` per error, on one line (no input shown:
+    it may be a secret)."""
+    if not isinstance(error, ValidationError):
+        return str(error)
+    problems = []
+    for problem in error.errors():
+        key = ".".join(map(str, problem["loc"]))  # empty for a check across several keys
+        problems.append(f"{key}: {problem['msg']}" if key else problem["msg"])
+    return "; ".join(problems)
 
 
 # ------------------------------------------------------------------------------ prediction
@@ -187,11 +200,12 @@ def monitor(
     from imgclf.monitoring.drift.report import run_monitor, summary_lines
     from imgclf.serving.settings import database_url, load_settings
 
-    url = (
-        database_url(db, Path.cwd())
-        if db
-        else load_settings(params_file=params_file).prediction_db_url
-    )
+    with _reported(ValidationError):
+        url = (
+            database_url(db, Path.cwd())
+            if db
+            else load_settings(params_file=params_file).prediction_db_url
+        )
     end = now.replace(tzinfo=dt.UTC) if now else dt.datetime.now(dt.UTC)
     paths, params = _project(params_file)
     with _reported(DriftInputError, exit_code=2):
@@ -216,7 +230,7 @@ def bento(params_file: Path, build: bool, bentofile: str) -> None:
     from imgclf.serving.bento_model import import_champion
     from imgclf.serving.settings import load_settings
 
-    with _reported(RegistryError):
+    with _reported(RegistryError, ValidationError):
         tag, version = import_champion(load_settings(params_file=params_file))
     click.echo(f"imported champion version {version} as {tag}")
     if build:
@@ -236,12 +250,11 @@ def token(subject: str, ttl: int, audience: str | None) -> None:
     curl -H "Authorization: Bearer $(imgclf token)" -F image=@cat.jpg 127.0.0.1:3000/predict
     """
     import jwt
-    from pydantic import ValidationError
 
-    from imgclf.serving.settings import load_auth_settings
+    from imgclf.serving.settings import AuthSettings
 
     with _reported(ValidationError):
-        settings = load_auth_settings()
+        settings = AuthSettings()
     if settings.jwt_secret is None:
         raise click.ClickException("minting needs IMGCLF_JWT_SECRET (HS256)")
     now = int(time.time())

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from imgclf.cli import cli
 from imgclf.config import PARAMS_FILE
-from imgclf.serving.auth import AuthError, verifier_from_env
+from imgclf.serving.auth import AuthError, JWTVerifier, verifier_from_env
 
 SECRET = "s" * 32
 VERBS = ("predict", "promote", "rollback", "history", "monitor", "bento", "token")
@@ -35,34 +35,45 @@ def invoke(*args: str, **env: str | None) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def service_verifier(monkeypatch: pytest.MonkeyPatch, **env: str) -> JWTVerifier | None:
+    """The service's verifier under AUTH_ENV updated with `env`."""
+    for name, value in {**AUTH_ENV, **env}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return verifier_from_env()
+
+
 def test_help_lists_every_verb() -> None:
     code, output = invoke("--help")
     listed = {line.split()[0] for line in output.split("Commands:")[1].strip().splitlines()}
     assert code == 0 and listed == set(VERBS), output
 
 
-def test_token_is_accepted_by_the_service_verifier() -> None:
+def test_token_is_accepted_by_the_service_verifier(monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = invoke("token", "--subject", "alice", "--ttl", "60")
     assert code == 0
-    claims = verifier_from_env({"IMGCLF_JWT_SECRET": SECRET}).verify(output.strip())
+    claims = service_verifier(monkeypatch).verify(output.strip())
     assert claims["sub"] == "alice" and claims["aud"] == "imgclf"
     assert claims["exp"] - claims["iat"] == 60
 
 
-def test_token_is_refused_with_another_secret_or_audience() -> None:
+def test_token_is_refused_with_another_secret_or_audience(monkeypatch: pytest.MonkeyPatch) -> None:
     token = invoke("token", "--audience", "other")[1].strip()
     with pytest.raises(AuthError, match="audience"):
-        verifier_from_env({"IMGCLF_JWT_SECRET": SECRET}).verify(token)
+        service_verifier(monkeypatch).verify(token)
+    other_secret = service_verifier(
+        monkeypatch, IMGCLF_JWT_SECRET="t" * 32, IMGCLF_JWT_AUDIENCE="other"
+    )
     with pytest.raises(AuthError, match="InvalidSignatureError"):
-        verifier_from_env({"IMGCLF_JWT_SECRET": "t" * 32, "IMGCLF_JWT_AUDIENCE": "other"}).verify(
-            token
-        )
+        other_secret.verify(token)
 
 
-def test_token_follows_the_configured_audience_and_issuer() -> None:
+def test_token_follows_the_configured_audience_and_issuer(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"IMGCLF_JWT_AUDIENCE": "api", "IMGCLF_JWT_ISSUER": "https://issuer"}
     token = invoke("token", **env)[1].strip()
-    claims = verifier_from_env({"IMGCLF_JWT_SECRET": SECRET, **env}).verify(token)
+    claims = service_verifier(monkeypatch, **env).verify(token)
     assert (claims["aud"], claims["iss"]) == ("api", "https://issuer")
 
 
@@ -74,6 +85,7 @@ def test_token_needs_the_shared_secret(tmp_path: Path) -> None:
     assert code == 1 and "IMGCLF_JWT_SECRET" in output
     code, output = invoke("token", IMGCLF_JWT_SECRET="tiny-secret-value")
     assert code == 1 and "32 bytes" in output and "tiny-secret-value" not in output
+    assert output.count("\n") == 1  # one line, not pydantic's report
     assert jwt.get_unverified_header(invoke("token")[1].strip())["alg"] == "HS256"
 
 
@@ -82,3 +94,8 @@ def test_monitor_without_a_reference_is_bad_input(tmp_path: Path) -> None:
     shutil.copy(PARAMS_FILE, params)  # a project folder with no pipeline outputs yet
     code, output = invoke("--params", str(params), "monitor", "--db", "sqlite:///none.db")
     assert code == 2 and str(tmp_path / "artifacts" / "split" / "test.tsv") in output
+
+
+def test_monitor_reports_a_bad_setting_on_one_line_naming_the_key() -> None:
+    code, output = invoke("monitor", IMGCLF_SERVE_POLL_SECONDS="-1")
+    assert (code, output) == (1, "Error: poll_seconds: Input should be greater than 0\n")
