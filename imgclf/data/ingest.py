@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from imgclf.config import DownloadParams, Paths, resolve_workers
 from imgclf.data.labels import infer_label
+from imgclf.data.listing import list_files
 from imgclf.data.sources import open_source
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
 from imgclf.io import atomic_dir, write_json, write_tsv
@@ -49,11 +50,10 @@ QUARANTINE_REASONS = (
     UNLABELLED,
     Reason.ANIMATED,
 )
-_SKIPPED_DIRS = {"__MACOSX"}  # macOS resource forks inside zips: metadata, never images
 
 
 # --------------------------------------------------------------------------------------------
-# Names and listing
+# Output names
 # --------------------------------------------------------------------------------------------
 
 
@@ -80,19 +80,6 @@ def output_names(labelled: Mapping[str, str]) -> dict[str, str]:
     if max(taken.values(), default=1) > 1:  # a file literally named like a hashed one
         names = {rel: f"{base[rel]}-{hashlib.sha1(rel.encode()).hexdigest()}.jpg" for rel in base}
     return names
-
-
-def list_files(folder: Path) -> list[str]:
-    """Every file below `folder` as a sorted relative POSIX path (symlinked files included,
-    symlinked folders not followed, so the walk is finite)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if d not in _SKIPPED_DIRS]
-        for name in filenames:
-            path = Path(dirpath, name)
-            if path.is_file() or path.is_symlink():  # FIFOs and devices would block a read
-                found.append(path.relative_to(folder).as_posix())
-    return sorted(found)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +270,7 @@ def build_dataset(
     decode the whole source and never depends on file-system order.
     """
     classes = list(classes)
-    files = list_files(source_dir)
+    files, _ = list_files(source_dir)
     summary = DownloadSummary(classes=classes, files=len(files))
     labels = {rel: infer_label(rel, classes) for rel in files}
     quarantine = [

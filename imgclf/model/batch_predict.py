@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import Params, Paths
+from imgclf.data.listing import list_files
 from imgclf.data.sources import SourceError, extracted, is_archive
 from imgclf.data.standardise import ImageRejected, Limits, standardise
 from imgclf.model.decision import predicted_indices
@@ -47,7 +48,6 @@ IMAGE_SUFFIXES = (
     ".tif",
     ".tiff",
 )
-_SKIPPED_DIRS = {"__MACOSX"}
 _NUMERIC_ID = re.compile(r"^(?:.*[._\-\s])?(\d+)$")
 
 
@@ -58,23 +58,6 @@ class ModelInput:
 
     source: Path
     file: Path
-
-
-def find_images(folder: Path) -> tuple[list[Path], int]:
-    """Candidate image files below `folder` (recursive, sorted) and how many other files there
-    were."""
-    found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-        for name in filenames:
-            path = Path(dirpath, name)
-            if not path.is_file():
-                continue
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("._"):
-                found.append(path)
-            else:
-                ignored += 1
-    return sorted(found), ignored
 
 
 def standardise_file(source: Path, copy: Path, limits: Limits) -> ModelInput:
@@ -190,7 +173,8 @@ def run_predict(
     input or model)."""
     classes = tuple(params.download.classes)
     with input_folder(source) as folder:
-        candidates, ignored = find_images(folder)
+        found, ignored = list_files(folder, IMAGE_SUFFIXES)
+        candidates = [folder / rel for rel in found]
         # The download stage's pixel limit: nothing larger ever reached training either.
         limits = Limits(params.download.max_pixels)
         with standardised_inputs(candidates, limits) as (good, rejected):

@@ -1,4 +1,4 @@
-"""Batch prediction, `imgclf predict`: file search, ids, standardisation and bad files, archives,
+"""Batch prediction, `imgclf predict`: ids, standardisation and bad files, archives,
 the installed command, and equality with evaluate."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from imgclf.config import EvaluateParams, Paths
 from imgclf.data.standardise import Limits
 from imgclf.evaluation.report import read_predictions, run_evaluate
 from imgclf.io import write_tsv
-from imgclf.model.batch_predict import find_images, standardised_inputs, submission_id
+from imgclf.model.batch_predict import standardised_inputs, submission_id
 from tests.support.helpers import imgclf_command, tiny_model
 from tests.support.photos import brighter_half_on_top, encode, stored_with_tag, upright_detector
 
@@ -81,19 +81,6 @@ def folder(tmp_path: Path) -> Path:
 )
 def test_submission_id(name: str, expected: int | str) -> None:
     assert submission_id(name) == expected
-
-
-def test_find_images_is_recursive_and_ignores_other_files(folder: Path) -> None:
-    found, ignored = find_images(folder)
-    assert [p.relative_to(folder).as_posix() for p in found] == [
-        "10.jpg",
-        "notes.jpg",
-        "sub/broken.jpg",
-        "sub/cat.2.jpg",
-        "sub/deeper/dog.1.png",
-        "sub/photo.jpg",
-    ]
-    assert ignored == 1
 
 
 def test_every_file_is_standardised_or_explained(folder: Path, tmp_path: Path) -> None:
