@@ -12,7 +12,6 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = PROJECT_ROOT / "params.yaml"
@@ -120,14 +119,9 @@ class MlflowParams(_Section):
     experiment: str = "imgclf"
 
 
-class ServeParams(BaseSettings):
-    """The service (imgclf/serving): params.yaml's `serve:` section, one declaration per setting.
-    The pipeline validates params.yaml with this class alone (no environment is read);
-    imgclf.serving.settings loads it with IMGCLF_SERVE_<KEY> environment variables on top."""
-
-    model_config = SettingsConfigDict(
-        extra="forbid", frozen=True, env_prefix="IMGCLF_SERVE_", validate_by_name=True
-    )
+class ServeParams(_Section):
+    """The service (imgclf/serving): one declaration per setting. imgclf.serving.settings lays
+    the environment over these keys; here they are plain params.yaml values."""
 
     model_name: str | None = None  # registered model to serve; null = register.model_name
     alias: str = "champion"  # registry alias served and polled
@@ -136,11 +130,7 @@ class ServeParams(BaseSettings):
     max_pixels: int = Field(default=25_000_000, ge=1)  # width x height, checked from the header
     max_images_per_request: int = Field(default=32, ge=1)  # /predict_batch
     max_batch_size: int = Field(default=32, ge=1)  # adaptive batching: images per forward pass
-    # SQLAlchemy URL or a SQLite file (relative to cwd); $IMGCLF_PREDICTION_DB_URL, the name the
-    # deployments use, beats $IMGCLF_SERVE_PREDICTION_DB
-    prediction_db: str = Field(
-        default="predictions.db", validation_alias="IMGCLF_PREDICTION_DB_URL"
-    )
+    prediction_db: str = "predictions.db"  # prediction log: SQLAlchemy URL or SQLite file (cwd)
     feedback_window: int = Field(default=500, ge=1)  # live accuracy: last N labelled predictions
     log_format: Literal["json", "text"] = "json"  # the service's own log lines
 
@@ -184,7 +174,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams
         mlflow: MlflowParams
         register: RegisterParams = RegisterParams()
-        serve: ServeParams = ServeParams.model_construct()  # the defaults; reads no environment
+        serve: ServeParams = ServeParams()
         monitor: MonitorParams = MonitorParams()
 
 

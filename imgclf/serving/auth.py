@@ -17,14 +17,14 @@ get a 401 JSON answer (`ErrorCode.UNAUTHORIZED`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from imgclf.serving.errors import ErrorCode
-from imgclf.serving.settings import load_auth_settings
+from imgclf.serving.settings import AuthSettings
 
 # BentoML's health and metrics routes; the API docs page, its assets and the OpenAPI document
 # (a browser cannot send a token to load them, and they hold no secret).
@@ -85,11 +85,11 @@ class JWTVerifier:
         return self.verify(token.strip())
 
 
-def verifier_from_env(environ: Mapping[str, str] | None = None) -> JWTVerifier | None:
-    """The configured verifier (AuthSettings from `environ`, default os.environ), or None when
+def verifier_from_env() -> JWTVerifier | None:
+    """The configured verifier (AuthSettings from the environment), or None when
     IMGCLF_AUTH=disabled. Raises ValueError when auth is on but no key is configured: the service
     refuses to start open by accident."""
-    settings = load_auth_settings(environ)
+    settings = AuthSettings()
     if settings.auth == "disabled":
         return None
     return JWTVerifier(

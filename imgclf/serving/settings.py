@@ -1,58 +1,76 @@
-"""Service settings, read by pydantic-settings. Precedence, highest first:
-keyword arguments > environment > params.yaml > defaults.
+"""Service settings, read by pydantic-settings: params.yaml with the environment on top.
 
-Environment variables (all optional):
-    IMGCLF_SERVE_<KEY>          any `serve:` key (imgclf.config.ServeParams), e.g.
-                                IMGCLF_SERVE_POLL_SECONDS=2
-    IMGCLF_PREDICTION_DB_URL    prediction log database (SQLAlchemy URL); beats prediction_db
+Environment variables (all optional), each over what it replaces:
+    IMGCLF_SERVE_<KEY>          a `serve:` key of params.yaml (imgclf.config.ServeParams), e.g.
+                                IMGCLF_SERVE_POLL_SECONDS=2; only the `serve:` keys
+    IMGCLF_PREDICTION_DB_URL    prediction log database; beats IMGCLF_SERVE_PREDICTION_DB
     IMGCLF_MODEL_SOURCE         registry (poll the alias) | bento (the packaged model);
                                 default: bento inside a built bento, else registry
-    MLFLOW_TRACKING_URI         the registry; default: mlflow.tracking_uri of params.yaml
+    MLFLOW_TRACKING_URI         the registry; default: the mlflow section of params.yaml
     IMGCLF_PARAMS_FILE          another params.yaml
     IMGCLF_AUTH, IMGCLF_JWT_*   authentication (AuthSettings)
 
-Derived from the rest of params.yaml, below the environment: model_name (when serve.model_name
-is null: register.model_name), classes (download.classes), threshold (evaluate.threshold) and
-tracking_uri (the mlflow section).
+The rest is taken from params.yaml alone, so the service decides as evaluate, predict and the
+drift report do: classes (download.classes), threshold (evaluate.threshold) and model_name when
+serve.model_name is null (register.model_name).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from imgclf.config import PARAMS_FILE, PROJECT_ROOT, Params, ServeParams, load_params
 
 BENTO_MODEL_NAME = "imgclf-champion"  # the champion packaged into a bento (bento_model.py)
-S = TypeVar("S", bound=BaseSettings)
 
 
 class ServeSettings(ServeParams):
-    """What the service runs with: the `serve:` keys plus what it takes from the rest of
-    params.yaml and the environment. Build it with load_settings()."""
+    """What the service runs with: the `serve:` keys and what is derived from the rest of
+    params.yaml and the deployment variables. Build it with load_settings()."""
 
     model_name: str  # serve.model_name, else register.model_name: always set here
     classes: tuple[str, ...]
     threshold: float
-    tracking_uri: str = Field(validation_alias="MLFLOW_TRACKING_URI")
-    model_source: Literal["registry", "bento"] = Field(validation_alias="IMGCLF_MODEL_SOURCE")
+    tracking_uri: str
+    model_source: Literal["registry", "bento"]
+    prediction_db_url: str  # prediction_db as a SQLAlchemy URL
 
-    @cached_property
-    def prediction_db_url(self) -> str:
-        """prediction_db as a SQLAlchemy URL; a file name is resolved once, on the first read."""
-        return database_url(self.prediction_db, Path.cwd())
+
+class _ServeKeys(ServeParams, BaseSettings):
+    """The `serve:` keys: IMGCLF_SERVE_<KEY> > params.yaml (the keyword arguments) > defaults."""
+
+    # an empty variable counts as unset (compose passes ${VAR:-} through)
+    model_config = SettingsConfigDict(
+        env_prefix="IMGCLF_SERVE_", env_ignore_empty=True, frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the keyword arguments are params.yaml's section: the environment comes first
+        return env_settings, init_settings
+
+
+class _Deployment(BaseSettings):
+    """The variables deployments set by name, outside the IMGCLF_SERVE_ prefix
+    (MLFLOW_TRACKING_URI is read by imgclf.tracking, as in the pipeline)."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, frozen=True)
+
+    imgclf_params_file: Path | None = None
+    imgclf_prediction_db_url: str | None = None
+    imgclf_model_source: Literal["registry", "bento"] | None = None
 
 
 class AuthSettings(BaseSettings):
@@ -62,7 +80,11 @@ class AuthSettings(BaseSettings):
 
     # extra: the other IMGCLF_* variables are not auth's; errors never echo the secret
     model_config = SettingsConfigDict(
-        env_prefix="IMGCLF_", extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix="IMGCLF_",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     auth: Literal["jwt", "disabled"] = "jwt"
@@ -102,67 +124,33 @@ class AuthSettings(BaseSettings):
         return self.jwt_secret.get_secret_value() if self.jwt_secret else self.public_key or ""
 
 
-class _EnvironSource(EnvSettingsSource):
-    """The environment source over a given mapping, so callers and tests pass an environment
-    instead of changing os.environ."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        # case-insensitive names, as EnvSettingsSource; an empty value counts as unset
-        return {name.lower(): value for name, value in self.environ.items() if value}
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        # A value found under the prefixed name (IMGCLF_SERVE_PREDICTION_DB) gets the key the
-        # other sources give the field (its alias, IMGCLF_PREDICTION_DB_URL), so the merge keeps
-        # the precedence instead of passing both keys on.
-        value, _, is_complex = super().get_field_value(field, field_name)
-        alias = field.validation_alias
-        return value, alias if isinstance(alias, str) else field_name, is_complex
-
-
-def _build(
-    cls: type[S], environ: Mapping[str, str] | None, *lower: Mapping[str, Any], **values: Any
-) -> S:
-    """`cls` from keyword `values` > `environ` (default os.environ) > each of `lower` in turn."""
-    sources = (
-        InitSettingsSource(cls, values),
-        _EnvironSource(cls, os.environ if environ is None else environ),
-        *(InitSettingsSource(cls, dict(layer)) for layer in lower),
-    )
-    # BaseSettings' documented argument for sources built by the caller (its CliApp uses it too)
-    return cls(_build_sources=(sources, values))
-
-
-def load_settings(
-    environ: Mapping[str, str] | None = None, params_file: Path | str | None = None, **values: Any
-) -> ServeSettings:
-    """The service's settings (see the module docstring); a bad value fails here with the key's
-    name. `environ` defaults to os.environ; keyword `values` beat everything."""
-    env = os.environ if environ is None else environ
-    params_path = Path(params_file or env.get("IMGCLF_PARAMS_FILE") or PARAMS_FILE)
+def load_settings(params_file: Path | str | None = None) -> ServeSettings:
+    """The service's settings (see the module docstring) from `params_file`, default
+    $IMGCLF_PARAMS_FILE or the project's; a bad value fails here with the key's name."""
+    deployment = _Deployment()
+    params_path = Path(params_file or deployment.imgclf_params_file or PARAMS_FILE)
     params = load_params(params_path)
-    # null in params.yaml means "not set here": serve.model_name: null falls through to register's
-    serve = params.serve.model_dump(exclude_none=True)
-    return _build(ServeSettings, env, serve, _derived(params, params_path), **values)
+    serve = _ServeKeys(**params.serve.model_dump(exclude_unset=True))
+    return ServeSettings(
+        **{**serve.model_dump(), **_derived(params, params_path, serve, deployment)}
+    )
 
 
-def load_auth_settings(environ: Mapping[str, str] | None = None) -> AuthSettings:
-    return _build(AuthSettings, environ)
+def _derived(
+    params: Params, params_path: Path, serve: ServeParams, deployment: _Deployment
+) -> dict[str, object]:
+    """Every value the `serve:` keys do not give directly."""
+    from imgclf.tracking import tracking_uri  # imports MLflow: only when settings are loaded
 
-
-def _derived(params: Params, params_path: Path) -> dict[str, Any]:
-    """The lowest layer: what the service takes from the rest of params.yaml."""
-    from imgclf.tracking import tracking_uri
-
+    prediction_db = deployment.imgclf_prediction_db_url or serve.prediction_db
     return {
-        "model_name": params.register.model_name,
+        "model_name": serve.model_name or params.register.model_name,
         "classes": params.download.classes,
         "threshold": params.evaluate.threshold,
         "tracking_uri": tracking_uri(params.mlflow, params_path.resolve().parent),
-        "model_source": "bento" if bento_tag() else "registry",
+        "model_source": deployment.imgclf_model_source or ("bento" if bento_tag() else "registry"),
+        "prediction_db": prediction_db,
+        "prediction_db_url": database_url(prediction_db, Path.cwd()),
     }
 
 

@@ -62,7 +62,7 @@ def api_schema(live: Server):
 
 def _operations() -> list[tuple[str, str]]:
     """(METHOD, path) of every operation the app documents (params.yaml's settings)."""
-    spec = build_app(load_settings({}), runtime=lambda: None).openapi()
+    spec = build_app(load_settings(), runtime=lambda: None).openapi()
     return [(method.upper(), path) for path, item in spec["paths"].items() for method in item]
 
 

@@ -1,5 +1,5 @@
-"""Serving pieces without a server: JWT auth, upload validation, batcher, settings, the OpenAPI
-document."""
+"""Serving pieces without a server: JWT auth, upload validation, batcher, the OpenAPI document
+(settings: test_settings.py)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verif
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.errors import ErrorCode
 from imgclf.serving.holder import LoadedModel
-from imgclf.serving.settings import database_url, load_settings
+from imgclf.serving.settings import AuthSettings, load_settings
 from imgclf.serving.validation import InvalidImage, validate_image
 
 SECRET = "s" * 32
+AUTH_VARIABLES = [f"IMGCLF_{name}".upper() for name in AuthSettings.model_fields]
 LIMITS = {"max_bytes": 1_000_000, "max_pixels": 1_000_000}
 
 
@@ -68,7 +69,18 @@ def test_valid_token_passes_and_bad_ones_fail() -> None:
             verifier.verify_header(header)
 
 
-def test_rs256_public_key_and_no_alg_confusion(tmp_path: Path) -> None:
+def verifier_under(monkeypatch: pytest.MonkeyPatch, **env: str) -> JWTVerifier | None:
+    """The service's verifier with exactly the auth variables `env`."""
+    for name in AUTH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return verifier_from_env()
+
+
+def test_rs256_public_key_and_no_alg_confusion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -77,7 +89,7 @@ def test_rs256_public_key_and_no_alg_confusion(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (tmp_path / "pub.pem").write_bytes(public_pem)
-    verifier = verifier_from_env({"IMGCLF_JWT_PUBLIC_KEY_FILE": str(tmp_path / "pub.pem")})
+    verifier = verifier_under(monkeypatch, IMGCLF_JWT_PUBLIC_KEY_FILE=str(tmp_path / "pub.pem"))
     assert verifier is not None and verifier.algorithm == "RS256"
     claims = {"aud": "imgclf", "exp": time.time() + 60}
     assert verifier.verify(jwt.encode(claims, key, "RS256"))["aud"] == "imgclf"
@@ -92,15 +104,15 @@ def test_rs256_public_key_and_no_alg_confusion(tmp_path: Path) -> None:
         verifier.verify(forged)
 
 
-def test_auth_config_from_env() -> None:
-    assert verifier_from_env({"IMGCLF_AUTH": "disabled"}) is None
+def test_auth_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert verifier_under(monkeypatch, IMGCLF_AUTH="disabled") is None
     with pytest.raises(ValueError, match="IMGCLF_AUTH=disabled"):
-        verifier_from_env({})  # on by default: no key configured refuses to start
+        verifier_under(monkeypatch)  # on by default: no key configured refuses to start
     with pytest.raises(ValueError, match="32 bytes"):
-        verifier_from_env({"IMGCLF_JWT_SECRET": "short"})
+        verifier_under(monkeypatch, IMGCLF_JWT_SECRET="short")
     with pytest.raises(ValueError):
-        verifier_from_env({"IMGCLF_AUTH": "off"})
-    v = verifier_from_env({"IMGCLF_JWT_SECRET": SECRET, "IMGCLF_JWT_AUDIENCE": "a"})
+        verifier_under(monkeypatch, IMGCLF_AUTH="off")
+    v = verifier_under(monkeypatch, IMGCLF_JWT_SECRET=SECRET, IMGCLF_JWT_AUDIENCE="a")
     assert (v.algorithm, v.audience) == ("HS256", "a")
 
 
@@ -290,25 +302,6 @@ def test_batcher_passes_model_errors_to_the_request() -> None:
     batcher.close()
 
 
-def test_settings_from_params_and_env(tmp_path: Path) -> None:
-    env = {
-        "IMGCLF_SERVE_MODEL_NAME": "m",
-        "IMGCLF_SERVE_POLL_SECONDS": "2.5",
-        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
-    }
-    settings = load_settings(env)
-    assert (settings.model_name, settings.poll_seconds, settings.alias) == ("m", 2.5, "champion")
-    assert settings.tracking_uri == "http://127.0.0.1:5000"
-    assert settings.classes == ("cat", "dog") and settings.model_source == "registry"
-    assert settings.prediction_db_url.startswith("sqlite:////")
-    with pytest.raises(ValueError, match="poll_seconds"):
-        load_settings({**env, "IMGCLF_SERVE_POLL_SECONDS": "-1"})
-    assert database_url("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"
-    assert database_url("p.db", tmp_path) == f"sqlite:///{tmp_path / 'p.db'}"
-    url = load_settings({**env, "IMGCLF_PREDICTION_DB_URL": "sqlite:///x.db"}).prediction_db_url
-    assert url == "sqlite:///x.db"
-
-
 # ------------------------------------------------------------------------------- OpenAPI
 
 
@@ -318,7 +311,7 @@ def _spec() -> dict:
     def no_runtime():
         raise AssertionError("documenting the API needs no runtime")
 
-    return build_app(load_settings({"IMGCLF_SERVE_MODEL_NAME": "m"}), no_runtime).openapi()
+    return build_app(load_settings(), no_runtime).openapi()
 
 
 def test_openapi_document_is_valid_and_documents_the_routes() -> None:
