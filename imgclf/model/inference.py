@@ -27,17 +27,22 @@ def load_model(ref: Path | str):
     file."""
     text = str(ref)
     if text.startswith(MLFLOW_URI_PREFIXES):
-        import mlflow.keras
-
-        import imgclf.model.architectures.efficientnet_lite  # noqa: F401  (registers layers, if any)
-
-        return mlflow.keras.load_model(text)
+        return load_mlflow_model(text)
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}")
     from imgclf.model.architectures.factory import load_classifier
 
     return load_classifier(path)
+
+
+def load_mlflow_model(uri: str):
+    """A Keras model logged with MLflow, from an MLflow URI or a local MLflow model folder."""
+    import mlflow.keras
+
+    import imgclf.model.architectures.efficientnet_lite  # noqa: F401  (registers layers, if any)
+
+    return mlflow.keras.load_model(uri)
 
 
 def model_image_size(model) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,6 @@ class LoadedModel:
     source: str  # the URI or path it came from
     image_size: int
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    loaded_at: float = field(default_factory=time.time)
     test_accuracy: float | None = None  # as registered: the bar live accuracy is held to
 
 
@@ -111,15 +109,14 @@ class RegistryChampion:
 def load_bento_model(tag: str) -> LoadedModel | None:
     """The champion packaged in this bento (see bento_model.py), or None when absent."""
     import bentoml
-    import mlflow.keras
 
-    import imgclf.model.architectures.efficientnet_lite  # noqa: F401  (registers custom layers)
+    from imgclf.model.inference import load_mlflow_model
 
     try:
         stored = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         return None
-    model = mlflow.keras.load_model(stored.path_of("mlflow_model"))
+    model = load_mlflow_model(stored.path_of("mlflow_model"))
     labels = stored.info.labels
     version = labels.get("registered_version") or f"bento:{stored.tag.version}"
     accuracy = float(labels["test_accuracy"]) if "test_accuracy" in labels else None
