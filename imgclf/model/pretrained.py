@@ -122,13 +122,10 @@ def port_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray]) ->
     }
 
 
-def imagenet_model_from_torch(
-    checkpoint: Path | str | None = None, image_size: int = 224, **kwargs
-) -> tuple[keras.Model, dict[str, int]]:
-    """The 1000-class model with the ported weights (the packaged .pth by default)."""
-    state = load_state_dict(checkpoint or packaged_checkpoint_path())
-    model = efficientnet_lite0(True, (image_size, image_size, 3), **kwargs)
-    return model, port_state_dict(model, state)
+def imagenet_model_from_torch(checkpoint: Path) -> tuple[keras.Model, dict[str, int]]:
+    """The 1000-class model at 224 px with the weights of `checkpoint` ported into it."""
+    model = efficientnet_lite0(True, (224, 224, 3))
+    return model, port_state_dict(model, load_state_dict(checkpoint))
 
 
 def export_imagenet_weights(weights_path: Path, checkpoint: Path | str | None = None) -> dict:

@@ -34,9 +34,6 @@ HEAD_FILTERS = 1280
 IMAGENET_CLASSES = 1000
 FEATURE_DIM = HEAD_FILTERS
 
-Padding = Literal["tf_same", "symmetric"]
-Normalization = Literal["lite", "imagenet"]
-
 
 @dataclass(frozen=True)
 class StageArgs:
@@ -90,36 +87,22 @@ def block_prefix(index: int) -> str:
     return f"block{index:02d}_"
 
 
-def _input_scaling(normalization: Normalization) -> keras.layers.Layer:
-    if normalization == "lite":
-        # (x*255 - 127) / 128: 0 -> -127/128, 1 -> 1.
-        return keras.layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="input_scaling")
-    if normalization == "imagenet":  # for comparison only: the checkpoint was not trained on this
-        mean = [0.485, 0.456, 0.406]
-        variance = [s * s for s in (0.229, 0.224, 0.225)]
-        return keras.layers.Normalization(mean=mean, variance=variance, name="input_scaling")
-    raise ValueError(f"unknown normalization {normalization!r}")
+def _input_scaling() -> keras.layers.Layer:
+    # (x*255 - 127) / 128: 0 -> -127/128, 1 -> 1.
+    return keras.layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="input_scaling")
 
 
-def _conv(x, filters, kernel, stride, padding: Padding, name: str):
-    if stride > 1 and padding == "symmetric":  # PyTorch-style: pad k//2 on every side
-        x = keras.layers.ZeroPadding2D(kernel // 2, name=name + "_pad")(x)
-        pad = "valid"
-    else:  # TF 'same': for stride 2 on even sizes the extra row/column goes bottom/right
-        pad = "same"
+# TF 'same' padding everywhere: for stride 2 on even sizes the extra row/column goes bottom/right,
+# as in the TF checkpoint the weights come from.
+def _conv(x, filters, kernel, stride, name: str):
     return keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding=pad, use_bias=False, name=name
+        filters, kernel, strides=stride, padding="same", use_bias=False, name=name
     )(x)
 
 
-def _depthwise(x, kernel, stride, padding: Padding, name: str):
-    if stride > 1 and padding == "symmetric":
-        x = keras.layers.ZeroPadding2D(kernel // 2, name=name + "_pad")(x)
-        pad = "valid"
-    else:
-        pad = "same"
+def _depthwise(x, kernel, stride, name: str):
     return keras.layers.DepthwiseConv2D(
-        kernel, strides=stride, padding=pad, use_bias=False, name=name
+        kernel, strides=stride, padding="same", use_bias=False, name=name
     )(x)
 
 
@@ -131,15 +114,15 @@ def _relu6(x, name: str):
     return keras.layers.ReLU(max_value=6.0, name=name)(x)
 
 
-def _mbconv(x, args: BlockArgs, drop_rate: float, padding: Padding):
+def _mbconv(x, args: BlockArgs, drop_rate: float):
     p = block_prefix(args.index)
     inputs = x
     if args.expand != 1:
-        x = _conv(x, args.in_filters * args.expand, 1, 1, padding, p + "expand_conv")
+        x = _conv(x, args.in_filters * args.expand, 1, 1, p + "expand_conv")
         x = _relu6(_bn(x, p + "expand_bn"), p + "expand_activation")
-    x = _depthwise(x, args.kernel, args.stride, padding, p + "dwconv")
+    x = _depthwise(x, args.kernel, args.stride, p + "dwconv")
     x = _relu6(_bn(x, p + "dw_bn"), p + "dw_activation")
-    x = _conv(x, args.out_filters, 1, 1, padding, p + "project_conv")
+    x = _conv(x, args.out_filters, 1, 1, p + "project_conv")
     x = _bn(x, p + "project_bn")
     if args.stride == 1 and args.in_filters == args.out_filters:
         if drop_rate > 0:  # stochastic depth: drops the whole residual branch per sample
@@ -157,8 +140,6 @@ def efficientnet_lite0(
     classifier_activation: str | None = "softmax",
     dropout_rate: float = 0.2,
     drop_connect_rate: float = 0.2,
-    padding: Padding = "tf_same",
-    normalization: Normalization = "lite",
     name: str | None = None,
 ) -> keras.Model:
     """EfficientNet-Lite0 with random weights (see `load_pretrained_backbone`).
@@ -166,19 +147,16 @@ def efficientnet_lite0(
     Input: float32 [0, 1] RGB images of `input_shape`. With `include_top` the output is
     `classes` scores (`predictions`, after global average pooling and dropout); without it, the
     1280-d pooled features (`pooling="avg"`/`"max"`) or the raw feature map (`pooling=None`).
-    `padding` and `normalization` exist to reproduce the port checks; keep the defaults.
     """
-    if padding not in ("tf_same", "symmetric"):
-        raise ValueError(f"unknown padding {padding!r}")
     if pooling not in ("avg", "max", None):
         raise ValueError(f"unknown pooling {pooling!r}")
     inputs = keras.Input(shape=input_shape, name="image")
-    x = _input_scaling(normalization)(inputs)
-    x = _conv(x, STEM_FILTERS, 3, 2, padding, "stem_conv")
+    x = _input_scaling()(inputs)
+    x = _conv(x, STEM_FILTERS, 3, 2, "stem_conv")
     x = _relu6(_bn(x, "stem_bn"), "stem_activation")
     for args in lite0_blocks():
-        x = _mbconv(x, args, drop_connect_rate * args.index / NUM_BLOCKS, padding)
-    x = _conv(x, HEAD_FILTERS, 1, 1, padding, "top_conv")
+        x = _mbconv(x, args, drop_connect_rate * args.index / NUM_BLOCKS)
+    x = _conv(x, HEAD_FILTERS, 1, 1, "top_conv")
     x = _relu6(_bn(x, "top_bn"), "top_activation")
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -237,7 +215,7 @@ def _backbone_layer_names() -> set[str]:
         p = block_prefix(i)
         names |= {p + s for s in ("expand_conv", "expand_bn", "expand_activation", "dwconv")}
         names |= {p + s for s in ("dw_bn", "dw_activation", "project_conv", "project_bn")}
-        names |= {p + s for s in ("drop", "add", "dwconv_pad")}
+        names |= {p + s for s in ("drop", "add")}
     return names
 
 
