@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bentoml
 
-from imgclf.serving.app import build_app
+from imgclf.serving.app import ServedPaths, build_app
 from imgclf.serving.auth import JWTAuthMiddleware
 from imgclf.serving.logs import configure_logging
 from imgclf.serving.runtime import ServingRuntime
@@ -36,4 +36,6 @@ class ImageClassifier:
         self.runtime.close()
 
 
+# The first added is the outer one: unknown paths and BentoML's own pages answer without a token.
+ImageClassifier.add_asgi_middleware(ServedPaths, api=app)
 ImageClassifier.add_asgi_middleware(JWTAuthMiddleware)

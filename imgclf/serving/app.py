@@ -23,34 +23,47 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from imgclf.serving.errors import (
     CLASSIFY_ERRORS,
     FEEDBACK_ERRORS,
-    ErrorBody,
     ErrorCode,
+    Routes,
     ServiceError,
+    error_json,
     error_responses,
 )
+from imgclf.serving.formats import FORMAT_NAMES, STANDARD_MEDIA_TYPES, UNDECLARED
 from imgclf.serving.runtime import ServingRuntime
 from imgclf.serving.schemas import BatchPrediction, Feedback, FeedbackAnswer, Prediction
 from imgclf.serving.settings import ServeSettings
-from imgclf.serving.validation import InvalidImage, ValidatedImage, validate_image
+from imgclf.serving.validation import ValidatedImage, validate_image
 
 logger = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024  # per image, on top of max_bytes (nginx's body limit uses it)
 MAX_FEEDBACK_BYTES = 4096
-RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
+BENTOML_PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})  # served by BentoML
 DOCS_PATH = "/docs"
-DOCS_ASSETS_PATH = "/docs/assets"  # the page's three files are open: see auth.OPEN_PATHS
+OPENAPI_PATH = "/openapi.json"
+DOCS_ASSETS_PATH = "/docs/assets"
+DOCS_ASSETS = {  # the page's files, as Swagger UI's static folder names them
+    "js": f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+    "css": f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+    "favicon": f"{DOCS_ASSETS_PATH}/favicon-light-32x32.png",
+}
+# Open without a token (auth.OPEN_PATHS): a browser cannot send one to load the docs page.
+DOCS_OPEN_PATHS = frozenset({DOCS_PATH, OPENAPI_PATH, *DOCS_ASSETS.values()})
+# The "too many files" of Starlette's multipart parser (a 400 otherwise indistinguishable).
+TOO_MANY_FILES = "Too many files"
 REQUEST_ID_HEADER = {
     "X-Request-ID": {
         "description": "this request's id (a prediction's is also in its body and the log)",
@@ -88,9 +101,14 @@ def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) ->
         title="imgclf image classifier",
         version="1",
         description=_description(settings),
+        openapi_url=OPENAPI_PATH,
         docs_url=None,  # served below, with local assets
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
+        # Unknown methods (and missing docs assets) answer an ErrorBody too.
+        exception_handlers={
+            code.status: _routing_error(code) for code in ErrorCode if code.routes == Routes.NONE
+        },
     )
     app.state.runtime = runtime
     app.include_router(_router(settings))
@@ -99,15 +117,50 @@ def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) ->
     @app.get(DOCS_PATH, include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=OPENAPI_PATH,
             title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon-light-32x32.png",
-            swagger_ui_parameters={"tryItOutEnabled": True, "persistAuthorization": True},
+            swagger_js_url=DOCS_ASSETS["js"],
+            swagger_css_url=DOCS_ASSETS["css"],
+            swagger_favicon_url=DOCS_ASSETS["favicon"],
+            # No persistAuthorization: it would keep the JWT in the browser's localStorage.
+            swagger_ui_parameters={"tryItOutEnabled": True},
         )
 
     return app
+
+
+def _routing_error(code: ErrorCode) -> Callable[[Request, HTTPException], Awaitable[JSONResponse]]:
+    async def answer(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(error_json(code, exc.detail), code.status, headers=exc.headers)
+
+    return answer
+
+
+class ServedPaths:
+    """ASGI middleware (service.py adds it): the service answers `api`'s routes and BentoML's
+    probes only. BentoML's own index page, /docs.json and /schema.json would describe the API a
+    second time (empty): `/` redirects to /docs, and every other path is a 404."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], api: FastAPI) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or self._served(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].rstrip("/") == "":
+            response = RedirectResponse(DOCS_PATH)
+        else:
+            detail = f"no such path: {scope['path']}"
+            response = JSONResponse(error_json(ErrorCode.NOT_FOUND, detail), 404)
+        await response(scope, receive, send)
+
+    def _served(self, scope: dict[str, Any]) -> bool:
+        """A probe, or a path of `api` (for any method: a wrong one gets its 405)."""
+        if scope["path"] in BENTOML_PROBES:
+            return True
+        return any(route.matches(scope)[0] != Match.NONE for route in self.api.routes)
 
 
 def _router(settings: ServeSettings) -> APIRouter:
@@ -174,18 +227,15 @@ async def _answer(
     try:
         status, content = 200, jsonable_encoder(await work)
     except ServiceError as exc:
-        status, content = exc.code.status, _error(exc.code, exc.detail, call, exc.index)
+        status = exc.code.status
+        content = error_json(exc.code, exc.detail, call.request_id, exc.index)
     except Exception:
         logger.exception("request %s failed", call.request_id)
-        status, content = 500, _error(ErrorCode.INTERNAL, "see the server log", call)
+        status = ErrorCode.INTERNAL.status
+        content = error_json(ErrorCode.INTERNAL, "see the server log", call.request_id)
     runtime.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
     runtime.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - call.started)
     return JSONResponse(content, status_code=status, headers={"X-Request-ID": call.request_id})
-
-
-def _error(code: ErrorCode, detail: str, call: Call, index: int | None = None) -> dict[str, Any]:
-    body = ErrorBody(error=code, detail=detail, request_id=call.request_id, index=index)
-    return body.model_dump(mode="json", exclude_none=True)
 
 
 async def _classify(
@@ -193,8 +243,13 @@ async def _classify(
 ) -> Prediction | list[BatchPrediction]:
     settings = runtime.settings
     max_count = settings.max_images_per_request if batch else 1
-    images = await _validated(await _uploads(request, settings, max_count), settings, batch)
-    predictions = await runtime.classify(images, call.request_id, call.started)
+    try:
+        images = await _validated(await _uploads(request, settings, max_count), settings)
+        predictions = await runtime.classify(images, call.request_id, call.started)
+    except ServiceError as exc:
+        if batch or exc.index is None:
+            raise
+        raise ServiceError(exc.code, exc.detail) from exc  # one image: no position to name
     if not batch:
         return predictions[0]
     return [BatchPrediction(index=i, **p.model_dump()) for i, p in enumerate(predictions)]
@@ -252,7 +307,7 @@ async def _uploads(
     media = _media_type(request)
     if media == "multipart/form-data":
         return await _form_files(request, max_count, settings.max_bytes)
-    if max_count == 1 and (media.startswith("image/") or media == "application/octet-stream"):
+    if max_count == 1 and (media.startswith("image/") or media == UNDECLARED):
         return [(await _read_body(request, settings.max_bytes), media)]
     raise ServiceError(
         ErrorCode.UNSUPPORTED_MEDIA_TYPE,
@@ -271,10 +326,14 @@ async def _form_files(
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
+        # The parser stops at the first file over max_count: a flood of tiny parts never piles up.
         form = await Request(request.scope, replay).form(
-            max_files=max_count + 1, max_fields=max_count + 8
+            max_files=max_count, max_fields=max_count + 8
         )
     except HTTPException as exc:
+        if str(exc.detail).startswith(TOO_MANY_FILES):
+            detail = f"over the limit of {max_count} images per request"
+            raise ServiceError(ErrorCode.TOO_MANY_IMAGES, detail) from exc
         raise ServiceError(ErrorCode.BAD_MULTIPART, str(exc.detail)) from exc
     except Exception as exc:
         raise ServiceError(ErrorCode.BAD_MULTIPART, f"cannot parse the form: {exc}") from exc
@@ -282,19 +341,15 @@ async def _form_files(
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
             raise ServiceError(ErrorCode.NO_FILE, "the form holds no file field (e.g. `image`)")
-        if len(files) > max_count:
-            raise ServiceError(
-                ErrorCode.TOO_MANY_IMAGES,
-                f"{len(files)} images > limit of {max_count} per request",
-            )
         return [(await f.read(), f.content_type) for f in files]
     finally:
         await form.close()
 
 
 async def _validated(
-    uploads: list[tuple[bytes, str | None]], settings: ServeSettings, batch: bool
+    uploads: list[tuple[bytes, str | None]], settings: ServeSettings
 ) -> list[ValidatedImage]:
+    """Each upload validated; a refusal names the image's position."""
     images = []
     for index, (data, content_type) in enumerate(uploads):
         try:
@@ -305,9 +360,8 @@ async def _validated(
                 max_pixels=settings.max_pixels,
                 content_type=content_type,
             )
-        except InvalidImage as exc:
-            code = ErrorCode(exc.code)
-            raise ServiceError(code, exc.message, index if batch else None) from exc
+        except ServiceError as exc:
+            raise ServiceError(exc.code, exc.detail, index) from exc
         images.append(image)
     return images
 
@@ -330,7 +384,7 @@ def _description(settings: ServeSettings) -> str:
 def _image_limits(settings: ServeSettings) -> str:
     return (
         f"Each image: at most {settings.max_bytes} bytes and {settings.max_pixels} pixels "
-        "(width x height, read from the header before decoding); JPEG, PNG, WebP or BMP, still, "
+        f"(width x height, read from the header before decoding); {FORMAT_NAMES}, still, "
         "8-bit. EXIF orientation is applied; non-RGB images are converted to RGB."
     )
 
@@ -339,17 +393,18 @@ def _upload_body(settings: ServeSettings, batch: bool) -> dict[str, Any]:
     """`openapi_extra` for an upload route: a multipart file field (Swagger UI shows a file
     picker) and, for /predict, the raw image as the body."""
     binary = {"type": "string", "format": "binary"}
-    image_types = ", ".join(RAW_IMAGE_TYPES[:-1])
     name = "images" if batch else "image"
-    files = {"type": "array", "items": binary, "minItems": 1}
-    files["maxItems"] = settings.max_images_per_request
+    field = binary
+    if batch:
+        field = {
+            "type": "array",
+            "items": binary,
+            "minItems": 1,
+            "maxItems": settings.max_images_per_request,
+        }
     form = {
-        "schema": {
-            "type": "object",
-            "required": [name],
-            "properties": {name: files if batch else binary},
-        },
-        "encoding": {name: {"contentType": image_types}},
+        "schema": {"type": "object", "required": [name], "properties": {name: field}},
+        "encoding": {name: {"contentType": ", ".join(STANDARD_MEDIA_TYPES)}},
     }
     content: dict[str, Any] = {"multipart/form-data": form}
     if batch:
@@ -357,7 +412,8 @@ def _upload_body(settings: ServeSettings, batch: bool) -> dict[str, Any]:
         description += "its position is named in `index`."
     else:
         description = "A file field `image`, or the raw image as the body with its Content-Type."
-        content |= {media: {"schema": binary} for media in RAW_IMAGE_TYPES}
+        raw = (*STANDARD_MEDIA_TYPES, UNDECLARED)
+        content |= {media: {"schema": binary} for media in raw}
     return {
         "description": f"{description} {_image_limits(settings)}",
         "requestBody": {"required": True, "content": content},

@@ -23,24 +23,13 @@ from typing import Any
 
 import jwt
 
-from imgclf.serving.errors import ErrorCode
+from imgclf.serving.app import BENTOML_PROBES, DOCS_OPEN_PATHS
+from imgclf.serving.errors import ErrorCode, error_json
 from imgclf.serving.settings import AuthSettings
 
 # BentoML's health and metrics routes; the API docs page, its assets and the OpenAPI document
-# (a browser cannot send a token to load them, and they hold no secret).
-OPEN_PATHS = frozenset(
-    {
-        "/livez",
-        "/readyz",
-        "/healthz",
-        "/metrics",
-        "/docs",
-        "/docs/assets/swagger-ui-bundle.js",
-        "/docs/assets/swagger-ui.css",
-        "/docs/assets/favicon-light-32x32.png",
-        "/openapi.json",
-    }
-)
+# (a browser cannot send a token to load them, and they hold no secret). Exact paths only.
+OPEN_PATHS = BENTOML_PROBES | DOCS_OPEN_PATHS
 
 
 class AuthError(Exception):
@@ -141,7 +130,7 @@ class JWTAuthMiddleware:
 
 
 async def _unauthorized(send: Callable, message: str) -> None:
-    body = json.dumps({"error": ErrorCode.UNAUTHORIZED, "detail": message}).encode()
+    body = json.dumps(error_json(ErrorCode.UNAUTHORIZED, message)).encode()
     await send(
         {
             "type": "http.response.start",

@@ -47,9 +47,6 @@ class Batcher:
             self.queue.put(items)
         return [item.future for item in items]
 
-    def submit(self, image: np.ndarray, model: LoadedModel) -> concurrent.futures.Future:
-        return self.submit_many([image], model)[0]
-
     def _collect(self) -> list[_Item] | None:
         """The next batch: the carry or the first entry (blocking), then whatever is queued."""
         if self._carry:

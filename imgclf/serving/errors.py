@@ -4,49 +4,106 @@ OpenAPI document lists (per route and status, with what each code means)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
+from enum import Flag, StrEnum, auto
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from imgclf.serving.formats import FORMAT_NAMES
+
+
+class Routes(Flag):
+    """Which routes answer a code: the OpenAPI document lists it under each of them."""
+
+    NONE = 0  # answered before any route runs: no such path or method
+    CLASSIFY = auto()  # /predict and /predict_batch
+    FEEDBACK = auto()
+    ALL = CLASSIFY | FEEDBACK
+
 
 class ErrorCode(StrEnum):
-    """The `error` of an error body, with its HTTP status and meaning."""
+    """The `error` of an error body, with its HTTP status, meaning and the routes answering it."""
 
     status: int
     meaning: str
+    routes: Routes
 
-    def __new__(cls, code: str, status: int, meaning: str) -> ErrorCode:
+    def __new__(cls, code: str, status: int, meaning: str, routes: Routes) -> ErrorCode:
         member = str.__new__(cls, code)
         member._value_ = code
         member.status = status
         member.meaning = meaning
+        member.routes = routes
         return member
 
-    EMPTY = "empty", 400, "the upload is empty (0 bytes)"
-    BAD_MULTIPART = "bad_multipart", 400, "the multipart body cannot be parsed"
-    NO_FILE = "no_file", 400, "the form holds no file field"
+    EMPTY = "empty", 400, "the upload is empty (0 bytes)", Routes.CLASSIFY
+    BAD_MULTIPART = "bad_multipart", 400, "the multipart body cannot be parsed", Routes.CLASSIFY
+    NO_FILE = "no_file", 400, "the form holds no file field", Routes.CLASSIFY
     UNAUTHORIZED = (
         "unauthorized",
         401,
         "missing, malformed, badly signed, expired or wrong-audience bearer token",
+        Routes.ALL,
     )
-    UNKNOWN_PREDICTION = "unknown_prediction", 404, "no logged prediction has this id and index"
-    CONFLICTING_LABEL = "conflicting_label", 409, "the prediction already has another true label"
-    TOO_MANY_BYTES = "too_many_bytes", 413, "over the byte limit (per image or per body)"
-    TOO_MANY_PIXELS = "too_many_pixels", 413, "over the pixel limit (read before decoding)"
-    TOO_MANY_IMAGES = "too_many_images", 413, "more images than one request may carry"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415, "a Content-Type the route does not take"
-    NOT_AN_IMAGE = "not_an_image", 415, "the upload is not a recognised image"
-    UNSUPPORTED_FORMAT = "unsupported_format", 415, "an image, but not JPEG, PNG, WebP or BMP"
-    CORRUPT = "corrupt", 422, "the image cannot be decoded"
-    TRUNCATED = "truncated", 422, "the image data is truncated"
-    ANIMATED = "animated", 422, "an animated image: send a still"
-    HIGH_BIT_DEPTH = "high_bit_depth", 422, "a 16-bit or float image"
-    INVALID_FEEDBACK = "invalid_feedback", 422, "not a valid feedback object"
-    UNKNOWN_LABEL = "unknown_label", 422, "the label is not one of the classes"
-    INTERNAL = "internal", 500, "unexpected server error: see the server log for the request id"
-    NOT_READY = "not_ready", 503, "no model loaded yet"
+    NOT_FOUND = "not_found", 404, "no such path", Routes.NONE
+    UNKNOWN_PREDICTION = (
+        "unknown_prediction",
+        404,
+        "no logged prediction has this id and index",
+        Routes.FEEDBACK,
+    )
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405, "the path takes another method", Routes.NONE
+    CONFLICTING_LABEL = (
+        "conflicting_label",
+        409,
+        "the prediction already has another true label",
+        Routes.FEEDBACK,
+    )
+    TOO_MANY_BYTES = (
+        "too_many_bytes",
+        413,
+        "over the byte limit (per image or per body)",
+        Routes.ALL,
+    )
+    TOO_MANY_PIXELS = (
+        "too_many_pixels",
+        413,
+        "over the pixel limit (read before decoding)",
+        Routes.CLASSIFY,
+    )
+    TOO_MANY_IMAGES = (
+        "too_many_images",
+        413,
+        "more images than one request may carry",
+        Routes.CLASSIFY,
+    )
+    UNSUPPORTED_MEDIA_TYPE = (
+        "unsupported_media_type",
+        415,
+        "a Content-Type the route does not take",
+        Routes.ALL,
+    )
+    NOT_AN_IMAGE = "not_an_image", 415, "the upload is not a recognised image", Routes.CLASSIFY
+    UNSUPPORTED_FORMAT = (
+        "unsupported_format",
+        415,
+        f"an image, but not {FORMAT_NAMES}",
+        Routes.CLASSIFY,
+    )
+    CORRUPT = "corrupt", 422, "the image cannot be decoded", Routes.CLASSIFY
+    TRUNCATED = "truncated", 422, "the image data is truncated", Routes.CLASSIFY
+    TOO_SMALL = "too_small", 422, "a side is under the minimum", Routes.CLASSIFY
+    ANIMATED = "animated", 422, "an animated image: send a still", Routes.CLASSIFY
+    HIGH_BIT_DEPTH = "high_bit_depth", 422, "a 16-bit or float image", Routes.CLASSIFY
+    INVALID_FEEDBACK = "invalid_feedback", 422, "not a valid feedback object", Routes.FEEDBACK
+    UNKNOWN_LABEL = "unknown_label", 422, "the label is not one of the classes", Routes.FEEDBACK
+    INTERNAL = (
+        "internal",
+        500,
+        "unexpected server error: see the server log for the request id",
+        Routes.ALL,
+    )
+    NOT_READY = "not_ready", 503, "no model loaded yet", Routes.CLASSIFY
 
 
 class ServiceError(Exception):
@@ -60,18 +117,26 @@ class ServiceError(Exception):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx/5xx answer."""
+    """Every 4xx/5xx answer (`error_json` writes it)."""
 
     error: ErrorCode
     detail: str = Field(min_length=1)
     request_id: str | None = Field(
         default=None,
         pattern="^[0-9a-f]{32}$",
-        description="the request's id; absent on 401 (refused before any route runs)",
+        description="the request's id; absent when refused before any route runs (401, 404, 405)",
     )
     index: int | None = Field(
         default=None, ge=0, description="/predict_batch: the position of the image to blame"
     )
+
+
+def error_json(
+    code: ErrorCode, detail: str, request_id: str | None = None, index: int | None = None
+) -> dict[str, Any]:
+    """An ErrorBody as JSON-ready data."""
+    body = ErrorBody(error=code, detail=detail, request_id=request_id, index=index)
+    return body.model_dump(mode="json", exclude_none=True)
 
 
 def error_responses(codes: Iterable[ErrorCode]) -> dict[int | str, dict[str, Any]]:
@@ -89,19 +154,5 @@ def error_responses(codes: Iterable[ErrorCode]) -> dict[int | str, dict[str, Any
 
 
 # Which codes each route can answer (documented per route; the handlers raise them).
-FEEDBACK_ONLY = frozenset(
-    {
-        ErrorCode.UNKNOWN_PREDICTION,
-        ErrorCode.CONFLICTING_LABEL,
-        ErrorCode.INVALID_FEEDBACK,
-        ErrorCode.UNKNOWN_LABEL,
-    }
-)
-CLASSIFY_ERRORS = tuple(code for code in ErrorCode if code not in FEEDBACK_ONLY)
-FEEDBACK_ERRORS = (
-    *sorted(FEEDBACK_ONLY),
-    ErrorCode.UNAUTHORIZED,
-    ErrorCode.TOO_MANY_BYTES,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    ErrorCode.INTERNAL,
-)
+CLASSIFY_ERRORS = tuple(code for code in ErrorCode if Routes.CLASSIFY in code.routes)
+FEEDBACK_ERRORS = tuple(code for code in ErrorCode if Routes.FEEDBACK in code.routes)

@@ -204,13 +204,18 @@ class ServingRuntime:
 
 
 def _preprocess(encoded: list[bytes], model: LoadedModel) -> list[np.ndarray]:
+    """The model inputs; an image TensorFlow cannot decode (though Pillow could) is `corrupt`,
+    named by its position."""
     import tensorflow as tf
 
     preprocess = _traced_preprocess(model.image_size)
-    try:
-        return [preprocess(tf.constant(b)).numpy() for b in encoded]
-    except tf.errors.InvalidArgumentError as exc:
-        raise ServiceError(ErrorCode.CORRUPT, "the image cannot be decoded") from exc
+    inputs = []
+    for index, data in enumerate(encoded):
+        try:
+            inputs.append(preprocess(tf.constant(data)).numpy())
+        except tf.errors.InvalidArgumentError as exc:
+            raise ServiceError(ErrorCode.CORRUPT, "the image cannot be decoded", index) from exc
+    return inputs
 
 
 @functools.cache

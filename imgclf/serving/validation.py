@@ -3,10 +3,9 @@
 The byte limit and the declared content type are the service's own; everything about the image
 itself is `imgclf.data.standardise`, the same standardisation the download stage and batch
 prediction use, so an upload reaches the model exactly as the same file does through
-`imgclf predict`. The service takes only JPEG, PNG, WebP and BMP stills of at most
-8 bits a channel, and sets no minimum side; each rejection reason is the service's error code of
-the same name (imgclf/serving/errors.py gives its HTTP status). Never raises anything but
-`InvalidImage`.
+`imgclf predict`. The service takes the stills of formats.py of at most 8 bits a channel, and
+sets no minimum side; each rejection reason has its error code (`REASON_CODES`; errors.py gives
+its HTTP status). Never raises anything but `ServiceError`.
 """
 
 from __future__ import annotations
@@ -14,36 +13,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from imgclf.data.standardise import ImageRejected, Limits, standardise
-from imgclf.serving.errors import ErrorCode
+from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
+from imgclf.serving.errors import ErrorCode, ServiceError
+from imgclf.serving.formats import ACCEPTED_MEDIA_TYPES, FORMAT_NAMES, PILLOW_NAMES
 
-# Pillow format names accepted; MPO is a phone JPEG with an embedded preview (its first frame).
-ACCEPTED_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
-ACCEPTED_CONTENT_TYPES = {
-    "image/jpeg",
-    "image/jpg",
-    "image/pjpeg",
-    "image/png",
-    "image/webp",
-    "image/bmp",
-    "image/x-bmp",
-    "image/x-ms-bmp",
-    "application/octet-stream",  # clients that do not know: the bytes decide
+REASON_CODES: dict[Reason, ErrorCode] = {
+    Reason.EMPTY: ErrorCode.EMPTY,
+    Reason.NOT_AN_IMAGE: ErrorCode.NOT_AN_IMAGE,
+    Reason.UNSUPPORTED_FORMAT: ErrorCode.UNSUPPORTED_FORMAT,
+    Reason.CORRUPT: ErrorCode.CORRUPT,
+    Reason.TRUNCATED: ErrorCode.TRUNCATED,
+    Reason.TOO_MANY_PIXELS: ErrorCode.TOO_MANY_PIXELS,
+    Reason.TOO_SMALL: ErrorCode.TOO_SMALL,
+    Reason.ANIMATED: ErrorCode.ANIMATED,
+    Reason.HIGH_BIT_DEPTH: ErrorCode.HIGH_BIT_DEPTH,
 }
-
-
-class InvalidImage(Exception):
-    """An upload the service will not classify: its error code (which carries the HTTP status)
-    and a human message."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = code.status
-        self.message = message
-
-    def to_json(self) -> dict[str, str]:
-        return {"error": self.code, "detail": self.message}
 
 
 @dataclass(frozen=True)
@@ -52,8 +36,6 @@ class ValidatedImage:
     sha256: str  # of the uploaded bytes
     width: int  # after EXIF orientation
     height: int
-    format: str  # jpeg | png | webp | bmp
-    converted: bool  # re-encoded as PNG (False: the original JPEG bytes)
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -61,32 +43,29 @@ def check_content_type(content_type: str | None) -> None:
     if not content_type:
         return
     media = content_type.split(";")[0].strip().lower()
-    if media not in ACCEPTED_CONTENT_TYPES:
-        raise InvalidImage(
+    if media not in ACCEPTED_MEDIA_TYPES:
+        raise ServiceError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            f"content type {media!r} is not accepted; send JPEG, PNG, WebP or BMP",
+            f"content type {media!r} is not accepted; send {FORMAT_NAMES}",
         )
 
 
 def validate_image(
     data: bytes, *, max_bytes: int, max_pixels: int, content_type: str | None = None
 ) -> ValidatedImage:
-    """Check the upload's size and declared type, then standardise it; `InvalidImage` says why
+    """Check the upload's size and declared type, then standardise it; `ServiceError` says why
     not."""
     if len(data) > max_bytes:
-        raise InvalidImage(ErrorCode.TOO_MANY_BYTES, f"{len(data)} bytes > limit {max_bytes}")
+        raise ServiceError(ErrorCode.TOO_MANY_BYTES, f"{len(data)} bytes > limit {max_bytes}")
     check_content_type(content_type)
-    limits = Limits(max_pixels, formats=frozenset(ACCEPTED_FORMATS), scale_high_bit_depth=False)
+    limits = Limits(max_pixels, formats=PILLOW_NAMES, scale_high_bit_depth=False)
     try:
         clean = standardise(data, limits)
     except ImageRejected as exc:
-        # The service's codes are the standardisation's reasons, spelled the same.
-        raise InvalidImage(ErrorCode(exc.reason), exc.detail) from exc
+        raise ServiceError(REASON_CODES[exc.reason], exc.detail) from exc
     return ValidatedImage(
         model_bytes=clean.data,
         sha256=hashlib.sha256(data).hexdigest(),
         width=clean.width,
         height=clean.height,
-        format=ACCEPTED_FORMATS[clean.source_format],
-        converted=bool(clean.changes),
     )

@@ -1,5 +1,5 @@
-"""Serving pieces without a server: JWT auth, upload validation, batcher, the OpenAPI document
-(settings: test_settings.py)."""
+"""Serving pieces without a server: JWT auth, upload validation, batcher, the HTTP app (routes,
+refusals, the OpenAPI document); settings: test_settings.py."""
 
 from __future__ import annotations
 
@@ -11,18 +11,22 @@ import json
 import threading
 import time
 from pathlib import Path
+from unittest.mock import MagicMock
 
 import jwt
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
+from imgclf.data.standardise import Reason
+from imgclf.serving.app import ServedPaths, build_app
 from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
 from imgclf.serving.batcher import Batcher
-from imgclf.serving.errors import ErrorCode
+from imgclf.serving.errors import CLASSIFY_ERRORS, ErrorCode, ServiceError
 from imgclf.serving.holder import LoadedModel
-from imgclf.serving.settings import AuthSettings, load_settings
-from imgclf.serving.validation import InvalidImage, validate_image
+from imgclf.serving.settings import AuthSettings, ServeSettings, load_settings
+from imgclf.serving.validation import REASON_CODES, validate_image
 
 SECRET = "s" * 32
 AUTH_VARIABLES = [f"IMGCLF_{name}".upper() for name in AuthSettings.model_fields]
@@ -116,6 +120,12 @@ def test_auth_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (v.algorithm, v.audience) == ("HS256", "a")
 
 
+async def ok_app(scope, receive, send) -> None:
+    """Stands in for what a middleware wraps: 200 for everything."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
 def _call(middleware, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
     sent = []
 
@@ -135,20 +145,49 @@ def _call(middleware, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def test_middleware_protects_all_but_health_and_metrics() -> None:
-    async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+OPEN = [
+    "/readyz",
+    "/livez",
+    "/healthz",
+    "/metrics",
+    "/docs",
+    "/docs/",
+    "/openapi.json",
+    "/docs/assets/swagger-ui-bundle.js",
+    "/docs/assets/swagger-ui.css",
+    "/docs/assets/favicon-light-32x32.png",
+]
+NEEDS_A_TOKEN = [
+    "/predict",
+    "//predict",
+    "/predict/",
+    "/docs/../predict",
+    "/docs/assets/other.css",
+    "/docs/assets",
+    "/docs/assets/../../predict",
+    "/openapi.json.x",
+    "/metrics/x",
+    "/docs.json",
+    "/",
+]
 
-    middleware = JWTAuthMiddleware(app, verifier_factory=hs256)
-    assert _call(middleware, "/predict", {})[0] == 401
-    assert b"missing bearer token" in _call(middleware, "/predict", {})[1]
-    assert _call(middleware, "/docs.json", {})[0] == 401
-    for path in ("/readyz", "/livez", "/healthz", "/metrics"):
-        assert _call(middleware, path, {})[0] == 200
+
+@pytest.mark.parametrize("path", OPEN)
+def test_middleware_opens_the_probes_and_the_docs_page(path: str) -> None:
+    assert _call(JWTAuthMiddleware(ok_app, verifier_factory=hs256), path, {})[0] == 200
+
+
+@pytest.mark.parametrize("path", NEEDS_A_TOKEN)
+def test_middleware_needs_a_token_everywhere_else(path: str) -> None:
+    middleware = JWTAuthMiddleware(ok_app, verifier_factory=hs256)
+    status, body = _call(middleware, path, {})
+    assert status == 401 and json.loads(body)["error"] == "unauthorized"
     good = jwt.encode({"aud": "imgclf", "exp": time.time() + 60}, SECRET, "HS256")
-    assert _call(middleware, "/predict", {"Authorization": f"Bearer {good}"})[0] == 200
-    assert _call(JWTAuthMiddleware(app, verifier_factory=lambda: None), "/predict", {})[0] == 200
+    assert _call(middleware, path, {"Authorization": f"Bearer {good}"})[0] == 200
+
+
+def test_middleware_lets_everything_through_when_auth_is_disabled() -> None:
+    assert _call(JWTAuthMiddleware(ok_app, verifier_factory=lambda: None), "/predict", {})[0] == 200
 
 
 # ---------------------------------------------------------------------------- validation
@@ -157,8 +196,8 @@ def test_middleware_protects_all_but_health_and_metrics() -> None:
 def test_plain_rgb_jpeg_passes_through_unchanged() -> None:
     data = encode(photo(), "JPEG", quality=90)
     result = validate_image(data, **LIMITS)
-    assert result.model_bytes is data and not result.converted
-    assert (result.width, result.height, result.format) == (80, 60, "jpeg")
+    assert result.model_bytes is data
+    assert (result.width, result.height) == (80, 60)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +214,7 @@ def test_plain_rgb_jpeg_passes_through_unchanged() -> None:
 )
 def test_other_images_become_rgb_png(fmt: str, mode: str, options: dict) -> None:
     result = validate_image(encode(photo().convert(mode), fmt, **options), **LIMITS)
-    assert result.converted and result.model_bytes.startswith(b"\x89PNG")
+    assert result.model_bytes.startswith(b"\x89PNG")
     decoded = Image.open(io.BytesIO(result.model_bytes))
     assert decoded.mode == "RGB" and decoded.size == (80, 60)
 
@@ -184,7 +223,8 @@ def test_exif_orientation_is_applied() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 clockwise to view
     result = validate_image(encode(photo(), "JPEG", exif=exif), **LIMITS)
-    assert result.converted and (result.width, result.height) == (60, 80)
+    assert result.model_bytes.startswith(b"\x89PNG")
+    assert (result.width, result.height) == (60, 80)
 
 
 @pytest.mark.parametrize(
@@ -215,21 +255,32 @@ def test_exif_orientation_is_applied() -> None:
         ),
     ],
 )
-def test_bad_uploads_raise_invalid_image(make, status: int, code: str) -> None:
-    with pytest.raises(InvalidImage) as caught:
+def test_bad_uploads_are_refused_with_their_code(make, status: int, code: str) -> None:
+    with pytest.raises(ServiceError) as caught:
         validate_image(make(), **LIMITS)
-    assert (caught.value.status, caught.value.code) == (status, code)
-    assert ErrorCode(code).status == status  # the code the service answers, at this status
-    assert caught.value.to_json()["detail"]
+    assert (caught.value.code, caught.value.code.status) == (code, status)
+    assert caught.value.detail
 
 
-def test_declared_content_type_is_checked() -> None:
-    data = encode(photo(), "PNG")
-    assert validate_image(data, content_type="image/png", **LIMITS).format == "png"
-    assert validate_image(data, content_type="application/octet-stream", **LIMITS)
-    with pytest.raises(InvalidImage) as caught:
-        validate_image(data, content_type="text/plain", **LIMITS)
-    assert caught.value.status == 415
+def test_every_standardisation_reason_has_an_image_error_code() -> None:
+    assert set(REASON_CODES) == set(Reason)
+    assert set(REASON_CODES.values()) <= set(CLASSIFY_ERRORS)
+    assert all(400 <= code.status < 500 for code in REASON_CODES.values())
+
+
+@pytest.mark.parametrize(
+    "content_type", ["image/png", "image/jpg", "image/x-ms-bmp", "application/octet-stream", None]
+)
+def test_declared_image_types_are_taken(content_type: str | None) -> None:
+    data = encode(photo(), "PNG")  # the bytes decide the format
+    assert validate_image(data, content_type=content_type, **LIMITS).width == 80
+
+
+def test_other_declared_types_are_refused() -> None:
+    with pytest.raises(ServiceError) as caught:
+        validate_image(encode(photo(), "PNG"), content_type="text/plain", **LIMITS)
+    assert caught.value.code == ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    assert "JPEG, PNG, WebP or BMP" in caught.value.detail
 
 
 def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,7 +289,7 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch)
 
     big = encode(Image.new("RGB", (1001, 1000)), "PNG")
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    with pytest.raises(InvalidImage) as caught:
+    with pytest.raises(ServiceError) as caught:
         validate_image(big, **LIMITS)
     assert caught.value.code == "too_many_pixels"
 
@@ -257,7 +308,7 @@ def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
     new = LoadedModel(version="2", source="b", image_size=2, forward=forward)
     batcher = Batcher(max_batch_size=8, on_batch=sizes.append)
     futures = [
-        batcher.submit(np.full((2, 2, 3), i / 20, "float32"), old if i < 10 else new)
+        batcher.submit_many([np.full((2, 2, 3), i / 20, "float32")], old if i < 10 else new)[0]
         for i in range(20)
     ]
     results = [f.result(timeout=10) for f in futures]
@@ -278,10 +329,10 @@ def test_batcher_never_waits_and_batches_what_queued_during_a_forward_pass() -> 
 
     model = LoadedModel("1", "x", 2, forward)
     batcher = Batcher(max_batch_size=8, on_batch=sizes.append)
-    first = batcher.submit(np.zeros((2, 2, 3), "float32"), model)
+    (first,) = batcher.submit_many([np.zeros((2, 2, 3), "float32")], model)
     assert running.wait(timeout=5)  # alone in the queue: it went to the model at once
     rest = batcher.submit_many([np.ones((2, 2, 3), "float32")] * 3, model)
-    single = batcher.submit(np.ones((2, 2, 3), "float32"), model)
+    (single,) = batcher.submit_many([np.ones((2, 2, 3), "float32")], model)
     release.set()
     assert [f.result(timeout=5)[0] for f in [first, *rest, single]] == [0.0] + [1.0] * 4
     # A submit_many bigger than the room left is split, never lost.
@@ -296,7 +347,7 @@ def test_batcher_passes_model_errors_to_the_request() -> None:
         raise RuntimeError("boom")
 
     batcher = Batcher(max_batch_size=4)
-    future = batcher.submit(np.zeros((2, 2, 3)), LoadedModel("1", "x", 2, broken))
+    (future,) = batcher.submit_many([np.zeros((2, 2, 3))], LoadedModel("1", "x", 2, broken))
     with pytest.raises(RuntimeError, match="boom"):
         future.result(timeout=5)
     batcher.close()
@@ -332,6 +383,14 @@ def test_openapi_document_is_valid_and_documents_the_routes() -> None:
     predict = paths["/predict"]["post"]["requestBody"]["content"]
     assert predict["multipart/form-data"]["schema"]["properties"]["image"] == binary
     assert predict["image/jpeg"]["schema"] == binary
+    assert set(predict) == {
+        "multipart/form-data",
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "application/octet-stream",
+    }
     batch = paths["/predict_batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert batch["schema"]["properties"]["images"]["items"] == binary
     assert batch["schema"]["properties"]["images"]["maxItems"] == 32  # params.yaml's limit
@@ -342,7 +401,7 @@ def test_openapi_document_is_valid_and_documents_the_routes() -> None:
 
 
 def test_openapi_lists_every_error_code_under_its_status() -> None:
-    from imgclf.serving.errors import CLASSIFY_ERRORS, FEEDBACK_ERRORS
+    from imgclf.serving.errors import FEEDBACK_ERRORS
 
     spec = _spec()
     assert spec["components"]["schemas"]["ErrorCode"]["enum"] == [c.value for c in ErrorCode]
@@ -359,4 +418,105 @@ def test_openapi_lists_every_error_code_under_its_status() -> None:
             if f"`{code}`" in response["description"]
         }
         assert documented == {(code.status, code) for code in codes}, path
-    assert set(CLASSIFY_ERRORS) | set(FEEDBACK_ERRORS) == set(ErrorCode)
+    # Only the router's own refusals (unknown path or method) belong to no route.
+    unlisted = set(ErrorCode) - set(CLASSIFY_ERRORS) - set(FEEDBACK_ERRORS)
+    assert unlisted == {ErrorCode.NOT_FOUND, ErrorCode.METHOD_NOT_ALLOWED}
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+class ModelessRuntime:
+    """A runtime without a model: every request that passes the upload checks gets not_ready."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = MagicMock()
+
+    async def classify(self, images, request_id: str, started: float):
+        raise ServiceError(ErrorCode.NOT_READY, "no model in unit tests")
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    settings = load_settings()
+    runtime = ModelessRuntime(settings)
+    return TestClient(build_app(settings, lambda: runtime))
+
+
+def form(field: str, count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(field, (f"{n}.png", encode(photo(), "PNG"), "image/png")) for n in range(count)]
+
+
+def test_one_image_per_predict_and_every_extra_is_too_many(client: TestClient) -> None:
+    assert client.post("/predict", files=form("image", 1)).json()["error"] == "not_ready"
+    for count in (2, 3):
+        response = client.post("/predict", files=form("image", count))
+        assert (response.status_code, response.json()["error"]) == (413, "too_many_images")
+
+
+def test_predict_batch_takes_its_limit_and_refuses_more(client: TestClient) -> None:
+    limit = client.app.state.runtime().settings.max_images_per_request
+    full = client.post("/predict_batch", files=form("images", limit))
+    assert full.json()["error"] == "not_ready"
+    for count in (limit + 1, limit + 2):
+        response = client.post("/predict_batch", files=form("images", count))
+        assert (response.status_code, response.json()["error"]) == (413, "too_many_images")
+
+
+def test_a_bad_image_is_named_by_its_position_in_a_batch_only(client: TestClient) -> None:
+    batch = [*form("images", 2), ("images", ("bad.png", b"garbage", "image/png"))]
+    body = client.post("/predict_batch", files=batch).json()
+    assert (body["error"], body["index"]) == ("not_an_image", 2)
+    body = client.post("/predict", files=[("image", ("bad.png", b"garbage", "image/png"))]).json()
+    assert body["error"] == "not_an_image" and "index" not in body
+
+
+def test_a_wrong_method_or_a_missing_asset_gets_an_error_body(client: TestClient) -> None:
+    wrong_method = client.get("/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": "method_not_allowed", "detail": "Method Not Allowed"}
+    missing = client.get("/docs/assets/other.css")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def test_docs_page_keeps_no_token_in_the_browser(client: TestClient) -> None:
+    page = client.get("/docs").text
+    assert "persistAuthorization" not in page and "tryItOutEnabled" in page
+
+
+def _get(app, path: str) -> dict:
+    """The response-start message of GET `path` through an ASGI app."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    return sent[0] | {"body": b"".join(m.get("body", b"") for m in sent[1:])}
+
+
+def test_only_the_api_and_bentoml_probes_are_served(client: TestClient) -> None:
+    served = ServedPaths(ok_app, api=client.app)
+    for path in ("/livez", "/metrics", "/predict", "/docs", "/openapi.json", "/docs/assets/x"):
+        assert _get(served, path)["status"] == 200, path
+    for path in ("/docs.json", "/schema.json", "/static_content/index.css", "/predict/x", "/a"):
+        answer = _get(served, path)
+        assert (answer["status"], json.loads(answer["body"])["error"]) == (404, "not_found"), path
+    index = _get(served, "/")
+    assert index["status"] == 307 and (b"location", b"/docs") in index["headers"]
+
+
+def test_an_image_tensorflow_cannot_decode_is_named_by_its_position() -> None:
+    from imgclf.serving.runtime import _preprocess
+
+    model = LoadedModel("1", "x", 8, forward=lambda batch: batch)
+    good = encode(photo(), "PNG")
+    assert len(_preprocess([good, good], model)) == 2
+    with pytest.raises(ServiceError) as caught:
+        _preprocess([good, b"not an image"], model)
+    assert (caught.value.code, caught.value.index) == (ErrorCode.CORRUPT, 1)
