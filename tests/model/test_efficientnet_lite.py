@@ -14,8 +14,6 @@ def test_architecture_shapes_at_160_and_224():
     backbone = effl.efficientnet_lite0(False, (160, 160, 3))
     assert backbone.output_shape == (None, effl.FEATURE_DIM)
     assert tuple(backbone(np.zeros((2, 160, 160, 3), "float32")).shape) == (2, 1280)
-    fmap = effl.efficientnet_lite0(False, (160, 160, 3), pooling=None)
-    assert fmap.output_shape == (None, 5, 5, 1280)
     full = effl.efficientnet_lite0(True, (224, 224, 3))
     assert full.output_shape == (None, 1000)
     assert full.get_layer("top_activation").output.shape == (None, 7, 7, 1280)
@@ -39,9 +37,10 @@ def test_normalisation_layer_maps_unit_range_to_checkpoint_range():
 
 def test_top_block_helpers():
     model = effl.efficientnet_lite0(True, (64, 64, 3))
-    last2 = effl.top_block_layers(model, 2, include_head=False)
-    assert {layer.name[:7] for layer in last2} == {"block14", "block15"}
-    assert effl.top_block_layers(model, 0, include_head=False) == []
+    head = set(effl.HEAD_LAYER_NAMES)
+    last2 = {layer.name for layer in effl.top_block_layers(model, 2)}
+    assert {name[:7] for name in last2 - head} == {"block14", "block15"} and head <= last2
+    assert {layer.name for layer in effl.top_block_layers(model, 0)} == head
     unfrozen = effl.unfreeze_top_blocks(model, 1)
     trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
     assert trainable == {

@@ -15,7 +15,7 @@ Layer names (stable, used by the weight port and by fine-tuning):
     input_scaling, stem_conv, stem_bn, stem_activation,
     blockNN_{expand_conv,expand_bn,expand_activation,dwconv,dw_bn,dw_activation,
              project_conv,project_bn,drop,add}  for NN = 00..15 (block 00 has no expand_*),
-    top_conv, top_bn, top_activation, avg_pool | max_pool, top_dropout, predictions.
+    top_conv, top_bn, top_activation, avg_pool, top_dropout, predictions.
 `top_block_layers(model, n)` / `unfreeze_top_blocks(model, n)` pick the last n blocks (+ head conv).
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import keras
 
@@ -135,7 +134,6 @@ def efficientnet_lite0(
     include_top: bool = True,
     input_shape: tuple[int, int, int] = (224, 224, 3),
     *,
-    pooling: Literal["avg", "max"] | None = "avg",
     classes: int = IMAGENET_CLASSES,
     classifier_activation: str | None = "softmax",
     dropout_rate: float = 0.2,
@@ -146,10 +144,8 @@ def efficientnet_lite0(
 
     Input: float32 [0, 1] RGB images of `input_shape`. With `include_top` the output is
     `classes` scores (`predictions`, after global average pooling and dropout); without it, the
-    1280-d pooled features (`pooling="avg"`/`"max"`) or the raw feature map (`pooling=None`).
+    1280-d average-pooled features.
     """
-    if pooling not in ("avg", "max", None):
-        raise ValueError(f"unknown pooling {pooling!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     x = _input_scaling()(inputs)
     x = _conv(x, STEM_FILTERS, 3, 2, "stem_conv")
@@ -158,15 +154,11 @@ def efficientnet_lite0(
         x = _mbconv(x, args, drop_connect_rate * args.index / NUM_BLOCKS)
     x = _conv(x, HEAD_FILTERS, 1, 1, "top_conv")
     x = _relu6(_bn(x, "top_bn"), "top_activation")
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     default_name = "efficientnet_lite0" if include_top else "efficientnet_lite0_backbone"
     return keras.Model(inputs, x, name=name or default_name)
 
@@ -174,38 +166,33 @@ def efficientnet_lite0(
 # ---------------------------------------------------------------- fine-tuning helpers
 
 
-def top_block_layers(
-    model: keras.Model, n_blocks: int, include_head: bool = True
-) -> list[keras.layers.Layer]:
-    """The layers of the last `n_blocks` MBConv blocks (0..16), plus the head conv/BN if asked."""
+def top_block_layers(model: keras.Model, n_blocks: int) -> list[keras.layers.Layer]:
+    """The layers of the last `n_blocks` MBConv blocks (0..16) and of the head conv/BN."""
     if not 0 <= n_blocks <= NUM_BLOCKS:
         raise ValueError(f"n_blocks must be in 0..{NUM_BLOCKS}, got {n_blocks}")
     prefixes = tuple(block_prefix(i) for i in range(NUM_BLOCKS - n_blocks, NUM_BLOCKS))
-    heads = HEAD_LAYER_NAMES if include_head else ()
     return [
         layer
         for layer in model.layers
-        if (prefixes and layer.name.startswith(prefixes)) or layer.name in heads
+        if (prefixes and layer.name.startswith(prefixes)) or layer.name in HEAD_LAYER_NAMES
     ]
 
 
-def unfreeze_top_blocks(
-    model: keras.Model, n_blocks: int, train_batchnorm: bool = False
-) -> list[keras.layers.Layer]:
+def unfreeze_top_blocks(model: keras.Model, n_blocks: int) -> list[keras.layers.Layer]:
     """Freeze the backbone except its last `n_blocks` blocks and head conv; return those layers.
 
-    BatchNorm layers stay frozen unless `train_batchnorm` (the usual choice for small data: a
-    frozen Keras 3 BN also runs in inference mode, so its statistics are kept).
-    Layers not in the backbone (e.g. a classifier added on top) are left as they are.
+    BatchNorm layers stay frozen: for small data a frozen Keras 3 BN also runs in inference mode,
+    so its ImageNet statistics are kept. Layers not in the backbone (e.g. a classifier added on
+    top) are left as they are.
     """
-    unfrozen = top_block_layers(model, n_blocks, include_head=True)
+    unfrozen = top_block_layers(model, n_blocks)
     chosen = {id(layer) for layer in unfrozen}
     backbone = _backbone_layer_names()
     for layer in model.layers:
         if layer.name not in backbone:
             continue
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = id(layer) in chosen and (train_batchnorm or not is_bn)
+        layer.trainable = id(layer) in chosen and not is_bn
     return unfrozen
 
 
@@ -222,9 +209,7 @@ def _backbone_layer_names() -> set[str]:
 # ---------------------------------------------------------------- the ported weights
 
 
-def load_pretrained_backbone(
-    weights_path: Path | str, image_size: int, *, pooling: Literal["avg", "max"] | None = "avg"
-) -> keras.Model:
+def load_pretrained_backbone(weights_path: Path | str, image_size: int) -> keras.Model:
     """Backbone without the ImageNet classifier: [0,1] images (N,size,size,3) -> (N,1280) features.
 
     `weights_path` is the `.weights.h5` of the full 1000-class model written by
@@ -234,7 +219,7 @@ def load_pretrained_backbone(
     shape = (image_size, image_size, 3)
     full = efficientnet_lite0(True, shape)
     full.load_weights(str(weights_path))
-    backbone = efficientnet_lite0(False, shape, pooling=pooling)
+    backbone = efficientnet_lite0(False, shape)
     for layer in backbone.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
