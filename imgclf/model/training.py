@@ -119,16 +119,15 @@ def _fit(
     lr: float,
     epochs: int,
     steps_per_epoch: int,
-    params: TrainParams,
+    schedule: str,
+    patience: int,
     class_weight: dict[int, float] | None,
     callbacks: Sequence[keras.callbacks.Callback],
     initial_epoch: int = 0,
 ) -> list[dict[str, float]]:
     """Compile with Adam + BCE, fit with early stopping, and end on the best val_loss weights."""
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            _learning_rate(lr, params.lr_schedule, epochs * steps_per_epoch)
-        ),
+        optimizer=keras.optimizers.Adam(_learning_rate(lr, schedule, epochs * steps_per_epoch)),
         loss="binary_crossentropy",
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
@@ -136,12 +135,12 @@ def _fit(
         best = Path(scratch) / "best.weights.h5"
         standard = [
             _LearningRateLogger(),
-            keras.callbacks.EarlyStopping("val_loss", patience=params.early_stopping_patience),
+            keras.callbacks.EarlyStopping("val_loss", patience=patience),
             keras.callbacks.ModelCheckpoint(
                 best, "val_loss", save_best_only=True, save_weights_only=True
             ),
         ]
-        if params.lr_schedule == "plateau":
+        if schedule == "plateau":
             standard.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=2))
         history = model.fit(
             train,
@@ -226,7 +225,8 @@ def train_classifier(
             lr=lr,
             epochs=epochs,
             steps_per_epoch=steps,
-            params=params,
+            schedule=params.lr_schedule,
+            patience=params.early_stopping_patience,
             class_weight=weights,
             callbacks=callbacks,
             initial_epoch=initial_epoch,
