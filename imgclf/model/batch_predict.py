@@ -7,10 +7,10 @@ their stem); rows are sorted by id, numbers first.
 
 Every file goes through `imgclf.data.standardise`, the standardisation the download stage and the
 service use (EXIF rotation applied, CMYK/palette/alpha converted), so a phone photo reaches the
-model upright here too; a file that cannot be standardised is reported and skipped. The
-probabilities come from `imgclf.model.inference.predict_probabilities`, the function evaluate
-uses, so a file gets the same probability in both; labels come from THE decision rule
-(`imgclf.model.decision`).
+model upright here too; a file that cannot be standardised, or that the model's decoder
+refuses, is reported and skipped. The probabilities come from
+`imgclf.model.inference.predict_probabilities`, the function evaluate uses, so a file gets the
+same probability in both; labels come from THE decision rule (`imgclf.model.decision`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from imgclf.config import Params, Paths
 from imgclf.data.listing import list_files
 from imgclf.data.sources import SourceError, extracted, is_archive
-from imgclf.data.standardise import ImageRejected, Limits, standardise
+from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
 from imgclf.model.decision import predicted_indices
 from imgclf.model.inference import load_model, predict_probabilities
+from imgclf.model.preprocess import decode_image
 
 # Files with these suffixes are candidates (and reported if unusable); others are ignored.
 IMAGE_SUFFIXES = (
@@ -99,6 +101,36 @@ def standardised_inputs(
             if isinstance(outcome, str)
         ]
         yield usable, rejected
+
+
+def predict_decodable(
+    model, images: Sequence[ModelInput], batch_size: int
+) -> tuple[list[ModelInput], np.ndarray, list[tuple[Path, str]]]:
+    """The images THE preprocessing can decode with P(class 1) for each, and (source, reason)
+    for the rest. Pillow has read every file, but TensorFlow's JPEG decoder refuses some damaged
+    JPEGs that Pillow reads and `standardise` passes on as they are. Only after a failed run is
+    each file decoded on its own, so a clean folder costs nothing more."""
+    files = [image.file for image in images]
+    try:
+        return list(images), predict_probabilities(model, files, batch_size), []
+    except tf.errors.InvalidArgumentError:
+        refused = [(image.source, _decoder_refuses(image.file)) for image in images]
+        refused = [(source, reason) for source, reason in refused if reason]
+        if not refused:
+            raise
+    sources = {source for source, _ in refused}
+    usable = [image for image in images if image.source not in sources]
+    files = [image.file for image in usable]
+    return usable, predict_probabilities(model, files, batch_size), refused
+
+
+def _decoder_refuses(file: Path) -> str:
+    """Why THE preprocessing's decoder refuses `file`; empty when it decodes it."""
+    try:
+        decode_image(tf.io.read_file(str(file)))
+    except tf.errors.InvalidArgumentError:
+        return f"{Reason.CORRUPT}: the model's decoder (TensorFlow) refuses it"
+    return ""
 
 
 def submission_id(path: Path | str) -> int | str:
@@ -169,8 +201,8 @@ def run_predict(
 ) -> PredictSummary:
     """Predict every usable image of `source` (a folder, searched recursively, or an archive) and
     write the submission to `out`. `model`: a .keras file or an MLflow URI (default: train's
-    model); `batch_size` default: evaluate.batch_size. Raises SourceError or OSError (a missing
-    input or model)."""
+    model); `batch_size` default: evaluate.batch_size. A file that cannot be used is skipped
+    with its reason. Raises SourceError or OSError (a missing input or model)."""
     classes = tuple(params.download.classes)
     with input_folder(source) as folder:
         found, ignored = list_files(folder, IMAGE_SUFFIXES)
@@ -178,15 +210,16 @@ def run_predict(
         # The download stage's pixel limit: nothing larger ever reached training either.
         limits = Limits(params.download.max_pixels)
         with standardised_inputs(candidates, limits) as (good, rejected):
-            skipped = tuple((path.relative_to(folder), reason) for path, reason in rejected)
-            if not good:
-                return PredictSummary(classes, 0, 0, skipped, ignored, ())
-            probabilities = predict_probabilities(
-                load_model(model or paths.model),
-                [image.file for image in good],
-                batch_size or params.evaluate.batch_size,
-                desc="predict",
-            )
+            if good:
+                good, probabilities, refused = predict_decodable(
+                    load_model(model or paths.model),
+                    good,
+                    batch_size or params.evaluate.batch_size,
+                )
+                rejected = sorted([*rejected, *refused])
+        skipped = tuple((path.relative_to(folder), reason) for path, reason in rejected)
+        if not good:
+            return PredictSummary(classes, 0, 0, skipped, ignored, ())
         relative = [image.source.relative_to(folder).as_posix() for image in good]
 
     rows = _submission_rows(relative, probabilities)

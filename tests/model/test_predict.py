@@ -11,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from imgclf.cli import cli
 from imgclf.config import EvaluateParams, Paths
-from imgclf.data.standardise import Limits
+from imgclf.data.standardise import Limits, standardise
 from imgclf.evaluation.report import read_predictions, run_evaluate
 from imgclf.io import write_tsv
 from imgclf.model.batch_predict import standardised_inputs, submission_id
+from imgclf.model.preprocess import decode_image
 from tests.support.helpers import imgclf_command, tiny_model
 from tests.support.photos import brighter_half_on_top, encode, stored_with_tag, upright_detector
 
@@ -129,6 +131,33 @@ def test_predict_skips_bad_files_and_writes_a_sorted_submission(
     columns, plain_rows = read_csv(plain)
     assert columns == ["id", "label"]
     assert [(r["id"], r["label"]) for r in plain_rows] == [(r["id"], r["label"]) for r in rows]
+
+
+def jpeg_only_pillow_reads() -> bytes:
+    """A JPEG with a run of 0xFF bytes in its entropy-coded data: Pillow decodes it (with a
+    warning) and `standardise` passes it on as it is, but TensorFlow's decoder refuses it."""
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (96, 128, 3), np.uint8))
+    data = bytearray(encode(noise, "JPEG", quality=90))
+    middle = (data.index(b"\xff\xda") + len(data)) // 2  # halfway through the scan
+    data[middle : middle + 50] = b"\xff" * 50
+    return bytes(data)
+
+
+def test_a_file_only_pillow_decodes_is_skipped_not_fatal(
+    folder: Path, model_file: Path, tmp_path: Path
+) -> None:
+    damaged = jpeg_only_pillow_reads()
+    assert standardise(damaged, Limits(max_pixels=1_000_000)).changes == ()
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        decode_image(tf.constant(damaged))
+    (folder / "3.jpg").write_bytes(damaged)
+    out = tmp_path / "submission.csv"
+    result = predict(folder, "--out", out, "--model", model_file, "--batch-size", "2")
+    assert result.exit_code == 0
+    assert "skipped 3.jpg: corrupt: the model's decoder (TensorFlow) refuses it" in result.stderr
+    assert "4 images" in result.stdout and "skipped 3 unreadable" in result.stdout
+    assert [row["id"] for row in read_csv(out)[1]] == ["1", "2", "10", "photo"]
 
 
 def test_a_shared_id_is_written_and_warned_about(model_file: Path, tmp_path: Path) -> None:
