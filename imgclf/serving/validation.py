@@ -38,6 +38,11 @@ class ValidatedImage:
     height: int
 
 
+def service_limits(max_pixels: int) -> Limits:
+    """What the service takes: stills of its formats, of at most 8 bits a channel, any side."""
+    return Limits(max_pixels, formats=PILLOW_NAMES, scale_high_bit_depth=False)
+
+
 def check_content_type(content_type: str | None) -> None:
     """415 for a declared type that is not an image we take; no type at all is fine."""
     if not content_type:
@@ -58,7 +63,7 @@ def validate_image(
     if len(data) > max_bytes:
         raise ServiceError(ErrorCode.TOO_MANY_BYTES, f"{len(data)} bytes > limit {max_bytes}")
     check_content_type(content_type)
-    limits = Limits(max_pixels, formats=PILLOW_NAMES, scale_high_bit_depth=False)
+    limits = service_limits(max_pixels)
     try:
         clean = standardise(data, limits)
     except ImageRejected as exc:

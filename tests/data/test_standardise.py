@@ -20,15 +20,12 @@ from PIL import Image, ImageFile
 
 from imgclf.config import PROJECT_ROOT
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
+from imgclf.serving.validation import service_limits
 from tests.support.photos import ORIENTATION_TAG, STORED_AS, encode, stored_with_tag
 
-# The callers' limits: the download stage's and the service's (imgclf/serving/validation.py).
+# The callers' limits: the download stage's (max_pixels, min_side from params) and the service's.
 DOWNLOAD = Limits(max_pixels=1_000_000, min_side=32)
-SERVICE = Limits(
-    max_pixels=1_000_000,
-    formats=frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"}),
-    scale_high_bit_depth=False,
-)
+SERVICE = service_limits(max_pixels=1_000_000)
 
 
 def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
