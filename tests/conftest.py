@@ -14,12 +14,14 @@ import yaml
 
 from tests.support.helpers import unavailable
 
-# Real servers on loopback, one per session: mlflow, moto S3, PostgreSQL, a champion service.
+# Real servers on loopback, one per session: mlflow, moto S3, PostgreSQL, a champion service, the
+# service under test.
 pytest_plugins = [
     "tests.support.mlflow_server",
     "tests.support.s3_server",
     "tests.support.postgres_server",
     "tests.support.champion_service",
+    "tests.support.service",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,122 +1,43 @@
 """The BentoML service end to end: a real `bentoml serve` on 127.0.0.1, real HTTP requests, a
-real `mlflow server` on loopback (the session's `mlflow_server` fixture,
-tests/support/mlflow_server.py) whose `@champion` alias the service polls every 2 s. Each Registry
-registers under a name of its own, so modules sharing the session's server never see each other's
-models.
+real `mlflow server` on loopback whose `@champion` alias the service polls every 2 s.
 
-One server for the whole module: it starts before any champion exists (not ready), becomes
-ready once one is registered, answers predictions/auth/bad-input cases, follows an alias move,
-and finally gets SIGTERM, after which the prediction log must hold every answered image.
+The server is the session's `live_service` (tests/support/service.py), shared with
+test_service_fuzz.py: it started before any champion existed, and the fixture recorded what it
+answered then. Tests here count only what they sent, and compare answers with the version each
+answer names; the SIGTERM test stops a server of its own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import io
-import os
+import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageOps
 
-from tests.support.helpers import VENV_BIN, BentoServer, Registry, mint_token, mlflow_uris
-
-SECRET = "test-secret-0123456789abcdef0123456789"
-AUDIENCE = "imgclf"
-POLL_SECONDS = 2
-MAX_BYTES = 2_000_000
-MAX_PIXELS = 4_000_000
-STARTUP_TIMEOUT = 120
-
-
-def token(**claims) -> str:
-    return mint_token(SECRET, AUDIENCE, **claims)
-
-
-def auth() -> dict[str, str]:
-    """A fresh valid bearer header: a token minted at import would expire in a long CI run."""
-    return {"Authorization": f"Bearer {token()}"}
+from tests.support.service import (
+    AUDIENCE,
+    MAX_BYTES,
+    MAX_IMAGES,
+    MAX_PIXELS,
+    POLL_SECONDS,
+    LiveService,
+    Server,
+    auth,
+    token,
+)
 
 
-class Server(BentoServer):
-    """The service under test: this module's registry, limits, prediction DB and JWT secret;
-    returns once /livez answers (not /readyz: there may be no champion yet)."""
-
-    def __init__(self, tmp: Path, tracking_uri: str, model_name: str) -> None:
-        self.db_url = f"sqlite:///{tmp / 'predictions.db'}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))},
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "BENTOML_HOME": str(tmp / "bentoml"),
-            "IMGCLF_SERVE_MODEL_NAME": model_name,
-            "IMGCLF_SERVE_POLL_SECONDS": str(POLL_SECONDS),
-            "IMGCLF_SERVE_MAX_BYTES": str(MAX_BYTES),
-            "IMGCLF_SERVE_MAX_PIXELS": str(MAX_PIXELS),
-            "IMGCLF_SERVE_MAX_IMAGES_PER_REQUEST": "8",
-            "IMGCLF_PREDICTION_DB_URL": self.db_url,
-            "IMGCLF_JWT_SECRET": SECRET,
-            "IMGCLF_JWT_AUDIENCE": AUDIENCE,
-        }
-        super().__init__(env, tmp / "server.log")
-        try:
-            self.wait_for("/livez", STARTUP_TIMEOUT)
-        except BaseException:
-            self.stop()  # the fixture never gets a server to stop
-            raise
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Iterator[Registry]:
-    with mlflow_uris(mlflow_server):
-        yield Registry(tmp_path_factory.mktemp("registry"), mlflow_server)
-
-
-@pytest.fixture(scope="module")
-def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory):
-    server = Server(tmp_path_factory.mktemp("server"), registry.uri, registry.model_name)
-    yield server
-    server.stop()
-
-
-ANSWERED: list[tuple[str, int]] = []  # (request_id, images) of every 200 answer
-
-
-def post(server: Server, path: str, **kwargs) -> requests.Response:
+def post(service: LiveService | Server, path: str, **kwargs) -> requests.Response:
     kwargs.setdefault("headers", auth())
-    response = requests.post(server.url + path, timeout=60, **kwargs)
-    if response.status_code == 200:
-        body = response.json()
-        rows = body if isinstance(body, list) else [body]
-        ANSWERED.append((rows[0]["request_id"], len(rows)))
-    return response
-
-
-@pytest.fixture(scope="module")
-def ready(server: Server, registry: Registry) -> dict[str, float]:
-    """Not ready without a champion; ready within the poll interval (+ load) after one."""
-    photo = encode(Image.new("RGB", (64, 64), "gray"), "JPEG")
-    # Wait (polling, with a deadline) until a poll has found no champion: the 503's detail
-    # turns from "no model loaded yet" into the poller's "no model has the alias yet".
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        before = post(server, "/predict", files=upload(photo))
-        if before.status_code != 503 or "alias" in before.json().get("detail", ""):
-            break
-        assert time.monotonic() < deadline, f"no alias poll within {STARTUP_TIMEOUT}s"
-        time.sleep(0.2)
-    facts = {
-        "readyz_before": requests.get(server.url + "/readyz", timeout=5).status_code,
-        "predict_before": before.status_code,
-    }
-    facts["version"] = registry.promote(seed=0)
-    facts["ready_after_s"] = server.wait_for("/readyz", 60)  # counted from the alias being set
-    return facts
+    return requests.post(service.url + path, timeout=60, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -141,32 +62,32 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def test_not_ready_until_a_champion_exists(server: Server, ready: dict) -> None:
-    assert ready["readyz_before"] == 503
-    assert ready["predict_before"] == 503
-    assert requests.get(server.url + "/livez", timeout=5).status_code == 200
+def test_not_ready_until_a_champion_exists(live_service: LiveService) -> None:
+    startup = live_service.startup
+    assert (startup.readyz_before, startup.predict_before) == (503, 503)
+    assert requests.get(live_service.url + "/livez", timeout=5).status_code == 200
     # One poll + loading the model; generous because two busy cores can stall either.
-    assert ready["ready_after_s"] < POLL_SECONDS + 45
+    assert startup.ready_after_s < POLL_SECONDS + 45
 
 
 def test_predict_matches_evaluate_probability(
-    server: Server, ready: dict, registry: Registry, photos: list[Path]
+    live_service: LiveService, photos: list[Path]
 ) -> None:
-    answers = [post(server, "/predict", files=upload(p, filename=p.name)) for p in photos]
+    answers = [post(live_service, "/predict", files=upload(p, filename=p.name)) for p in photos]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     bodies = [a.json() for a in answers]
     version = bodies[0]["model_version"]
-    expected = registry.expected(version, photos)
+    expected = live_service.registry.expected(version, photos)
     for body, p, answer in zip(bodies, expected, answers, strict=True):
         assert set(body) == {"label", "probability", "confidence", "model_version", "request_id"}
-        assert body["model_version"] == version == ready["version"]
+        assert body["model_version"] == version
         assert body["probability"] == pytest.approx(float(p), abs=1e-5)
         assert body["label"] == ("dog" if p >= 0.5 else "cat")
         assert body["confidence"] == pytest.approx(max(p, 1 - p), abs=1e-5)
         assert answer.headers["X-Request-ID"] == body["request_id"]
     # The same photo as a raw body gives the same answer.
     raw = post(
-        server,
+        live_service,
         "/predict",
         data=photos[0].read_bytes(),
         headers={**auth(), "Content-Type": "image/jpeg"},
@@ -174,44 +95,44 @@ def test_predict_matches_evaluate_probability(
     assert raw.json()["probability"] == pytest.approx(bodies[0]["probability"], abs=1e-7)
 
 
-def test_predict_batch(server: Server, ready: dict, registry: Registry, photos: list[Path]) -> None:
+def test_predict_batch(live_service: LiveService, photos: list[Path]) -> None:
     files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:5]]
-    response = post(server, "/predict_batch", files=files)
+    response = post(live_service, "/predict_batch", files=files)
     assert response.status_code == 200, response.text
     body = response.json()
     assert [row["index"] for row in body] == list(range(5))
     assert len({row["request_id"] for row in body}) == 1
-    expected = registry.expected(body[0]["model_version"], photos[:5])
+    expected = live_service.registry.expected(body[0]["model_version"], photos[:5])
     assert [row["probability"] for row in body] == pytest.approx(expected.tolist(), abs=1e-5)
-    too_many = [("images", (p.name, p.read_bytes())) for p in (photos * 2)[:9]]
-    assert post(server, "/predict_batch", files=too_many).status_code == 413
+    for count in (MAX_IMAGES + 1, MAX_IMAGES + 2):
+        too_many = [("images", (p.name, p.read_bytes())) for p in (photos * 2)[:count]]
+        refused = post(live_service, "/predict_batch", files=too_many)
+        assert (refused.status_code, refused.json()["error"]) == (413, "too_many_images"), count
 
 
 def test_other_formats_and_exif_rotation_are_standardised(
-    server: Server, ready: dict, registry: Registry, photos: list[Path], tmp_path: Path
+    live_service: LiveService, photos: list[Path], tmp_path: Path
 ) -> None:
+    def expected(answer: requests.Response, reference: Path) -> float:
+        version = answer.json()["model_version"]
+        return float(live_service.registry.expected(version, [reference])[0])
+
     photo = Image.open(photos[0]).convert("RGB")
     reference = tmp_path / "reference.png"
     photo.save(reference)
-    expected = float(registry.expected(ready["version"], [reference])[0])
     for fmt, options in [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {})]:
-        response = post(server, "/predict", files=upload(encode(photo, fmt, **options)))
+        response = post(live_service, "/predict", files=upload(encode(photo, fmt, **options)))
         assert response.status_code == 200, (fmt, response.text)
-        assert response.json()["probability"] == pytest.approx(expected, abs=1e-5), fmt
+        assert response.json()["probability"] == pytest.approx(expected(response, reference)), fmt
     # Stored sideways with EXIF orientation 6 ("rotate 90 CW to view"): served upright.
-    sideways = photo.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = 6
+    rotated_jpeg = encode(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
     upright = tmp_path / "upright.png"
-    Image.open(io.BytesIO(encode(sideways, "JPEG", quality=95, exif=exif))).save(upright)
-    rotated_jpeg = encode(sideways, "JPEG", quality=95, exif=exif)
-    from PIL import ImageOps
-
     ImageOps.exif_transpose(Image.open(io.BytesIO(rotated_jpeg))).save(upright)
-    expected_rotated = float(registry.expected(ready["version"], [upright])[0])
-    response = post(server, "/predict", files=upload(rotated_jpeg))
+    response = post(live_service, "/predict", files=upload(rotated_jpeg))
     assert response.status_code == 200, response.text
-    assert response.json()["probability"] == pytest.approx(expected_rotated, abs=1e-5)
+    assert response.json()["probability"] == pytest.approx(expected(response, upright), abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -229,7 +150,7 @@ def test_other_formats_and_exif_rotation_are_standardised(
         (None, "/predict_batch"),
     ],
 )
-def test_auth_rejects(server: Server, ready: dict, photos: list[Path], header, path) -> None:
+def test_auth_rejects(live_service: LiveService, photos: list[Path], header, path) -> None:
     import jwt
 
     special = {
@@ -243,48 +164,52 @@ def test_auth_rejects(server: Server, ready: dict, photos: list[Path], header, p
     }
     headers = {} if header is None else {"Authorization": special.get(header, header)}
     field = "image" if path == "/predict" else "images"
-    response = post(server, path, files=upload(photos[0], name=field), headers=headers)
+    response = post(live_service, path, files=upload(photos[0], name=field), headers=headers)
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
 
 
-def test_health_and_metrics_are_open(server: Server, ready: dict) -> None:
+def test_health_and_metrics_are_open(live_service: LiveService) -> None:
     for path in ("/livez", "/readyz", "/healthz", "/metrics"):
-        assert requests.get(server.url + path, timeout=5).status_code == 200, path
+        assert requests.get(live_service.url + path, timeout=5).status_code == 200, path
 
 
-def test_openapi_document_is_open_and_covers_the_live_routes(server: Server, ready: dict) -> None:
-    response = requests.get(server.url + "/openapi.json", timeout=5)  # no token needed
+def test_openapi_document_is_open_and_covers_the_live_routes(live_service: LiveService) -> None:
+    url = live_service.url
+    response = requests.get(url + "/openapi.json", timeout=5)  # no token needed
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     spec = response.json()
     batch = spec["paths"]["/predict_batch"]["post"]["requestBody"]["content"]
-    assert batch["multipart/form-data"]["schema"]["properties"]["images"]["maxItems"] == 8
+    assert batch["multipart/form-data"]["schema"]["properties"]["images"]["maxItems"] == MAX_IMAGES
     assert f"at most {MAX_BYTES} bytes and {MAX_PIXELS} pixels" in spec["info"]["description"]
     # Every documented operation exists on the live server (no 404/405) ...
     for path, item in spec["paths"].items():
         for method in item:
-            answer = requests.request(method, server.url + path, headers=auth(), timeout=30)
+            answer = requests.request(method, url + path, headers=auth(), timeout=30)
             assert answer.status_code not in (404, 405), (method, path, answer.status_code)
-    # ... and what is not documented is not served.
-    for path in ("/predict/x", "/classify", "/admin"):
-        assert requests.post(server.url + path, headers=auth(), timeout=5).status_code == 404
-    assert requests.get(server.url + "/docs.json", timeout=5).status_code == 401  # BentoML's
+    # ... and what is not documented is not served, BentoML's own pages included.
+    for path in ("/predict/x", "/classify", "/admin", "/docs.json", "/schema.json"):
+        missing = requests.post(url + path, headers=auth(), timeout=5)
+        assert (missing.status_code, missing.json()["error"]) == (404, "not_found"), path
+        assert requests.get(url + path, headers=auth(), timeout=5).status_code == 404, path
+    wrong_method = requests.get(url + "/predict", headers=auth(), timeout=5)
+    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, "method_not_allowed")
+    index = requests.get(url + "/", headers=auth(), timeout=5, allow_redirects=False)
+    assert index.is_redirect and index.headers["location"] == "/docs"
 
 
 def test_docs_page_loads_without_a_token_and_its_authorize_scheme_works(
-    server: Server, ready: dict, photos: list[Path]
+    live_service: LiveService, photos: list[Path]
 ) -> None:
-    import re
-
-    page = requests.get(server.url + "/docs", timeout=5)
+    page = requests.get(live_service.url + "/docs", timeout=5)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "SwaggerUIBundle" in page.text and "'/openapi.json'" in page.text
     assets = re.findall(r'(?:href|src)="(/[^"]+)"', page.text)
     assert len(assets) == 3  # script, style sheet, icon: all served here, none from a CDN
     for asset in assets:
-        assert requests.get(server.url + asset, timeout=5).status_code == 200, asset
+        assert requests.get(live_service.url + asset, timeout=5).status_code == 200, asset
     # What the Authorize button sends, per the document's scheme, to the documented form field.
-    spec = requests.get(server.url + "/openapi.json", timeout=5).json()
+    spec = requests.get(live_service.url + "/openapi.json", timeout=5).json()
     scheme = spec["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     operation = spec["paths"]["/predict"]["post"]
@@ -293,8 +218,9 @@ def test_docs_page_loads_without_a_token_and_its_authorize_scheme_works(
         iter(operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"])
     )
     files = upload(photos[0], name=field)
-    assert post(server, "/predict", files=files, headers={}).status_code == 401
-    answer = post(server, "/predict", files=files, headers={"Authorization": f"Bearer {token()}"})
+    assert post(live_service, "/predict", files=files, headers={}).status_code == 401
+    bearer = {"Authorization": f"Bearer {token()}"}
+    answer = post(live_service, "/predict", files=files, headers=bearer)
     assert answer.status_code == 200, answer.text
 
 
@@ -345,30 +271,44 @@ def _bad_inputs(photo: Path) -> dict[str, tuple[dict, int, str]]:
             413,
             "too_many_pixels",
         ),
+        "two files": (
+            {"files": [("image", ("a.jpg", good)), ("image", ("b.jpg", good))]},
+            413,
+            "too_many_images",
+        ),
+        "three files": (
+            {"files": [("image", (f"{n}.jpg", good)) for n in range(3)]},
+            413,
+            "too_many_images",
+        ),
         "animated png": ({"files": upload(apng)}, 422, "animated"),
         "animated webp": ({"files": upload(awebp)}, 422, "animated"),
         "16-bit png": ({"files": upload(deep)}, 422, "high_bit_depth"),
     }
 
 
-def test_bad_inputs_get_a_clear_4xx(server: Server, ready: dict, photos: list[Path]) -> None:
+def test_bad_inputs_get_a_clear_4xx(live_service: LiveService, photos: list[Path]) -> None:
     failures = []
     for name, (kwargs, status, code) in _bad_inputs(photos[0]).items():
         headers = {**auth(), **kwargs.pop("headers", {})}
-        response = post(server, "/predict", headers=headers, **kwargs)
+        response = post(live_service, "/predict", headers=headers, **kwargs)
         body = response.json() if response.headers.get("content-type") == "application/json" else {}
         if response.status_code != status or body.get("error") != code or not body.get("detail"):
             failures.append((name, response.status_code, response.text[:200]))
     assert not failures
     # A bad image inside a batch names its position; the service is still fine afterwards.
     files = [("images", ("a.jpg", photos[0].read_bytes())), ("images", ("b.jpg", b"garbage"))]
-    response = post(server, "/predict_batch", files=files)
+    response = post(live_service, "/predict_batch", files=files)
     assert (response.status_code, response.json()["index"]) == (415, 1)
-    assert post(server, "/predict", files=upload(photos[0])).status_code == 200
+    assert post(live_service, "/predict", files=upload(photos[0])).status_code == 200
 
 
-def test_metrics_count_requests_classes_and_confidence(server: Server, ready: dict) -> None:
-    text = requests.get(server.url + "/metrics", timeout=5).text
+def test_metrics_count_requests_classes_and_confidence(
+    live_service: LiveService, photos: list[Path]
+) -> None:
+    assert post(live_service, "/predict", files=upload(photos[0])).status_code == 200
+    assert post(live_service, "/predict", files=upload(b"not an image")).status_code == 415
+    text = requests.get(live_service.url + "/metrics", timeout=5).text
     for name in (
         'imgclf_requests_total{endpoint="predict",status="200"}',
         'imgclf_requests_total{endpoint="predict",status="415"}',
@@ -382,14 +322,16 @@ def test_metrics_count_requests_classes_and_confidence(server: Server, ready: di
 
 
 def test_alias_move_switches_version_without_dropping_requests(
-    server: Server, ready: dict, registry: Registry, photos: list[Path]
+    live_service: LiveService, photos: list[Path]
 ) -> None:
+    registry = live_service.registry
+    old_version = post(live_service, "/predict", files=upload(photos[1])).json()["model_version"]
     stop = threading.Event()
     seen: list[tuple[int, str | None]] = []
 
     def hammer() -> None:
         while not stop.is_set():
-            response = post(server, "/predict", files=upload(photos[1]))
+            response = post(live_service, "/predict", files=upload(photos[1]))
             seen.append((response.status_code, response.json().get("model_version")))
 
     def answers_after_switch(version: str) -> int:
@@ -410,41 +352,44 @@ def test_alias_move_switches_version_without_dropping_requests(
             worker.result(timeout=120)
     assert all(status == 200 for status, _ in seen), seen
     versions = [v for _, v in seen]
-    assert versions[-1] == new_version != ready["version"]
+    assert versions[-1] == new_version != old_version
     switch = versions.index(new_version)
     assert set(versions[switch:]) == {new_version}  # no flapping back after the swap
-    body = post(server, "/predict", files=upload(photos[2])).json()
+    body = post(live_service, "/predict", files=upload(photos[2])).json()
     expected = float(registry.expected(new_version, [photos[2]])[0])
     assert body["probability"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_sigterm_flushes_every_prediction_to_the_log(
-    server: Server, ready: dict, photos: list[Path]
+    own_server: Server, photos: list[Path]
 ) -> None:
+    """Every image this test got an answer for is a row in its own server's log after SIGTERM."""
     import sqlalchemy as sa
 
     from imgclf.monitoring.schema import predictions
 
-    burst = 12
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        answers = list(
-            pool.map(
-                lambda i: post(server, "/predict", files=upload(photos[i % len(photos)])),
-                range(burst),
-            )
-        )
-    assert all(a.status_code == 200 for a in answers)
-    assert server.stop() == 0
-    engine = sa.create_engine(server.db_url)
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(predictions)).mappings().all()
-    engine.dispose()
-    assert len(rows) == sum(n for _, n in ANSWERED)
-    assert {r["request_id"] for r in rows} == {rid for rid, _ in ANSWERED}
-    last = {r["request_id"]: r for r in rows}[answers[0].json()["request_id"]]
-    image = Image.open(photos[0])
-    assert (last["width"], last["height"]) == image.size
-    import hashlib
+    def single(i: int) -> requests.Response:
+        return post(own_server, "/predict", files=upload(photos[i % len(photos)]))
 
-    assert last["sha256"] == hashlib.sha256(photos[0].read_bytes()).hexdigest()
-    assert last["latency_ms"] > 0 and last["model_version"] == answers[0].json()["model_version"]
+    def batch(i: int) -> requests.Response:
+        files = [("images", (p.name, p.read_bytes())) for p in photos[i % 4 : i % 4 + 3]]
+        return post(own_server, "/predict_batch", files=files)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = [*pool.map(single, range(12)), *pool.map(batch, range(3))]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    bodies = [a.json() for a in answers]
+    rows_sent = [row for body in bodies for row in (body if isinstance(body, list) else [body])]
+    assert own_server.stop() == 0
+    engine = sa.create_engine(own_server.db_url)
+    with engine.connect() as conn:
+        logged = conn.execute(sa.select(predictions)).mappings().all()
+    engine.dispose()
+    assert len(logged) == len(rows_sent) == 12 + 3 * 3
+    assert {(r["request_id"], r["item"]) for r in logged} == {
+        (row["request_id"], row.get("index", 0)) for row in rows_sent
+    }
+    first = {r["request_id"]: r for r in logged}[bodies[0]["request_id"]]
+    assert (first["width"], first["height"]) == Image.open(photos[0]).size
+    assert first["sha256"] == hashlib.sha256(photos[0].read_bytes()).hexdigest()
+    assert first["latency_ms"] > 0 and first["model_version"] == bodies[0]["model_version"]

@@ -8,7 +8,8 @@ the model) and, for the POST routes, negative ones (schema-violating bodies and 
 Bounded to stay cheap on 2 cores: at most MAX_EXAMPLES generated requests per operation, no
 shrinking, no coverage phase, and a wall-time budget per operation after which its remaining
 cases are skipped; every operation must have sent at least one request.
-The server and registry fixtures are test_service.py's (imported, not copied).
+The server is the session's `live_service` (tests/support/service.py), shared with
+test_service.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 
 from imgclf.serving.app import build_app
 from imgclf.serving.settings import load_settings
-from tests.integration.test_service import Registry, Server, auth, registry, server  # noqa: F401  (fixtures)
+from tests.support.service import LiveService, auth
 
 MAX_EXAMPLES = 30
 BUDGET_S = 20.0  # per operation: its generated requests stop after this long
@@ -44,19 +45,11 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def live(server: Server, registry: Registry) -> Server:  # noqa: F811
-    """test_service.py's server, ready: a champion registered, /readyz polled to 200."""
-    registry.promote(seed=0)
-    server.wait_for("/readyz", 90)
-    return server
-
-
-@pytest.fixture(scope="module")
-def api_schema(live: Server):
-    response = requests.get(live.url + "/openapi.json", timeout=30)
+def api_schema(live_service: LiveService):
+    response = requests.get(live_service.url + "/openapi.json", timeout=30)
     assert response.status_code == 200, response.text
     schema = schemathesis.openapi.from_dict(response.json())
-    schema.config.update(base_url=live.url)
+    schema.config.update(base_url=live_service.url)
     return schema
 
 
