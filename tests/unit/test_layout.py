@@ -1,5 +1,5 @@
-"""The house rules, read from the source: imports point one way, and every module a DVC stage runs
-is one of its deps (so no edit can leave a result stale)."""
+"""The house rules, read from the source: imports point one way, each stage is one library call,
+and every module a DVC stage runs is one of its deps (so no code edit can leave a result stale)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = REPO_ROOT / "imgclf"
+STAGES = REPO_ROOT / "stages"
+FIRST_PARTY = ("imgclf", "stages")
 
-# What each part of the library may import, besides itself. The base (config, io, tracking) is
-# below everything; the lifecycle runs data <- model <- evaluation <- registry; serving reads the
-# model, the registry, the standardisation and the prediction-log schema; nothing imports the CLI.
+# What each part may import from the project, besides itself. The base (config, io, tracking) is
+# below everything; the lifecycle runs data <- model <- evaluation <- registry; monitoring reads
+# the model and the registry; serving reads the model, the registry's client, the standardisation
+# and the prediction-log schema; the CLI, the stages and service.py sit on top, and nothing in the
+# library imports them.
 BASE = {"imgclf.config", "imgclf.io", "imgclf.tracking"}
 ALLOWED: dict[str, set[str]] = {
     "imgclf": set(),
@@ -28,8 +32,15 @@ ALLOWED: dict[str, set[str]] = {
     "imgclf.registry": BASE | {"imgclf.data", "imgclf.model", "imgclf.evaluation"},
     "imgclf.monitoring": BASE | {"imgclf.model", "imgclf.registry"},
     "imgclf.serving": BASE
-    | {"imgclf.data.standardise", "imgclf.model", "imgclf.registry", "imgclf.monitoring.schema"},
-    "imgclf.cli": BASE | {"imgclf"},
+    | {
+        "imgclf.data.standardise",
+        "imgclf.model",
+        "imgclf.registry.client",
+        "imgclf.monitoring.schema",
+    },
+    "imgclf.cli": {"imgclf"},
+    "stages": {"imgclf"},
+    "service": {"imgclf.serving"},
 }
 
 
@@ -48,33 +59,38 @@ def module_file(name: str) -> Path | None:
 
 @cache
 def direct_imports(path: Path) -> frozenset[str]:
-    """Every imgclf module `path` imports, at the top or inside a function."""
+    """Every first-party module `path` imports, at the top or inside a function."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            # Relative imports would hide a module's real target from this check.
+            assert node.level == 0, f"{path}: use absolute imports (line {node.lineno})"
             # `from imgclf.data import sources` imports the submodule when there is one.
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found.update(name for name in names if name.split(".")[0] == "imgclf" and module_file(name))
+        found.update(n for n in names if n.split(".")[0] in FIRST_PARTY and module_file(n))
     return frozenset(found)
 
 
-def transitive_files(entry: Path) -> set[Path]:
+def with_packages(name: str) -> list[Path]:
+    """Importing a.b.c runs a/__init__.py and a/b/__init__.py first, then a/b/c."""
+    parts = name.split(".")
+    files = (module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1))
+    return [path for path in files if path is not None]
+
+
+def transitive_files(*start: Path) -> set[Path]:
     seen: set[Path] = set()
-    todo = [entry]
+    todo = list(start)
     while todo:
         path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in direct_imports(path):
-            todo.append(module_file(name))
-            # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
-            parts = name.split(".")
-            todo.extend(module_file(".".join(parts[:i])) for i in range(1, len(parts)))
+        if path not in seen:
+            seen.add(path)
+            for name in direct_imports(path):
+                todo.extend(with_packages(name))
     return seen
 
 
@@ -83,38 +99,54 @@ def rule_for(module: str) -> tuple[str, set[str]]:
     return owner, ALLOWED[owner]
 
 
-def library_modules() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+def violations(module: str, path: Path) -> list[str]:
+    owner, allowed = rule_for(module)
+    return [
+        f"{module} imports {target}: {owner} may import only {sorted(allowed)}"
+        for target in sorted(direct_imports(path))
+        if not any(target == ok or target.startswith(ok + ".") for ok in allowed | {owner})
+        and target != "imgclf"
+    ]
 
 
-@pytest.mark.parametrize("path", library_modules(), ids=lambda p: module_name(p))
+def checked_modules() -> list[Path]:
+    return sorted([*PACKAGE.rglob("*.py"), *STAGES.glob("*.py"), REPO_ROOT / "service.py"])
+
+
+@pytest.mark.parametrize("path", checked_modules(), ids=module_name)
 def test_imports_point_one_way(path: Path) -> None:
-    owner, allowed = rule_for(module_name(path))
-    for target in direct_imports(path):
-        if target == "imgclf" or target == owner or target.startswith(owner + "."):
-            continue
-        assert any(target == ok or target.startswith(ok + ".") for ok in allowed), (
-            f"{module_name(path)} imports {target}: {owner} may import only {sorted(allowed)}"
-        )
+    assert not violations(module_name(path), path)
 
 
-def test_the_rule_catches_a_reversed_import(tmp_path: Path) -> None:
-    """The checker itself: a data module importing serving breaks the rule."""
-    _, allowed = rule_for("imgclf.data.sources")
-    assert "imgclf.serving" not in allowed
-    assert not any("imgclf.serving.app".startswith(ok) for ok in allowed)
-    owner, allowed = rule_for("imgclf.monitoring.drift")
-    assert owner == "imgclf.monitoring" and "imgclf.serving" not in allowed
+def test_the_rule_catches_a_reversed_import_even_inside_a_function(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text(
+        "from imgclf.serving import app\n\ndef late():\n    from imgclf.cli import cli\n"
+    )
+    found = violations("imgclf.data.bad", module)
+    assert any("imports imgclf.serving.app" in v for v in found)
+    assert any("imports imgclf.cli" in v for v in found)
+    assert not violations("imgclf.cli", module)
+
+
+def test_relative_imports_are_refused(tmp_path: Path) -> None:
+    module = tmp_path / "relative.py"
+    module.write_text("from ..serving import app\n")
+    with pytest.raises(AssertionError, match="absolute imports"):
+        direct_imports(module)
+
+
+# ------------------------------------------------------------------------------ DVC stages
 
 
 def dvc_stages() -> dict[str, dict]:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def stage_entry(stage: dict) -> Path:
+def stage_module(stage: dict) -> str:
     command = stage["cmd"].split()
     assert command[:2] == ["python", "-m"], stage["cmd"]
-    return module_file(command[2])
+    return command[2]
 
 
 def covered(path: Path, deps: list[str]) -> bool:
@@ -128,14 +160,42 @@ def test_every_module_a_stage_runs_is_one_of_its_deps(name: str) -> None:
     deps = [next(iter(dep)) if isinstance(dep, dict) else dep for dep in stage.get("deps", [])]
     missing = sorted(
         str(path.relative_to(REPO_ROOT))
-        for path in transitive_files(stage_entry(stage))
+        for path in transitive_files(*with_packages(stage_module(stage)))
         if not covered(path, deps)
     )
     assert not missing, f"dvc.yaml stage {name!r} runs these but does not depend on them: {missing}"
 
 
-def test_the_deps_check_sees_function_level_imports() -> None:
-    """evaluate's forward pass is imported inside a function; it must still count."""
-    files = transitive_files(stage_entry(dvc_stages()["evaluate"]))
-    assert PACKAGE / "config.py" in files
-    assert any(path.parent.name == "model" for path in files)
+def test_the_deps_walk_follows_function_level_imports_and_packages(tmp_path: Path) -> None:
+    """A module reached only through an import inside a function, and the __init__ files of its
+    packages, count as run."""
+    entry = tmp_path / "probe.py"
+    entry.write_text("def main():\n    from imgclf.registry import gate\n")
+    files = transitive_files(entry)
+    assert {PACKAGE / "registry" / "gate.py", PACKAGE / "registry" / "__init__.py"} <= files
+    assert PACKAGE / "__init__.py" in files
+    assert STAGES / "__init__.py" in with_packages("stages.train")
+
+
+def run_calls(path: Path) -> list[str]:
+    """Names of the run_* functions a module calls."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name.startswith("run_"):
+                calls.append(name)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_each_stage_is_one_library_call(name: str) -> None:
+    """parse params -> one run_* call in imgclf -> print: logic belongs in the library."""
+    path = module_file(stage_module(dvc_stages()[name]))
+    calls = run_calls(path)
+    assert len(calls) == 1, f"{path.name} calls {calls or 'no run_* function'}"
+    defined = {
+        n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)
+    }
+    assert calls[0] not in defined, f"{path.name} defines {calls[0]} itself"
