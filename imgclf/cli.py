@@ -17,17 +17,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from pydantic import ValidationError
 
 from imgclf.config import PARAMS_FILE, Params, Paths, load_params
+
+
+@dataclass(frozen=True)
+class Project:
+    """The project --params names: the file, the paths under its folder, its validated params."""
+
+    params_file: Path
+    paths: Paths
+    params: Params
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,11 +54,13 @@ from imgclf.config import PARAMS_FILE, Params, Paths, load_params
 @click.pass_context
 def cli(ctx: click.Context, params_file: Path) -> None:
     """Image classifier: predict, manage the registry's champion, monitor, package, test."""
-    ctx.obj = params_file.resolve()
-
-
-def _project(params_file: Path) -> tuple[Paths, Params]:
-    return Paths(params_file.parent), load_params(params_file)
+    # Verbs import TensorFlow lazily, and on import it prints C++ start-up lines (oneDNN, CPU
+    # features) to stderr unless this is set first; a user's own value wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    params_file = params_file.resolve()
+    with _reported(ValidationError, OSError, yaml.YAMLError):
+        params = load_params(params_file)
+    ctx.obj = Project(params_file, Paths(params_file.parent), params)
 
 
 @contextmanager
@@ -62,9 +76,9 @@ def _reported(*errors: type[Exception], exit_code: int = 1) -> Iterator[None]:
 
 def _one_line(error: Exception) -> str:
     """pydantic's multi-line report as `key: problem` per error, on one line (no input shown:
-    it may be a secret)."""
+    it may be a secret); any other message's lines joined (YAML's parser reports on several)."""
     if not isinstance(error, ValidationError):
-        return str(error)
+        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     problems = []
     for problem in error.errors():
         key = ".".join(map(str, problem["loc"]))  # empty for a check across several keys
@@ -93,7 +107,7 @@ def _one_line(error: Exception) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), help="default: evaluate.batch_size")
 @click.pass_obj
 def predict(
-    params_file: Path,
+    project: Project,
     source: Path,
     out: Path,
     proba: bool,
@@ -107,7 +121,13 @@ def predict(
 
     with _reported(SourceError, OSError):  # FileNotFoundError is an OSError
         summary = run_predict(
-            *_project(params_file), source, out, model=model, batch_size=batch_size, proba=proba
+            project.paths,
+            project.params,
+            source,
+            out,
+            model=model,
+            batch_size=batch_size,
+            proba=proba,
         )
     for path, reason in summary.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
@@ -130,12 +150,12 @@ def predict(
 # -------------------------------------------------------------------------------- registry
 
 
-def _registry_call(params_file: Path, run: Callable[..., Any], *args: Any) -> Any:
+def _registry_call(project: Project, run: Callable[..., Any], *args: Any) -> Any:
     """`run(paths, params, *args)` from imgclf.registry.commands, its errors as one line."""
     from imgclf.registry.client import RegistryError
 
     with _reported(RegistryError):
-        return run(*_project(params_file), *args)
+        return run(project.paths, project.params, *args)
 
 
 def _champion_move(out: dict[str, Any]) -> str:
@@ -148,30 +168,30 @@ def _champion_move(out: dict[str, Any]) -> str:
 @click.option("--version", required=True, type=click.IntRange(min=1), help="registry version")
 @click.option("--reason", default="", help="recorded in the champion's history")
 @click.pass_obj
-def promote(params_file: Path, version: int, reason: str) -> None:
+def promote(project: Project, version: int, reason: str) -> None:
     """Point the registry's `champion` alias at VERSION (a person's decision)."""
     from imgclf.registry.commands import run_promote
 
-    click.echo(_champion_move(_registry_call(params_file, run_promote, version, reason)))
+    click.echo(_champion_move(_registry_call(project, run_promote, version, reason)))
 
 
 @cli.command()
 @click.option("--reason", default="", help="recorded in the champion's history")
 @click.pass_obj
-def rollback(params_file: Path, reason: str) -> None:
+def rollback(project: Project, reason: str) -> None:
     """Point `champion` back at the version it replaced."""
     from imgclf.registry.commands import run_rollback
 
-    click.echo(_champion_move(_registry_call(params_file, run_rollback, reason)))
+    click.echo(_champion_move(_registry_call(project, run_rollback, reason)))
 
 
 @cli.command()
 @click.pass_obj
-def history(params_file: Path) -> None:
+def history(project: Project) -> None:
     """Every recorded move of `champion`, oldest first, one JSON object a line."""
     from imgclf.registry.commands import run_history
 
-    for event in _registry_call(params_file, run_history):
+    for event in _registry_call(project, run_history):
         click.echo(json.dumps(event, sort_keys=True))
 
 
@@ -186,7 +206,7 @@ def history(params_file: Path) -> None:
 @click.option("--now", type=click.DateTime(), help="end of the window (UTC); default: now")
 @click.pass_obj
 def monitor(
-    params_file: Path,
+    project: Project,
     db: str | None,
     days: int | None,
     model_version: str | None,
@@ -204,13 +224,18 @@ def monitor(
         url = (
             database_url(db, Path.cwd())
             if db
-            else load_settings(params_file=params_file).prediction_db_url
+            else load_settings(params_file=project.params_file).prediction_db_url
         )
     end = now.replace(tzinfo=dt.UTC) if now else dt.datetime.now(dt.UTC)
-    paths, params = _project(params_file)
     with _reported(DriftInputError, exit_code=2):
         report, files = run_monitor(
-            paths, params, url, end, days=days, model_version=model_version, out_dir=out
+            project.paths,
+            project.params,
+            url,
+            end,
+            days=days,
+            model_version=model_version,
+            out_dir=out,
         )
     click.echo("\n".join(summary_lines(report)))
     click.echo(f"report: {files['report.html']}")
@@ -222,21 +247,36 @@ def monitor(
 
 @cli.command()
 @click.option("--build/--no-build", default=True, help="build the bento after the import")
-@click.option("--bentofile", default="bentofile.yaml", show_default=True)
+@click.option(
+    "--bentofile",
+    default="bentofile.yaml",
+    show_default=True,
+    help="relative to the project folder (--params's)",
+)
 @click.pass_obj
-def bento(params_file: Path, build: bool, bentofile: str) -> None:
-    """Import the registry's champion into the BentoML store, then build the bento."""
+def bento(project: Project, build: bool, bentofile: str) -> None:
+    """Import the registry's champion into the BentoML store, then build the bento from the
+    project folder (--params's), so it carries the params.yaml the champion was chosen by."""
     from imgclf.registry.client import RegistryError
     from imgclf.serving.bento_model import import_champion
     from imgclf.serving.settings import load_settings
 
     with _reported(RegistryError, ValidationError):
-        tag, version = import_champion(load_settings(params_file=params_file))
+        tag, version = import_champion(load_settings(params_file=project.params_file))
     click.echo(f"imported champion version {version} as {tag}")
     if build:
-        import bentoml
+        click.echo(f"built {_build_bento(project.paths.root, bentofile)}")
 
-        click.echo(f"built {bentoml.bentos.build_bentofile(bentofile).tag}")
+
+def _build_bento(root: Path, bentofile: str) -> str:
+    """The tag of the bento built with `root` as build context: `bentofile`'s includes (the
+    classes and threshold in params.yaml among them) come from there, not the current folder."""
+    import bentoml
+    from bentoml.exceptions import InvalidArgument
+
+    with _reported(InvalidArgument):  # e.g. no bentofile in that folder
+        built = bentoml.bentos.build_bentofile(str(root / bentofile), build_ctx=str(root))
+    return str(built.tag)
 
 
 @cli.command()

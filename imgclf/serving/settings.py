@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from imgclf.config import PARAMS_FILE, PROJECT_ROOT, Params, ServeParams, load_params
@@ -90,7 +90,7 @@ class AuthSettings(BaseSettings):
     auth: Literal["jwt", "disabled"] = "jwt"
     jwt_secret: SecretStr | None = None  # HS256 shared secret, at least 32 bytes
     jwt_public_key: str | None = None  # RS256 public key (PEM text) ...
-    jwt_public_key_file: Path | None = None  # ... or a file holding it
+    jwt_public_key_file: FilePath | None = None  # ... or a file holding it (must exist)
     jwt_audience: str = "imgclf"  # required `aud`
     jwt_issuer: str | None = None  # required `iss`, when set
     jwt_leeway: float = Field(default=0.0, ge=0)  # seconds of clock skew allowed on exp/nbf

@@ -1,7 +1,8 @@
 """Packaging the champion into a bento, offline: a tiny champion in the real `mlflow server`,
-`imgclf bento` as a user runs it (`make bento`), with the registry named only in its --params
-file, then the bento must exist in a private BentoML store, carry the `imgclf-champion` model,
-and yield the Dockerfile `bentoml containerize` would use (written without Docker).
+`imgclf bento` as a user runs it (`make bento`) from this checkout with --params naming another
+project folder (its own registry and classes), then the bento must exist in a private BentoML
+store, carry the `imgclf-champion` model and that folder's params.yaml, and yield the Dockerfile
+`bentoml containerize` would use (written without Docker).
 
 Everything touching the BentoML store runs in subprocesses with BENTOML_HOME set: the store's
 location is fixed once bentoml is configured in a process, so this process's store stays alone.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,17 +23,24 @@ from imgclf.serving.settings import BENTO_MODEL_NAME
 from tests.support.helpers import REPO_ROOT, VENV_BIN, Registry, imgclf_command, mlflow_uris
 
 TIMEOUT_S = 300
+# What bentofile.yaml builds from; the other project folder holds its own copy.
+BUILD_INPUTS = ("bentofile.yaml", "service.py", "requirements.txt")
 # One interpreter (bentoml imports take seconds) to read the store at $BENTOML_HOME: the bentos,
-# the models the only bento carries, that model's labels, and its Dockerfile at argv[1].
+# the models the only bento carries, that model's labels, the params.yaml the bento packaged, and
+# its Dockerfile at argv[1].
 INSPECT = """
 import json, sys
+from pathlib import Path
 import bentoml
 bentos = bentoml.bentos.list()
 models = [str(m.tag) for m in bentos[0].info.models] if len(bentos) == 1 else []
 labels = dict(bentoml.models.get(models[0]).info.labels) if len(models) == 1 else {}
+params = None
 if len(bentos) == 1:
     bentoml.container.get_containerfile(bentos[0].tag, output_path=sys.argv[1])
-print(json.dumps({"bentos": [str(b.tag) for b in bentos], "models": models, "labels": labels}))
+    params = Path(bentos[0].path_of("src/params.yaml")).read_text()
+print(json.dumps({"bentos": [str(b.tag) for b in bentos], "models": models, "labels": labels,
+                  "params": params}))
 """
 
 
@@ -43,23 +52,37 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     return result
 
 
+def other_project(folder: Path, tracking_uri: str, model_name: str) -> Path:
+    """A project folder beside this checkout: its code, and a params.yaml with its own registry,
+    model and classes (not this checkout's), as for a `defect/ok` project."""
+    for name in BUILD_INPUTS:
+        shutil.copy(REPO_ROOT / name, folder / name)
+    shutil.copytree(
+        REPO_ROOT / "imgclf", folder / "imgclf", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    params["mlflow"]["tracking_uri"] = tracking_uri
+    params["register"]["model_name"] = model_name
+    params["download"]["classes"] = ["defect", "ok"]
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder / "params.yaml"
+
+
 def test_build_bento_carries_the_champion_and_a_containerfile(
     mlflow_server: str, tmp_path: Path
 ) -> None:
     with mlflow_uris(mlflow_server):
         registry = Registry(tmp_path / "registry", mlflow_server)
         version = registry.promote(seed=3)
-    params = yaml.safe_load(PARAMS_FILE.read_text())
-    params["mlflow"]["tracking_uri"] = mlflow_server
-    params["register"]["model_name"] = registry.model_name
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "project").mkdir()
+    params_file = other_project(tmp_path / "project", mlflow_server, registry.model_name)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("IMGCLF_", "MLFLOW_"))},
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
         "BENTOML_HOME": str(tmp_path / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
     }
-    command = [imgclf_command(), "--params", str(tmp_path / "params.yaml"), "bento"]
+    command = [imgclf_command(), "--params", str(params_file), "bento"]
     built = _run(command, env)
     assert f"imported champion version {version} as {BENTO_MODEL_NAME}:" in built.stdout
 
@@ -69,4 +92,5 @@ def test_build_bento_carries_the_champion_and_a_containerfile(
     assert [tag.split(":")[0] for tag in facts["models"]] == [BENTO_MODEL_NAME], facts
     assert facts["labels"]["registered_model"] == registry.model_name
     assert facts["labels"]["registered_version"] == version
+    assert facts["params"] == params_file.read_text()  # the champion's project's classes
     assert "IMGCLF_MODEL_SOURCE" in dockerfile.read_text()

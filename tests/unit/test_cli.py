@@ -1,15 +1,17 @@
 """The `imgclf` command's verbs that need no model and no server: help, tokens, monitor's exit
-status. The registry verbs: tests/integration/test_cli.py; predict: tests/model/test_predict.py;
-monitor on a real log: tests/integration/test_monitor.py.
+status, a bad params.yaml. The registry verbs: tests/integration/test_cli_registry.py; predict:
+tests/model/test_predict.py; monitor on a real log: tests/integration/test_monitor.py.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import jwt
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from imgclf.cli import cli
@@ -99,3 +101,28 @@ def test_monitor_without_a_reference_is_bad_input(tmp_path: Path) -> None:
 def test_monitor_reports_a_bad_setting_on_one_line_naming_the_key() -> None:
     code, output = invoke("monitor", IMGCLF_SERVE_POLL_SECONDS="-1")
     assert (code, output) == (1, "Error: poll_seconds: Input should be greater than 0\n")
+
+
+def test_a_bad_params_file_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    params["evaluate"]["threshold"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code, output = invoke("--params", str(tmp_path / "params.yaml"), "history")
+    assert (code, output) == (1, "Error: evaluate.threshold: Input should be less than 1\n")
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("serve: [unclosed\n")
+    code, output = invoke("--params", str(tmp_path / "params.yaml"), "history")
+    assert code == 1 and output.startswith("Error: ") and output.count("\n") == 1, output
+
+
+def test_tensorflow_start_up_lines_are_off_unless_the_user_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    invoke("history", "--help")
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    invoke("history", "--help")
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"

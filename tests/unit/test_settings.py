@@ -159,3 +159,12 @@ def test_auth_settings_read_every_variable_and_never_echo_the_secret(
     with pytest.raises(ValidationError, match="32 bytes") as short:
         AuthSettings()
     assert "short-secret" not in str(short.value)
+
+
+def test_a_missing_public_key_file_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMGCLF_JWT_PUBLIC_KEY_FILE", str(tmp_path / "absent.pem"))
+    with pytest.raises(ValidationError, match="jwt_public_key_file") as missing:
+        AuthSettings()
+    assert [error["type"] for error in missing.value.errors()] == ["path_not_file"]
