@@ -11,9 +11,9 @@ from imgclf.data.sources import SourceError
 
 
 def main() -> int:
-    params = load_params().download
+    params = load_params()
     try:
-        report = run_download(Paths(), params)
+        report = run_download(Paths(), params.download)
     except SourceError as exc:
         # A user-fixable problem (offline, credentials, checksum): one line, no traceback.
         print(f"download: {exc}", file=sys.stderr)

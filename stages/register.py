@@ -10,34 +10,17 @@ A problem is reported as one line on stderr, exit status 1. A person moves `cham
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from imgclf.config import PROJECT_ROOT, Paths, load_params
-from imgclf.registry import commands
+from imgclf.config import Paths, load_params
 from imgclf.registry.client import RegistryError
+from imgclf.registry.commands import run_register
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.register", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--root",
-        type=Path,
-        default=PROJECT_ROOT,
-        help="project folder (its params.yaml, artifacts/ and reports/); default: this checkout",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    paths = Paths(parse_args(argv).root)
+def main() -> int:
+    params, paths = load_params(), Paths()
     try:
-        params = load_params(paths.root / "params.yaml")
-        report = commands.run_register(paths, params)
+        report = run_register(paths, params.register, params.download.classes, params.mlflow)
     except (RegistryError, FileNotFoundError) as exc:
         print(f"register: error: {exc}", file=sys.stderr)
         return 1

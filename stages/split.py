@@ -7,13 +7,13 @@ from imgclf.data.split import SPLITS, run_split
 
 
 def main() -> None:
-    params = load_params().split
-    report = run_split(Paths(), params)
+    params = load_params()
+    report = run_split(Paths(), params.split)
     parts = ", ".join(
         f"{name} {report['splits'][name]['total']} {report['splits'][name]['classes']}"
         for name in SPLITS
     )
-    print(f"split (seed {params.seed}): {report['total']} images -> {parts}")
+    print(f"split (seed {params.split.seed}): {report['total']} images -> {parts}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from imgclf.model.training import run_train
 
 def main() -> None:
     params = load_params()
-    result = run_train(Paths(), params)
+    result = run_train(Paths(), params.train, params.download.classes, params.mlflow)
     best = result.best_epoch
     print(
         f"train: {params.train.arch} {result.train_images} train / {result.val_images} val "

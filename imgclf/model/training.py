@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from imgclf.config import AugmentParams, Params, Paths, TrainParams
+from imgclf.config import AugmentParams, MlflowParams, Paths, TrainParams
 from imgclf.io import atomic_dir, write_json, write_tsv
 from imgclf.model.architectures.factory import Classifier, build_classifier, unfreeze_top
 from imgclf.model.dataset import LabelledFiles, image_dataset, read_split
@@ -40,37 +40,36 @@ class TrainRun:
         return min(self.history, key=lambda row: row["val_loss"])
 
 
-def run_train(paths: Paths, params: Params) -> TrainRun:
+def run_train(
+    paths: Paths, params: TrainParams, classes: Sequence[str], mlflow_params: MlflowParams
+) -> TrainRun:
     """Train on the split manifests; write model.keras, history.csv and mlflow_run.json (all or
     nothing) and log params, tags, curves and the model into a new MLflow run."""
     import mlflow
 
     from imgclf import tracking
 
-    classes, train_params = params.download.classes, params.train
-    set_seeds(train_params.seed)
+    set_seeds(params.seed)
     train = read_split(paths.split_manifest("train"), classes, paths.root)
     val = read_split(paths.split_manifest("val"), classes, paths.root)
     manifests = [paths.split_manifest(name) for name in ("train", "val", "test")]
+    # What this run received, under params.yaml's names; the data is the data_version tag.
+    logged = {"download": {"classes": list(classes)}, "train": params.model_dump(mode="json")}
 
     with (
         atomic_dir(paths.train_dir) as out,
-        tracking.open_run(params.mlflow, paths.root, run_name=train_params.arch) as run,
-        distribution_strategy(train_params.strategy).scope(),
+        tracking.open_run(mlflow_params, paths.root, run_name=params.arch) as run,
+        distribution_strategy(params.strategy).scope(),
     ):
-        tracking.log_run_context(
-            params.model_dump(mode="json", exclude={"mlflow"}), paths.root, manifests
-        )
-        classifier = build_classifier(train_params, paths.pretrained_weights)
+        tracking.log_run_context(logged, paths.root, manifests)
+        classifier = build_classifier(params, paths.pretrained_weights)
         history = train_classifier(
-            classifier, train, val, train_params, callbacks=[mlflow.keras.MlflowCallback()]
+            classifier, train, val, params, callbacks=[mlflow.keras.MlflowCallback()]
         )
         classifier.model.save(out / paths.model.name)
         write_tsv(out / paths.history.name, history, list(history[0]), delimiter=",")
         write_json(out / paths.mlflow_run.name, {"run_id": run.info.run_id})
-        tracking.log_classifier(
-            classifier.model, load_images(train.files[:1], train_params.image_size)
-        )
+        tracking.log_classifier(classifier.model, load_images(train.files[:1], params.image_size))
     return TrainRun(run.info.run_id, len(train), len(val), history)
 
 

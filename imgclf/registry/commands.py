@@ -6,10 +6,11 @@ The registry is MLflow's: params.yaml's mlflow.tracking_uri, or $MLFLOW_TRACKING
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgclf.config import Params, Paths
+from imgclf.config import MlflowParams, Params, Paths, RegisterParams
 from imgclf.io import read_json, write_json
 from imgclf.registry import history
 from imgclf.registry.client import RegistryError, connect, mlflow_errors
@@ -19,29 +20,31 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 
-def _client(paths: Paths, params: Params) -> MlflowClient:
+def _client(paths: Paths, params: MlflowParams) -> MlflowClient:
     from imgclf.tracking import tracking_uri
 
-    return connect(tracking_uri(params.mlflow, paths.root))
+    return connect(tracking_uri(params, paths.root))
 
 
 def _optional_json(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
-def run_register(paths: Paths, params: Params) -> dict[str, Any]:
+def run_register(
+    paths: Paths, params: RegisterParams, classes: Sequence[str], mlflow_params: MlflowParams
+) -> dict[str, Any]:
     """Register train's run (artifacts/train/mlflow_run.json), run the gate, write
     reports/register.json; returns that report."""
     if not paths.mlflow_run.is_file():
         raise RegistryError(f"{paths.mlflow_run} missing: run train and evaluate first")
     with mlflow_errors():
         report = register_run(
-            _client(paths, params),
+            _client(paths, mlflow_params),
             read_json(paths.mlflow_run)["run_id"],
-            params.register,
+            params,
             metrics=_optional_json(paths.metrics),
             split_counts=_optional_json(paths.split_report),
-            classes=params.download.classes,
+            classes=classes,
         )
     write_json(paths.reports / "register.json", report)
     return report
@@ -50,16 +53,18 @@ def run_register(paths: Paths, params: Params) -> dict[str, Any]:
 def run_promote(paths: Paths, params: Params, version: int, reason: str = "") -> dict[str, Any]:
     """Point `champion` at `version` by hand; {"version", "previous", "event", "note"}."""
     with mlflow_errors():
-        return history.promote(_client(paths, params), params.register.model_name, version, reason)
+        return history.promote(
+            _client(paths, params.mlflow), params.register.model_name, version, reason
+        )
 
 
 def run_rollback(paths: Paths, params: Params, reason: str = "") -> dict[str, Any]:
     """Return `champion` to the version it replaced; {"version", "previous", "event", "note"}."""
     with mlflow_errors():
-        return history.rollback(_client(paths, params), params.register.model_name, reason)
+        return history.rollback(_client(paths, params.mlflow), params.register.model_name, reason)
 
 
 def run_history(paths: Paths, params: Params) -> list[dict[str, Any]]:
     """Every recorded move of `champion`, oldest first."""
     with mlflow_errors():
-        return history.champion_history(_client(paths, params), params.register.model_name)
+        return history.champion_history(_client(paths, params.mlflow), params.register.model_name)

@@ -4,9 +4,6 @@ The gate's rule and the model card alone: tests/unit/test_gate.py, tests/unit/te
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from imgclf.cli import cli
-from imgclf.config import RegisterParams
+from imgclf.config import Paths, RegisterParams, load_params
 from imgclf.registry.client import RegistryError, champion_version, connect
 from imgclf.registry.history import champion_history
 from imgclf.registry.registration import register_run
@@ -227,9 +224,18 @@ def imgclf(root: Path, *args: str) -> Result:
     return CliRunner().invoke(cli, args, catch_exceptions=False)  # a crash is not exit status 1
 
 
-def test_stage_then_imgclf_promote_rollback_and_history(client, runs, tmp_path) -> None:
+def run_stage(monkeypatch: pytest.MonkeyPatch, root: Path) -> int:
+    """The register stage's entry point on the project at `root`."""
+    monkeypatch.setattr(register_stage, "load_params", lambda: load_params(root / "params.yaml"))
+    monkeypatch.setattr(register_stage, "Paths", lambda: Paths(root))
+    return register_stage.main()
+
+
+def test_stage_then_imgclf_promote_rollback_and_history(
+    client, runs, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = _project(tmp_path, runs["base"][0], "cli")
-    assert register_stage.main(["--root", str(root)]) == 0
+    assert run_stage(monkeypatch, root) == 0
     report = json.loads((root / "reports" / "register.json").read_text())
     assert (report["version"], report["decision"]) == (1, "promoted")
     card = client.get_model_version("cli", "1").description
@@ -238,7 +244,7 @@ def test_stage_then_imgclf_promote_rollback_and_history(client, runs, tmp_path) 
     assert "| n | 10 | 10 | 10 |" in card and "| f1 | 0.9000 | 0.9000 | 0.9000 |" in card
 
     _point_at(root, runs["better"][0])
-    assert register_stage.main(["--root", str(root)]) == 0
+    assert run_stage(monkeypatch, root) == 0
     assert champion_version(client, "cli") == "2"
 
     promoted = imgclf(root, "promote", "--version", "1")
@@ -274,23 +280,18 @@ def test_stage_then_imgclf_promote_rollback_and_history(client, runs, tmp_path) 
     assert missing.exit_code == 1 and missing.stderr == "Error: model 'cli' has no version 9\n"
 
 
-def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
+def test_unreachable_server_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.support.mlflow_server import free_port
 
     root = _project(tmp_path, "0" * 32, "unreachable")
     dead = f"http://127.0.0.1:{free_port()}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": dead}
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.register", "--root", str(root)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    assert run_stage(monkeypatch, root) == 1
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert out == "" and len(lines) == 1, err
     assert lines[0].startswith(
         f"register: error: cannot reach the MLflow tracking server at {dead}"
     )

@@ -199,3 +199,137 @@ def test_each_stage_is_one_library_call(name: str) -> None:
         n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)
     }
     assert calls[0] not in defined, f"{path.name} defines {calls[0]} itself"
+
+
+# ------------------------------------------------------------------------ DVC params, libraries
+
+# Where runs go is no stage's param: moving the MLflow store reruns nothing (config.MlflowParams).
+NOT_STAGE_PARAMS = {"mlflow"}
+# Their results move with pinned library versions: decoders, hashes, TensorFlow, packaged weights.
+ON_PINNED_LIBRARIES = {"download", "dedupe", "pretrained", "train", "evaluate"}
+
+
+def parents_of(tree: ast.AST) -> dict[ast.AST, ast.AST]:
+    return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+
+def bound_to_params(call: ast.Call, parents: dict[ast.AST, ast.AST]) -> bool:
+    """`params = load_params()` or `params, paths = load_params(), Paths()`."""
+    value, assign = call, parents[call]
+    if isinstance(assign, ast.Tuple):
+        value, assign = assign, parents[assign]
+    if not (isinstance(assign, ast.Assign) and len(assign.targets) == 1):
+        return False
+    target = assign.targets[0]
+    if value is not call:
+        if not isinstance(target, ast.Tuple) or len(target.elts) != len(value.elts):
+            return False
+        target = target.elts[value.elts.index(call)]
+    return isinstance(target, ast.Name) and target.id == "params"
+
+
+def params_read(path: Path) -> set[str]:
+    """The `params.<section>[.<key>…]` chains a stage reads, each without the chains a shorter
+    one covers. The whole params object must never leave the stage: it would hide what is read."""
+    tree = ast.parse(path.read_text())
+    parents = parents_of(tree)
+    chains: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_params":
+            assert bound_to_params(node, parents), f"{path.name}: bind load_params() to `params`"
+        if not (isinstance(node, ast.Name) and node.id == "params"):
+            continue
+        if isinstance(node.ctx, ast.Store):
+            continue
+        names = []
+        while isinstance(parents[node], ast.Attribute):
+            node = parents[node]
+            names.append(node.attr)
+        assert names, f"{path.name} passes the whole params object (line {node.lineno})"
+        chains.add(".".join(names))
+    return {c for c in chains if not any(c.startswith(other + ".") for other in chains)}
+
+
+def declared_params(stage: dict) -> set[str]:
+    declared = stage.get("params", [])
+    assert all(isinstance(entry, str) for entry in declared), "params come from params.yaml"
+    return set(declared)
+
+
+def stage_params(path: Path) -> set[str]:
+    """What a stage's dvc.yaml `params:` must say: what it reads, less where runs go."""
+    return {c for c in params_read(path) if c.split(".")[0] not in NOT_STAGE_PARAMS}
+
+
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_a_stage_declares_exactly_the_params_it_reads(name: str) -> None:
+    stage = dvc_stages()[name]
+    read, declared = stage_params(module_file(stage_module(stage))), declared_params(stage)
+    assert read == declared, f"stage {name!r} reads params {sorted(read)}, declares {declared}"
+
+
+def uses_load_params(path: Path) -> bool:
+    return any(
+        (isinstance(node, ast.alias) and node.name == "load_params")
+        or (isinstance(node, ast.Attribute) and node.attr == "load_params")
+        for node in ast.walk(ast.parse(path.read_text()))
+    )
+
+
+@pytest.mark.parametrize("name", sorted(dvc_stages()))
+def test_only_the_stage_loads_params(name: str) -> None:
+    """A library module calling load_params() could read any section behind dvc.yaml's back."""
+    stage_file = module_file(stage_module(dvc_stages()[name]))
+    loaders = sorted(
+        str(path.relative_to(REPO_ROOT))
+        for path in transitive_files(stage_file)
+        if path not in (stage_file, PACKAGE / "config.py") and uses_load_params(path)
+    )
+    assert not loaders, f"stage {name!r} runs modules that load params themselves: {loaders}"
+
+
+def test_a_library_loading_params_is_seen(tmp_path: Path) -> None:
+    late, dotted = tmp_path / "late.py", tmp_path / "dotted.py"
+    late.write_text("def f():\n    from imgclf.config import load_params\n")
+    dotted.write_text("from imgclf import config\n\nsection = config.load_params().train\n")
+    assert uses_load_params(late) and uses_load_params(dotted)
+    assert not uses_load_params(PACKAGE / "model" / "training.py")
+
+
+def test_the_params_check_sees_keys_sections_and_the_whole_object(tmp_path: Path) -> None:
+    stage = tmp_path / "probe.py"
+    stage.write_text(
+        "params, paths = load_params(), Paths()\n"
+        "run_x(paths, params.train, params.download.classes, params.mlflow)\n"
+        "print(params.train.arch, params.evaluate.batch_size, params.mlflow.experiment)\n"
+    )
+    assert stage_params(stage) == {"train", "download.classes", "evaluate.batch_size"}
+    for whole in (
+        "params = load_params()\nrun_x(Paths(), params)\n",
+        "run_x(Paths(), load_params())\n",
+        "settings = load_params()\nrun_x(Paths(), settings.train)\n",
+    ):
+        stage.write_text(whole)
+        with pytest.raises(AssertionError, match="params"):
+            params_read(stage)
+
+
+def test_the_params_check_fails_on_a_wrong_dvc_yaml() -> None:
+    stage = dvc_stages()["train"]
+    wrong = {**stage, "params": ["train"]}  # download.classes forgotten
+    read = stage_params(module_file(stage_module(stage)))
+    assert read - declared_params(wrong) == {"download.classes"}
+
+
+def missing_requirements(stages: dict[str, dict]) -> list[str]:
+    return sorted(n for n in ON_PINNED_LIBRARIES if "requirements.txt" not in stages[n]["deps"])
+
+
+def test_stages_on_pinned_libraries_depend_on_requirements_txt() -> None:
+    assert not missing_requirements(dvc_stages())
+
+
+def test_the_requirements_check_fails_on_a_wrong_dvc_yaml() -> None:
+    stages = dvc_stages()
+    deps = [dep for dep in stages["pretrained"]["deps"] if dep != "requirements.txt"]
+    assert missing_requirements({**stages, "pretrained": {"deps": deps}}) == ["pretrained"]
