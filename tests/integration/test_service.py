@@ -250,7 +250,7 @@ def _bad_inputs(photo: Path) -> dict[str, tuple[dict, int, str]]:
         "truncated": ({"files": upload(good[: len(good) // 2])}, 422, "truncated"),
         "empty body": ({"data": b"", "headers": raw}, 400, "empty"),
         "empty file": ({"files": upload(b"")}, 400, "empty"),
-        "no file field": ({"data": {"note": "hi"}, "files": {}}, 415, "unsupported_media_type"),
+        "url-encoded form": ({"data": {"note": "hi"}}, 415, "unsupported_media_type"),
         "over byte limit": (
             {"files": upload(encode(Image.fromarray(noise), "PNG"))},
             413,

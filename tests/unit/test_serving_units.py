@@ -464,6 +464,48 @@ def test_predict_batch_takes_its_limit_and_refuses_more(client: TestClient) -> N
         assert (response.status_code, response.json()["error"]) == (413, "too_many_images")
 
 
+def multipart(boundary: bytes, *parts: tuple[bytes, bytes]) -> bytes:
+    """A multipart body of (Content-Disposition parameters, content) parts, written by hand."""
+    body = b"".join(
+        b"--%s\r\nContent-Disposition: form-data; %s\r\n\r\n%s\r\n" % (boundary, header, data)
+        for header, data in parts
+    )
+    return body + b"--%s--\r\n" % boundary
+
+
+def refusal(response) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]
+
+
+@pytest.mark.parametrize("route", ["/predict", "/predict_batch"])
+def test_a_form_with_only_a_text_field_has_no_file(client: TestClient, route: str) -> None:
+    response = client.post(route, files={"note": (None, "hi")})
+    assert refusal(response) == (400, "no_file")
+
+
+def test_a_part_without_a_filename_is_a_text_field_not_a_file(client: TestClient) -> None:
+    """curl `-F image=<cat.png` sends the bytes with no filename: by RFC 7578 that is a text field
+    (Starlette decodes it to a str), so it is no file, while the same part named as a file is."""
+    png = encode(photo(), "PNG")
+    headers = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+    as_text = multipart(b"b0undary", (b'name="image"', png))
+    as_file = multipart(b"b0undary", (b'name="image"; filename="cat.png"', png))
+    assert refusal(client.post("/predict", content=as_text, headers=headers)) == (400, "no_file")
+    assert refusal(client.post("/predict", content=as_file, headers=headers)) == (503, "not_ready")
+
+
+def test_a_boundary_that_never_appears_is_bad_multipart(client: TestClient) -> None:
+    """The same body passes the form checks under its own boundary and fails under another."""
+    body = multipart(b"sent", (b'name="image"; filename="cat.png"', encode(photo(), "PNG")))
+
+    def post(boundary: str):
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        return client.post("/predict", content=body, headers=headers)
+
+    assert refusal(post("sent")) == (503, "not_ready")
+    assert refusal(post("declared")) == (400, "bad_multipart")
+
+
 def test_a_bad_image_is_named_by_its_position_in_a_batch_only(client: TestClient) -> None:
     batch = [*form("images", 2), ("images", ("bad.png", b"garbage", "image/png"))]
     body = client.post("/predict_batch", files=batch).json()
