@@ -86,7 +86,6 @@ class Standardised:
     data: bytes
     width: int  # after EXIF orientation
     height: int
-    source_format: str  # Pillow's name of the input's format: JPEG, MPO, PNG, WEBP, ...
     changes: tuple[str, ...]  # why it was re-encoded: png, progressive, exif_rotated, cmyk, ...
 
 
@@ -196,7 +195,7 @@ def _clean(image: Image.Image, data: bytes, jpeg_quality: int | None) -> Standar
         changes.append("exif_rotated")
     image, mode_changes = to_rgb(image)
     encoded = _encode(image, jpeg_quality, icc if keep_icc else None)
-    return Standardised(encoded, *image.size, fmt, (*changes, *mode_changes))
+    return Standardised(encoded, *image.size, (*changes, *mode_changes))
 
 
 def _passed_on(image: Image.Image, data: bytes) -> Standardised:
@@ -206,7 +205,7 @@ def _passed_on(image: Image.Image, data: bytes) -> Standardised:
     width, height = image.size
     image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
     image.load()
-    return Standardised(data, width, height, image.format, ())
+    return Standardised(data, width, height, ())
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:

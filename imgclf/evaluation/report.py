@@ -35,7 +35,7 @@ from imgclf.evaluation.metrics import (
     roc_points,
     worst_mistakes,
 )
-from imgclf.io import atomic_dir, read_json, read_tsv, write_json, write_tsv
+from imgclf.io import atomic_dir, read_json, write_json, write_tsv
 from imgclf.model.dataset import LabelledFiles, read_split
 from imgclf.model.decision import predicted_indices
 from imgclf.model.inference import load_model, predict_probabilities
@@ -191,11 +191,6 @@ def _relative(path: str, root: Path) -> str:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
         return Path(os.path.relpath(path, root)).as_posix()
-
-
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """predictions.tsv rows with `probability` as a float."""
-    return [{**row, "probability": float(row["probability"])} for row in read_tsv(path)]
 
 
 def log_to_mlflow(

@@ -16,13 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgclf.data.sources import (
-    SourceError,
-    UnsafeArchiveError,
-    download_http,
-    open_source,
-    safe_extract,
-)
+from imgclf.data.sources import SourceError, open_source
+from imgclf.data.sources.archive import safe_extract
+from imgclf.data.sources.errors import UnsafeArchiveError
+from imgclf.data.sources.http import download_http
 from tests.support.s3_server import MotoServer
 
 

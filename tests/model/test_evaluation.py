@@ -23,7 +23,7 @@ from imgclf.evaluation.metrics import (
     worst_mistakes,
 )
 from imgclf.evaluation.plots import plot_misclassified
-from imgclf.evaluation.report import PREDICTION_COLUMNS, read_predictions, run_evaluate
+from imgclf.evaluation.report import PREDICTION_COLUMNS, run_evaluate
 from imgclf.io import read_json, read_tsv, write_json, write_tsv
 from imgclf.model.inference import load_model, predict_probabilities
 from tests.support.helpers import tiny_model
@@ -192,9 +192,9 @@ def test_stage_writes_predictions_and_metrics(evaluated: tuple[Paths, dict]) -> 
     assert set(report["test"]) == expected_keys
     assert report["test"]["n"] == 10 and report["val"]["n"] == 6
     # the metrics are the ones of the written probabilities
-    test = [r for r in read_predictions(paths.predictions) if r["split"] == "test"]
+    test = [r for r in read_tsv(paths.predictions) if r["split"] == "test"]
     labels = np.array([CLASSES.index(r["label"]) for r in test])
-    again = compute_metrics(labels, np.array([r["probability"] for r in test]), 0.5, 5)
+    again = compute_metrics(labels, np.array([float(r["probability"]) for r in test]), 0.5, 5)
     assert again["accuracy"] == pytest.approx(report["test"]["accuracy"])
     assert again["log_loss"] == pytest.approx(report["test"]["log_loss"], abs=1e-6)
 
@@ -221,9 +221,9 @@ def test_stage_writes_plot_data(evaluated: tuple[Paths, dict]) -> None:
 def test_misclassified_grid_shows_the_worst(evaluated: tuple[Paths, dict]) -> None:
     paths, metrics = evaluated
     wrong = metrics["test"]["fp"] + metrics["test"]["fn"]
-    test = [r for r in read_predictions(paths.predictions) if r["split"] == "test"]
+    test = [r for r in read_tsv(paths.predictions) if r["split"] == "test"]
     labels = np.array([CLASSES.index(r["label"]) for r in test])
-    picked = worst_mistakes(labels, np.array([r["probability"] for r in test]), 0.5, 3)
+    picked = worst_mistakes(labels, np.array([float(r["probability"]) for r in test]), 0.5, 3)
     assert len(picked) == min(3, wrong)
 
 

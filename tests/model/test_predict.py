@@ -18,8 +18,8 @@ from PIL import Image
 from imgclf.cli import cli
 from imgclf.config import EvaluateParams, Paths
 from imgclf.data.standardise import Limits, standardise
-from imgclf.evaluation.report import read_predictions, run_evaluate
-from imgclf.io import write_tsv
+from imgclf.evaluation.report import run_evaluate
+from imgclf.io import read_tsv, write_tsv
 from imgclf.model.batch_predict import standardised_inputs, submission_id
 from imgclf.model.preprocess import decode_image
 from tests.support.helpers import imgclf_command, tiny_model
@@ -260,9 +260,7 @@ def test_evaluate_and_predict_give_the_same_probabilities(
     tiny_model(size=96, seed=3).save(paths.model)
 
     run_evaluate(paths, CLASSES, EvaluateParams(batch_size=4))
-    evaluated = {
-        Path(r["path"]).name: r["probability"] for r in read_predictions(paths.predictions)
-    }
+    evaluated = {Path(r["path"]).name: float(r["probability"]) for r in read_tsv(paths.predictions)}
 
     out = tmp_path / "submission.csv"
     images = root / "artifacts/download/images"

@@ -24,21 +24,12 @@ from imgclf.data.sources.archive import (
     safe_extract,
     strip_archive_suffix,
 )
-from imgclf.data.sources.errors import OFFLINE_HINT, SourceError, UnsafeArchiveError
+from imgclf.data.sources.errors import OFFLINE_HINT, SourceError
 from imgclf.data.sources.http import download_http, verify_sha256
 from imgclf.data.sources.kaggle import download_kaggle
 from imgclf.data.sources.s3 import download_s3
 
-__all__ = [
-    "SourceError",
-    "UnsafeArchiveError",
-    "download_http",
-    "expand_nested_archives",
-    "extracted",
-    "is_archive",
-    "open_source",
-    "safe_extract",
-]
+__all__ = ["SourceError", "extracted", "is_archive", "open_source"]
 
 
 @contextlib.contextmanager
