@@ -161,16 +161,15 @@ def input_folder(source: Path) -> Iterator[Path]:
 def write_submission(
     out: Path,
     rows: Sequence[tuple[int | str, float]],
-    threshold: float,
+    labels: Sequence[int],
     probability_column: str | None,
 ) -> None:
-    """Write `id,label[,probability]` atomically; the label is THE decision rule's class index."""
+    """Write `id,label[,probability]` atomically; `labels`: the class index of each row."""
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.with_name(f".{out.name}.tmp")
     with open(scratch, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["id", "label"] + ([probability_column] if probability_column else []))
-        labels = predicted_indices(np.array([prob for _, prob in rows]), threshold)
         for (ident, prob), label in zip(rows, labels, strict=True):
             extra = [format(prob, ".9g")] if probability_column else []
             writer.writerow([ident, int(label), *extra])
@@ -223,9 +222,9 @@ def run_predict(
         relative = [image.source.relative_to(folder).as_posix() for image in good]
 
     rows = _submission_rows(relative, probabilities)
-    threshold = params.evaluate.threshold
-    write_submission(out, rows, threshold, f"{classes[1]}_probability" if proba else None)
-    labels = predicted_indices(np.array([prob for _, prob in rows]), threshold)
+    # THE decision rule's class index per row.
+    labels = predicted_indices(np.array([prob for _, prob in rows]), params.evaluate.threshold)
+    write_submission(out, rows, labels, f"{classes[1]}_probability" if proba else None)
     ids = Counter(ident for ident, _ in rows)
     return PredictSummary(
         classes=classes,
