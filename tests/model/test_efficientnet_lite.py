@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from imgclf.model.architectures import efficientnet_lite as effl  # noqa: E402
+from imgclf.model.architectures import efficientnet_lite as effl
 
 
 def test_architecture_shapes_at_160_and_224():

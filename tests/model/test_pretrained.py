@@ -10,21 +10,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from imgclf.model.architectures.efficientnet_lite import (  # noqa: E402
+from imgclf.model.architectures.efficientnet_lite import (
     efficientnet_lite0,
     load_pretrained_backbone,
 )
-from imgclf.model.pretrained import (  # noqa: E402
+from imgclf.model.pretrained import (
     packaged_checkpoint_path,
     port_state_dict,
     run_pretrained,
 )
-from imgclf.model.torch_checkpoint import load_state_dict  # noqa: E402
+from imgclf.model.torch_checkpoint import load_state_dict
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 DOG_CLASSES = range(151, 269)  # ImageNet: Chihuahua .. Mexican hairless
