@@ -18,6 +18,7 @@ from tests.support.photos import (
     ORIGINAL,
     PHONE_JPEG,
     QUALITY_90,
+    REENCODE_SHARE_OF_SPREAD,
     SAME_PIXELS_PNG,
     SIDEWAYS,
     TURNS,
@@ -27,11 +28,13 @@ from tests.support.photos import (
     write_variants,
 )
 
-PHOTOS = [f"cat/cat.{i}.jpg" for i in range(11, 15)] + [f"dog/dog.{i}.jpg" for i in range(11, 15)]
+# The champion_service model (tiny_model(48, 1)) is nearly constant (p = 0.499 +- 0.004), so on
+# some photos it hardly notices a turn (cat.19: 3e-6) and on others a re-encode moves it by 0.6% of
+# its spread (dog.11). cat and dog 22-25 are the first run i..i+3 (i from 1) that leaves the shared
+# tolerance a 2x margin both ways (measured in tests/support/photos.py); the guard below rechecks
+# it.
+PHOTOS = [f"cat/cat.{i}.jpg" for i in range(22, 26)] + [f"dog/dog.{i}.jpg" for i in range(22, 26)]
 FLOAT_NOISE = 1e-6  # the same pixels in another batch
-# As in tests/model/test_behaviour.py: a re-encode moves the probability by a small share of the
-# distance between two photos.
-REENCODE_SHARE_OF_SPREAD = 0.05
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 
 
@@ -72,10 +75,12 @@ def grouped(served: tuple[dict[int, float], str]) -> dict[int, dict[int, float]]
 
 
 def test_the_served_model_tells_photos_and_orientations_apart(grouped) -> None:
-    """Without this the invariance tests below could not fail."""
-    assert spread(grouped) > 100 * FLOAT_NOISE
+    """Without this the invariance tests below could not fail: every photo turned sideways moves
+    by more than any tolerance they allow (as in tests/model/test_behaviour.py)."""
+    assert spread(grouped) > 1000 * FLOAT_NOISE
+    tolerance = REENCODE_SHARE_OF_SPREAD * spread(grouped)
     for number, probability in grouped.items():
-        assert abs(probability[SIDEWAYS] - probability[ORIGINAL]) > 10 * FLOAT_NOISE, number
+        assert abs(probability[SIDEWAYS] - probability[ORIGINAL]) > tolerance, number
 
 
 @pytest.mark.parametrize("turn", TURNS)

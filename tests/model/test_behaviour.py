@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgclf.config import EvaluateParams, Paths, load_params
 from imgclf.data.ingest import build_dataset
-from imgclf.evaluation.report import run_evaluate
+from imgclf.evaluation.report import read_predictions, run_evaluate
 from imgclf.io import read_tsv, write_tsv
 from imgclf.model.batch_predict import run_predict, submission_id
 from tests.support.helpers import tiny_model
@@ -30,6 +30,7 @@ from tests.support.photos import (
     ORIGINAL,
     PHONE_JPEG,
     QUALITY_90,
+    REENCODE_SHARE_OF_SPREAD,
     SAME_PIXELS_PNG,
     SIDEWAYS,
     TURNS,
@@ -44,12 +45,6 @@ from tests.support.photos import (
 CLASSES = ["cat", "dog"]
 PHOTOS = [f"cat/cat.{i}.jpg" for i in range(1, 5)] + [f"dog/dog.{i}.jpg" for i in range(1, 5)]
 FLOAT_NOISE = 1e-6  # the same pixels in another batch position
-# A re-encode moves the probability by a fraction of what a turn or another photo does. Measured
-# with tiny_model(64, 0) on these photos, as shares of its spread over them (Pillow and
-# TensorFlow both decode JPEGs with the accurate integer IDCT): quality 90 at most 0.04%, the
-# phone JPEG 0.06%; a photo turned sideways at least 0.47%, two photos at least 4%. 0.2% keeps a
-# 3x margin over the re-encodes and still fails a turned or swapped photo.
-REENCODE_SHARE_OF_SPREAD = 0.002
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +127,9 @@ def test_predict_equals_evaluate_on_the_download_stage_output(
     paths.model.write_bytes(model_file.read_bytes())
 
     run_evaluate(paths, CLASSES, EvaluateParams(batch_size=3))
-    evaluated = {Path(r["path"]).name: float(r["probability"]) for r in read_tsv(paths.predictions)}
+    evaluated = {
+        Path(r["path"]).name: r["probability"] for r in read_predictions(paths.predictions)
+    }
     out = tmp_path / "submission.csv"
     run_predict(paths, load_params(), paths.images, out, model=str(paths.model), proba=True)
     predicted = submission_probabilities(out)
