@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgclf.config import EvaluateParams, Paths, load_params
 from imgclf.data.ingest import build_dataset
-from imgclf.evaluation.report import read_predictions, run_evaluate
+from imgclf.evaluation.report import run_evaluate
 from imgclf.io import read_tsv, write_tsv
 from imgclf.model.batch_predict import run_predict, submission_id
 from tests.support.helpers import tiny_model
@@ -127,9 +127,7 @@ def test_predict_equals_evaluate_on_the_download_stage_output(
     paths.model.write_bytes(model_file.read_bytes())
 
     run_evaluate(paths, CLASSES, EvaluateParams(batch_size=3))
-    evaluated = {
-        Path(r["path"]).name: r["probability"] for r in read_predictions(paths.predictions)
-    }
+    evaluated = {Path(r["path"]).name: float(r["probability"]) for r in read_tsv(paths.predictions)}
     out = tmp_path / "submission.csv"
     run_predict(paths, load_params(), paths.images, out, model=str(paths.model), proba=True)
     predicted = submission_probabilities(out)
