@@ -161,7 +161,7 @@ def input_folder(source: Path) -> Iterator[Path]:
 def write_submission(
     out: Path,
     rows: Sequence[tuple[int | str, float]],
-    labels: Sequence[int],
+    labels: np.ndarray,
     probability_column: str | None,
 ) -> None:
     """Write `id,label[,probability]` atomically; `labels`: the class index of each row."""
