@@ -15,15 +15,15 @@ from imgclf.config import Paths, load_params
 from imgclf.model.batch_predict import run_predict
 from tests.support.champion_service import ChampionService
 from tests.support.photos import (
-    ORIGINAL,
+    FLOAT_NOISE,
     PHONE_JPEG,
     QUALITY_90,
-    REENCODE_SHARE_OF_SPREAD,
     SAME_PIXELS_PNG,
-    SIDEWAYS,
     TURNS,
+    assert_nearly_invariant_to_a_re_encode,
+    assert_same_as_original,
+    assert_tells_photos_and_turns_apart,
     by_photo,
-    spread,
     submission_probabilities,
     write_variants,
 )
@@ -34,7 +34,6 @@ from tests.support.photos import (
 # tolerance a 2x margin both ways (measured in tests/support/photos.py); the guard below rechecks
 # it.
 PHOTOS = [f"cat/cat.{i}.jpg" for i in range(22, 26)] + [f"dog/dog.{i}.jpg" for i in range(22, 26)]
-FLOAT_NOISE = 1e-6  # the same pixels in another batch
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 
 
@@ -75,32 +74,21 @@ def grouped(served: tuple[dict[int, float], str]) -> dict[int, dict[int, float]]
 
 
 def test_the_served_model_tells_photos_and_orientations_apart(grouped) -> None:
-    """Without this the invariance tests below could not fail: every photo turned sideways moves
-    by more than any tolerance they allow (as in tests/model/test_behaviour.py)."""
-    assert spread(grouped) > 1000 * FLOAT_NOISE
-    tolerance = REENCODE_SHARE_OF_SPREAD * spread(grouped)
-    for number, probability in grouped.items():
-        assert abs(probability[SIDEWAYS] - probability[ORIGINAL]) > tolerance, number
+    assert_tells_photos_and_turns_apart(grouped, min_spread=1000 * FLOAT_NOISE)
 
 
 @pytest.mark.parametrize("turn", TURNS)
 def test_served_probability_is_invariant_to_exif_orientation(grouped, turn: int) -> None:
-    for number, probability in grouped.items():
-        assert probability[turn] == pytest.approx(probability[ORIGINAL], abs=FLOAT_NOISE), number
+    assert_same_as_original(grouped, turn)
 
 
 def test_served_png_and_jpeg_of_the_same_pixels_agree(grouped) -> None:
-    for number, probability in grouped.items():
-        assert probability[SAME_PIXELS_PNG] == pytest.approx(
-            probability[ORIGINAL], abs=FLOAT_NOISE
-        ), number
+    assert_same_as_original(grouped, SAME_PIXELS_PNG)
 
 
 @pytest.mark.parametrize("variant", [QUALITY_90, PHONE_JPEG], ids=["quality_90", "phone_jpeg"])
 def test_served_probability_is_nearly_invariant_to_a_jpeg_re_encode(grouped, variant) -> None:
-    tolerance = REENCODE_SHARE_OF_SPREAD * spread(grouped)
-    for number, probability in grouped.items():
-        assert probability[variant] == pytest.approx(probability[ORIGINAL], abs=tolerance), number
+    assert_nearly_invariant_to_a_re_encode(grouped, variant)
 
 
 def test_service_equals_predict_cli_for_every_file(

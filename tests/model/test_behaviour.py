@@ -27,16 +27,15 @@ from imgclf.io import read_tsv, write_tsv
 from imgclf.model.batch_predict import run_predict, submission_id
 from tests.support.helpers import tiny_model
 from tests.support.photos import (
-    ORIGINAL,
     PHONE_JPEG,
     QUALITY_90,
-    REENCODE_SHARE_OF_SPREAD,
     SAME_PIXELS_PNG,
-    SIDEWAYS,
     TURNS,
+    assert_nearly_invariant_to_a_re_encode,
+    assert_same_as_original,
+    assert_tells_photos_and_turns_apart,
     by_photo,
     encode,
-    spread,
     stored_with_tag,
     submission_probabilities,
     write_variants,
@@ -44,7 +43,6 @@ from tests.support.photos import (
 
 CLASSES = ["cat", "dog"]
 PHOTOS = [f"cat/cat.{i}.jpg" for i in range(1, 5)] + [f"dog/dog.{i}.jpg" for i in range(1, 5)]
-FLOAT_NOISE = 1e-6  # the same pixels in another batch position
 
 
 @pytest.fixture(scope="module")
@@ -68,32 +66,21 @@ def predicted(
 
 
 def test_the_model_tells_photos_and_orientations_apart(predicted) -> None:
-    """Without this the invariance tests below could not fail: every photo turned sideways moves
-    by more than any tolerance they allow."""
-    assert spread(predicted) > 0.02
-    tolerance = REENCODE_SHARE_OF_SPREAD * spread(predicted)
-    for index, probability in predicted.items():
-        assert abs(probability[SIDEWAYS] - probability[ORIGINAL]) > tolerance, index
+    assert_tells_photos_and_turns_apart(predicted, min_spread=0.02)
 
 
 @pytest.mark.parametrize("turn", TURNS)
 def test_invariant_to_exif_orientation(predicted, turn: int) -> None:
-    for index, probability in predicted.items():
-        assert probability[turn] == pytest.approx(probability[ORIGINAL], abs=FLOAT_NOISE), index
+    assert_same_as_original(predicted, turn)
 
 
 def test_png_and_jpeg_of_the_same_pixels_get_the_same_probability(predicted) -> None:
-    for index, probability in predicted.items():
-        assert probability[SAME_PIXELS_PNG] == pytest.approx(
-            probability[ORIGINAL], abs=FLOAT_NOISE
-        ), index
+    assert_same_as_original(predicted, SAME_PIXELS_PNG)
 
 
 @pytest.mark.parametrize("variant", [QUALITY_90, PHONE_JPEG], ids=["quality_90", "phone_jpeg"])
 def test_nearly_invariant_to_a_jpeg_re_encode(predicted, variant: int) -> None:
-    tolerance = REENCODE_SHARE_OF_SPREAD * spread(predicted)
-    for index, probability in predicted.items():
-        assert probability[variant] == pytest.approx(probability[ORIGINAL], abs=tolerance), index
+    assert_nearly_invariant_to_a_re_encode(predicted, variant)
 
 
 def test_predict_equals_evaluate_on_the_download_stage_output(

@@ -45,6 +45,8 @@ TURNS = (3, 6, 8)
 #   0.046%; sideways at least 0.62%.
 # 0.2% is over 3x every re-encode and under half of every sideways turn.
 REENCODE_SHARE_OF_SPREAD = 0.002
+FLOAT_NOISE = 1e-6  # the same pixels in another batch position
+Grouped = Mapping[int, Mapping[int, float]]  # photo -> variant -> probability
 
 
 def variants(photo: bytes) -> dict[int, tuple[str, bytes]]:
@@ -132,3 +134,24 @@ def upright_detector(size: int = 32):
     per_pixel = np.broadcast_to(rows[:, None, None], (size, size, 3)) / (size * size * 3 / 2)
     model.layers[-1].set_weights([20 * per_pixel.reshape(-1, 1), np.zeros(1)])
     return model
+
+
+# The checks both sides run (batch prediction and the service), so they cannot drift apart.
+
+
+def assert_tells_photos_and_turns_apart(grouped: Grouped, min_spread: float) -> None:
+    """Without this the invariance checks could not fail: the photos are told apart, and every
+    photo turned sideways moves by more than a re-encode may."""
+    assert spread(grouped) > min_spread
+    tolerance = REENCODE_SHARE_OF_SPREAD * spread(grouped)
+    for number, probability in grouped.items():
+        assert abs(probability[SIDEWAYS] - probability[ORIGINAL]) > tolerance, number
+
+
+def assert_same_as_original(grouped: Grouped, variant: int, tolerance: float = FLOAT_NOISE) -> None:
+    for number, probability in grouped.items():
+        assert abs(probability[variant] - probability[ORIGINAL]) <= tolerance, (number, variant)
+
+
+def assert_nearly_invariant_to_a_re_encode(grouped: Grouped, variant: int) -> None:
+    assert_same_as_original(grouped, variant, REENCODE_SHARE_OF_SPREAD * spread(grouped))
