@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from imgclf.config import Params, Paths
 from imgclf.data.listing import list_files
-from imgclf.data.sources import SourceError, extracted, is_archive
+from imgclf.data.sources import local_folder
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
 from imgclf.model.decision import predicted_indices
 from imgclf.model.inference import load_model, predict_probabilities
@@ -146,18 +146,6 @@ def submission_order(item: tuple[int | str, str]) -> tuple[int, int, str, str]:
     return (0, ident, "", rel) if isinstance(ident, int) else (1, 0, ident, rel)
 
 
-@contextlib.contextmanager
-def input_folder(source: Path) -> Iterator[Path]:
-    """A folder as is; an archive extracted (safely) into a temporary folder."""
-    if source.is_dir():
-        yield source
-    elif source.is_file() and is_archive(source):
-        with extracted(source) as folder:
-            yield folder
-    else:
-        raise SourceError(f"{source} is neither a folder nor a .zip/.tar archive")
-
-
 def write_submission(
     out: Path,
     rows: Sequence[tuple[int | str, float]],
@@ -203,7 +191,7 @@ def run_predict(
     model); `batch_size` default: evaluate.batch_size. A file that cannot be used is skipped
     with its reason. Raises SourceError or OSError (a missing input or model)."""
     classes = tuple(params.download.classes)
-    with input_folder(source) as folder:
+    with local_folder(source) as folder:
         found, ignored = list_files(folder, IMAGE_SUFFIXES)
         candidates = [folder / rel for rel in found]
         # The download stage's pixel limit: nothing larger ever reached training either.

@@ -29,7 +29,7 @@ from imgclf.data.sources.http import download_http, verify_sha256
 from imgclf.data.sources.kaggle import download_kaggle
 from imgclf.data.sources.s3 import download_s3
 
-__all__ = ["SourceError", "extracted", "is_archive", "open_source"]
+__all__ = ["SourceError", "local_folder", "open_source"]
 
 
 @contextlib.contextmanager
@@ -75,21 +75,22 @@ def open_source(
             yield Path(tmp)
     else:
         path = Path(source).expanduser()
-        path = path if path.is_absolute() else root / path
-        if path.is_dir():
-            yield path
-        elif path.is_file() and is_archive(path):
-            if sha256:
-                verify_sha256(path, sha256, remove=False)
-            with extracted(path) as folder:
-                yield folder
-        elif path.exists():
-            raise SourceError(
-                f"download.source {source!r} is neither a folder nor a "
-                f"{'/'.join(ARCHIVE_SUFFIXES[:4])} archive"
-            )
-        else:
-            raise SourceError(
-                f"download.source {source!r}: no such folder or archive ({path}); relative "
-                "paths are relative to the project root"
-            )
+        with local_folder(path if path.is_absolute() else root / path, sha256=sha256) as folder:
+            yield folder
+
+
+@contextlib.contextmanager
+def local_folder(path: Path, *, sha256: str | None = None) -> Iterator[Path]:
+    """A local folder as is (read-only use), or a local archive extracted safely into a
+    temporary folder (after checking `sha256`, when given)."""
+    if path.is_dir():
+        yield path
+    elif path.is_file() and is_archive(path):
+        if sha256:
+            verify_sha256(path, sha256, remove=False)
+        with extracted(path) as folder:
+            yield folder
+    else:
+        missing = "" if path.exists() else ": no such folder or archive"
+        kinds = "/".join(ARCHIVE_SUFFIXES[:4])
+        raise SourceError(f"{path} is neither a folder nor a {kinds} archive{missing}")
