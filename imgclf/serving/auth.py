@@ -16,12 +16,12 @@ get a 401 JSON answer (`ErrorCode.UNAUTHORIZED`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from starlette.responses import JSONResponse
 
 from imgclf.serving.app import BENTOML_PROBES, DOCS_OPEN_PATHS
 from imgclf.serving.errors import ErrorCode, error_json
@@ -123,23 +123,16 @@ class JWTAuthMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             else:
-                await _unauthorized(send, str(exc))
+                await _unauthorized(scope, receive, send, str(exc))
             return
         scope.setdefault("state", {})["jwt_claims"] = claims
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Callable, message: str) -> None:
-    body = json.dumps(error_json(ErrorCode.UNAUTHORIZED, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": ErrorCode.UNAUTHORIZED.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer error="invalid_token"'),
-            ],
-        }
+async def _unauthorized(scope: dict[str, Any], receive: Callable, send: Callable, why: str) -> None:
+    response = JSONResponse(
+        error_json(ErrorCode.UNAUTHORIZED, why),
+        ErrorCode.UNAUTHORIZED.status,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
-    await send({"type": "http.response.body", "body": body})
+    await response(scope, receive, send)
