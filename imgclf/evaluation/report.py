@@ -56,6 +56,19 @@ Predicted = dict[str, tuple[LabelledFiles, np.ndarray]]
 
 
 @dataclass(frozen=True)
+class Curves:
+    """The test split's ROC and precision-recall points, for the CSVs DVC plots and the PNGs."""
+
+    roc: list[dict[str, float]]
+    precision_recall: list[dict[str, float]]
+
+    @classmethod
+    def of(cls, labels: np.ndarray, probabilities: np.ndarray) -> Curves:
+        roc = roc_points(labels, probabilities)
+        return cls(roc, precision_recall_points(labels, probabilities))
+
+
+@dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, dict[str, Any]]  # {"train": {...}, "val": {...}, "test": {...}}
     mlflow_run_id: str | None  # train's run the results were logged into; None: not logged
@@ -77,10 +90,11 @@ def run_evaluate(
         for split, (data, probs) in results.items()
     }
     test, test_probabilities = results["test"]
+    curves = Curves.of(test.labels, test_probabilities)
     with atomic_dir(paths.evaluate_dir) as out:
         write_predictions(out / paths.predictions.name, results, classes, paths.root)
-        write_plot_data(out, test, test_probabilities, classes, params.threshold)
-        draw_test_pngs(out, test, test_probabilities, metrics["test"], classes, params)
+        write_plot_data(out, test, test_probabilities, curves, classes, params.threshold)
+        draw_test_pngs(out, test, test_probabilities, curves, metrics["test"], classes, params)
         plots.plot_training_curves(out / "training_curves.png", paths.history)
     write_json(paths.metrics, metrics)
     if mlflow_params is None or not paths.mlflow_run.is_file():
@@ -121,6 +135,7 @@ def write_plot_data(
     out: Path,
     test: LabelledFiles,
     probabilities: np.ndarray,
+    curves: Curves,
     classes: Sequence[str],
     threshold: float,
 ) -> None:
@@ -134,10 +149,10 @@ def write_plot_data(
         ],
         ("actual", "predicted"),
     )
-    write_csv(out / "roc.csv", roc_points(test.labels, probabilities), ("fpr", "tpr", "threshold"))
+    write_csv(out / "roc.csv", curves.roc, ("fpr", "tpr", "threshold"))
     write_csv(
         out / "precision_recall.csv",
-        precision_recall_points(test.labels, probabilities),
+        curves.precision_recall,
         ("recall", "precision", "threshold"),
     )
 
@@ -146,18 +161,15 @@ def draw_test_pngs(
     out: Path,
     test: LabelledFiles,
     probabilities: np.ndarray,
+    curves: Curves,
     metrics: Mapping[str, Any],
     classes: Sequence[str],
     params: EvaluateParams,
 ) -> None:
     """ROC, precision-recall, confusion matrix, calibration and worst-mistakes PNGs of the test
     split (a message PNG where a plot is undefined)."""
-    plots.plot_roc(out / "roc.png", roc_points(test.labels, probabilities), metrics.get("roc_auc"))
-    plots.plot_precision_recall(
-        out / "precision_recall.png",
-        precision_recall_points(test.labels, probabilities),
-        classes[1],
-    )
+    plots.plot_roc(out / "roc.png", curves.roc, metrics.get("roc_auc"))
+    plots.plot_precision_recall(out / "precision_recall.png", curves.precision_recall, classes[1])
     if metrics["n"]:
         plots.plot_confusion(out / "confusion_matrix.png", metrics, classes)
         bins = params.calibration_bins
