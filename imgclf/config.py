@@ -225,6 +225,8 @@ class Paths:
         self.predictions = self.evaluate_dir / "predictions.tsv"  # every split, every file
         self.metrics = self.reports / "metrics.json"
 
+        self.register_report = self.reports / "register.json"
+
     def split_manifest(self, split: str) -> Path:
         return self.split_dir / f"{split}.tsv"
 

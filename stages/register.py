@@ -27,7 +27,7 @@ def main() -> int:
     print(
         f"register: {params.register.model_name} v{report['version']} "
         f"[{', '.join(report['aliases'])}] {report['decision']}: {report['reason']} "
-        f"-> {paths.reports / 'register.json'}"
+        f"-> {paths.register_report}"
     )
     return 0
 

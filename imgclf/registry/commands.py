@@ -46,7 +46,7 @@ def run_register(
             split_counts=_optional_json(paths.split_report),
             classes=classes,
         )
-    write_json(paths.reports / "register.json", report)
+    write_json(paths.register_report, report)
     return report
 
 
