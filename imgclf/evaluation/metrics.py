@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.model.decision import confidences, predicted_indices
+from imgclf.model.decision import class_probabilities, confidences, predicted_indices
 
 MAX_CURVE_POINTS = 200
 
@@ -70,7 +70,7 @@ def compute_metrics(
 
     labels = np.asarray(labels, dtype=int)
     probabilities = np.asarray(probabilities, dtype="float64")
-    predicted = predicted_indices(probabilities, threshold)
+    predicted = predicted_indices(class_probabilities(probabilities), threshold)
     n = len(labels)
     if n == 0:
         return {"n": 0}
@@ -152,7 +152,8 @@ def worst_mistakes(
     the wrongly predicted class, which is |label − P(class 1)|; ties by index)."""
     labels = np.asarray(labels, dtype=int)
     probabilities = np.asarray(probabilities, dtype="float64")
-    wrong = np.flatnonzero(predicted_indices(probabilities, threshold) != labels)
-    confidence = confidences(probabilities[wrong], threshold)
+    matrix = class_probabilities(probabilities)
+    wrong = np.flatnonzero(predicted_indices(matrix, threshold) != labels)
+    confidence = confidences(matrix[wrong], threshold)
     order = np.lexsort((wrong, -confidence))  # primary key last: confidence descending, then index
     return [int(i) for i in wrong[order][: max(k, 0)]]

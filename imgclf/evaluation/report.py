@@ -37,7 +37,7 @@ from imgclf.evaluation.metrics import (
 )
 from imgclf.io import atomic_dir, read_json, write_json, write_tsv
 from imgclf.model.dataset import LabelledFiles, read_split
-from imgclf.model.decision import predicted_indices
+from imgclf.model.decision import class_probabilities, predicted_indices
 from imgclf.model.inference import load_model, predict_probabilities
 
 SPLITS = ("train", "val", "test")
@@ -108,7 +108,9 @@ def predict_splits(paths: Paths, classes: Sequence[str], batch_size: int, model)
     results = {}
     for split in SPLITS:
         data = read_split(paths.split_manifest(split), classes, paths.root)
-        probabilities = predict_probabilities(model, data.files, batch_size, f"evaluate {split}")
+        probabilities = predict_probabilities(model, data.files, batch_size, f"evaluate {split}")[
+            :, 1
+        ]
         results[split] = (data, probabilities)
     return results
 
@@ -140,7 +142,7 @@ def write_plot_data(
     threshold: float,
 ) -> None:
     """The CSVs DVC plots read: the test confusion pairs, ROC and precision-recall points."""
-    predicted = predicted_indices(probabilities, threshold)
+    predicted = predicted_indices(class_probabilities(probabilities), threshold)
     write_csv(
         out / "test_confusion.csv",
         [

@@ -33,7 +33,7 @@ from imgclf.config import Params, Paths
 from imgclf.data.listing import list_files
 from imgclf.data.sources import local_folder
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
-from imgclf.model.decision import predicted_indices
+from imgclf.model.decision import class_probabilities, predicted_indices
 from imgclf.model.inference import load_model, predict_probabilities
 from imgclf.model.preprocess import decode_image
 
@@ -112,7 +112,7 @@ def predict_decodable(
     each file decoded on its own, so a clean folder costs nothing more."""
     files = [image.file for image in images]
     try:
-        return list(images), predict_probabilities(model, files, batch_size), []
+        return list(images), predict_probabilities(model, files, batch_size)[:, 1], []
     except tf.errors.InvalidArgumentError:
         refused = [(image.source, _decoder_refuses(image.file)) for image in images]
         refused = [(source, reason) for source, reason in refused if reason]
@@ -121,7 +121,7 @@ def predict_decodable(
     sources = {source for source, _ in refused}
     usable = [image for image in images if image.source not in sources]
     files = [image.file for image in usable]
-    return usable, predict_probabilities(model, files, batch_size), refused
+    return usable, predict_probabilities(model, files, batch_size)[:, 1], refused
 
 
 def _decoder_refuses(file: Path) -> str:
@@ -211,7 +211,9 @@ def run_predict(
 
     rows = _submission_rows(relative, probabilities)
     # THE decision rule's class index per row.
-    labels = predicted_indices(np.array([prob for _, prob in rows]), params.evaluate.threshold)
+    labels = predicted_indices(
+        class_probabilities(np.array([prob for _, prob in rows])), params.evaluate.threshold
+    )
     write_submission(out, rows, labels, f"{classes[1]}_probability" if proba else None)
     ids = Counter(ident for ident, _ in rows)
     return PredictSummary(

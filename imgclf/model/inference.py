@@ -1,4 +1,5 @@
-"""Running a trained model: load it, check its input size, and turn image files into P(class 1).
+"""Running a trained model: load it, check its input size, and turn image files into class
+probabilities (an (n, K) matrix, `imgclf.model.decision.class_probabilities`).
 
 `predict_probabilities` is THE way from image files to probabilities: evaluate calls it for the
 split manifests and batch prediction for a user's folder, so both see the same preprocessing
@@ -18,6 +19,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from imgclf.model.dataset import image_dataset
+from imgclf.model.decision import class_probabilities
 
 MLFLOW_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -46,13 +48,14 @@ def load_mlflow_model(uri: str):
 
 
 def model_image_size(model) -> int:
-    """S of a model taking (None, S, S, 3) and returning (None, 1)."""
+    """S of a model taking (None, S, S, 3) and returning (None, 1) = P(second class) from a
+    sigmoid head, or (None, K) class probabilities from a softmax head."""
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[1] != shape[2] or shape[1] is None or shape[3] != 3:
         raise ValueError(f"expected a model input (None, S, S, 3), got {shape}")
     out = tuple(model.output_shape)
-    if out[1:] != (1,):
-        raise ValueError(f"expected a model output (None, 1) = P(class 1), got {out}")
+    if len(out) != 2 or out[1] is None:
+        raise ValueError(f"expected a model output (None, 1) or (None, K), got {out}")
     return int(shape[1])
 
 
@@ -80,15 +83,16 @@ def predict_batches(
 def predict_probabilities(
     model, files: Sequence[str | Path], batch_size: int, desc: str = "predict"
 ) -> np.ndarray:
-    """P(class 1) for each file (float32, same order), batched through THE preprocessing.
+    """(n, K) class probabilities, a row per file (float32, same order), batched through THE
+    preprocessing.
 
     Every file must be decodable by TensorFlow: one that is not fails the whole call. Nothing is
     skipped here; a caller that may meet such files must handle them itself.
     """
     files = [str(f) for f in files]
     if not files:
-        return np.zeros((0,), "float32")
+        return np.zeros((0, max(int(model.output_shape[-1]), 2)), "float32")
     dataset = image_dataset(files, model_image_size(model), batch_size)
     batches = math.ceil(len(files) / batch_size)
-    probabilities = predict_batches(model, dataset, total=batches, desc=desc)
-    return np.asarray(probabilities, dtype="float32").reshape(len(files))
+    outputs = predict_batches(model, dataset, total=batches, desc=desc)
+    return class_probabilities(np.asarray(outputs, dtype="float32"))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from imgclf.model.decision import decide
+from imgclf.model.decision import class_probabilities, decide
 from imgclf.monitoring.schema import PredictionRecord
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.errors import ErrorCode, ServiceError
@@ -178,7 +178,9 @@ class ServingRuntime:
         request_id: str,
         latency_ms: float,
     ) -> Prediction:
-        decision = decide(probability, self.settings.classes, self.settings.threshold)
+        decision = decide(
+            class_probabilities([probability])[0], self.settings.classes, self.settings.threshold
+        )
         self.metrics.predictions.labels(label=decision.label, model_version=version).inc()
         self.metrics.confidence.labels(label=decision.label).observe(decision.confidence)
         self.log.log(

@@ -351,7 +351,7 @@ def test_the_reference_is_labelled_by_the_decision_rule(project: Path, threshold
         CLASSES,
         threshold,
     )
-    decisions = [decide(p, CLASSES, threshold) for p in reference.probability]
+    decisions = [decide([1 - p, p], CLASSES, threshold) for p in reference.probability]
     assert reference.label.tolist() == [d.label for d in decisions]
     np.testing.assert_allclose(reference.confidence, [d.confidence for d in decisions])
     if threshold == 0.99:  # some dogs by P >= 0.5 are cats by this rule, with confidence < 0.5

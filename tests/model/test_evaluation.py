@@ -236,7 +236,7 @@ def test_predict_probabilities_batches_match_single_images(
     together = predict_probabilities(model, files, batch_size=5, desc="")
     one_by_one = [predict_probabilities(model, [f], batch_size=1, desc="")[0] for f in files]
     np.testing.assert_allclose(together, one_by_one, atol=1e-6)
-    assert predict_probabilities(model, [], 4).shape == (0,)
+    assert predict_probabilities(model, [], 4).shape == (0, 2)
 
 
 def test_stage_logs_into_the_train_run(

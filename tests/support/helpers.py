@@ -232,4 +232,4 @@ class Registry:
     def expected(self, version: str, files: list[Path]) -> np.ndarray:
         from imgclf.model.inference import predict_probabilities
 
-        return predict_probabilities(self.models[version], files, batch_size=8, desc="")
+        return predict_probabilities(self.models[version], files, batch_size=8, desc="")[:, 1]

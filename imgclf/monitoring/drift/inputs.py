@@ -19,7 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from imgclf.io import read_tsv, redact
-from imgclf.model.decision import confidences, predicted_indices
+from imgclf.model.decision import class_probabilities, confidences, predicted_indices
 from imgclf.monitoring.schema import predictions
 
 
@@ -72,7 +72,7 @@ def _predictions(
     return Predictions(
         label=np.array(label, dtype=object),
         probability=probability,
-        confidence=confidences(probability, threshold),
+        confidence=confidences(class_probabilities(probability), threshold),
         width=np.asarray(width, dtype=float),
         height=np.asarray(height, dtype=float),
         true_label=np.array(true_label, dtype=object),
@@ -201,7 +201,7 @@ def load_reference(
             )
     p = np.array([probabilities[r["path"]] for r in test])
     return _predictions(
-        [classes[i] for i in predicted_indices(p, threshold)],
+        [classes[i] for i in predicted_indices(class_probabilities(p), threshold)],
         p,
         [int(sizes[r["path"]]["width"]) for r in test],
         [int(sizes[r["path"]]["height"]) for r in test],
