@@ -210,6 +210,7 @@ class Paths:
         self.contact_sheet = self.dedupe_dir / "contact_sheet.png"
 
         self.split_dir = self.artifacts / "split"
+        self.split_classes = self.split_dir / "classes.json"  # the resolved class list, in order
         self.split_report = self.reports / "split.json"
 
         self.pretrained_dir = self.artifacts / "pretrained"
