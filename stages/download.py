@@ -7,6 +7,7 @@ import sys
 
 from imgclf.config import Paths, load_params
 from imgclf.data.ingest import run_download
+from imgclf.data.labels import ClassListError
 from imgclf.data.sources import SourceError
 
 
@@ -14,8 +15,8 @@ def main() -> int:
     params = load_params()
     try:
         report = run_download(Paths(), params.download)
-    except SourceError as exc:
-        # A user-fixable problem (offline, credentials, checksum): one line, no traceback.
+    except (SourceError, ClassListError) as exc:
+        # A user-fixable problem (offline, credentials, checksum, classes): one line, no traceback.
         print(f"download: {exc}", file=sys.stderr)
         return 1
     kept = ", ".join(f"{label} {n}" for label, n in report["kept"].items())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 
 from imgclf.config import Paths, load_params
+from imgclf.data.labels import read_classes
 from imgclf.evaluation.report import run_evaluate
 
 
 def main() -> None:
     params, paths = load_params(), Paths()
-    result = run_evaluate(paths, params.download.classes, params.evaluate, params.mlflow)
+    classes = read_classes(paths.split_classes)
+    result = run_evaluate(paths, classes, params.evaluate, params.mlflow)
     if result.mlflow_run_id is None:
         print(f"evaluate: {paths.mlflow_run} missing, nothing logged to MLflow", file=sys.stderr)
     test, val = result.metrics["test"], result.metrics["val"]

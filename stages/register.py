@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from imgclf.config import Paths, load_params
+from imgclf.data.labels import read_classes
 from imgclf.registry.client import RegistryError
 from imgclf.registry.commands import run_register
 
@@ -20,7 +21,8 @@ from imgclf.registry.commands import run_register
 def main() -> int:
     params, paths = load_params(), Paths()
     try:
-        report = run_register(paths, params.register, params.download.classes, params.mlflow)
+        classes = read_classes(paths.split_classes)
+        report = run_register(paths, params.register, classes, params.mlflow)
     except (RegistryError, FileNotFoundError) as exc:
         print(f"register: error: {exc}", file=sys.stderr)
         return 1

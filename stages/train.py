@@ -1,4 +1,4 @@
-"""DVC stage `train`: split manifests -> model.keras, history.csv, mlflow_run.json.
+"""DVC stage `train`: split manifests and class list -> model.keras, history.csv, mlflow_run.json.
 
 python -m stages.train
 """
@@ -6,12 +6,13 @@ python -m stages.train
 from __future__ import annotations
 
 from imgclf.config import Paths, load_params
+from imgclf.data.labels import read_classes
 from imgclf.model.training import run_train
 
 
 def main() -> None:
-    params = load_params()
-    result = run_train(Paths(), params.train, params.download.classes, params.mlflow)
+    params, paths = load_params(), Paths()
+    result = run_train(paths, params.train, read_classes(paths.split_classes), params.mlflow)
     best = result.best_epoch
     print(
         f"train: {params.train.arch} {result.train_images} train / {result.val_images} val "

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from imgclf.config import DownloadParams, Paths, resolve_workers
-from imgclf.data.labels import infer_label
+from imgclf.data.labels import infer_label, resolve_classes
 from imgclf.data.listing import list_files
 from imgclf.data.sources import open_source
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
@@ -221,8 +221,9 @@ class DownloadSummary:
 
 def run_download(paths: Paths, params: DownloadParams, *, progress: bool = True) -> dict[str, Any]:
     """Fetch `params.source`, build artifacts/download from it (`build_dataset`) and write
-    reports/download.json; return the report. A source that cannot be fetched raises
-    `SourceError` with one line that says what to do, and leaves no output."""
+    reports/download.json (its `classes`: the resolved class list); return the report. A source
+    that cannot be fetched raises `SourceError`, a class list that cannot label it
+    `ClassListError`, each with one line that says what to do, and leaves no output."""
     started = time.monotonic()
     with open_source(
         params.source,
@@ -253,7 +254,7 @@ def build_dataset(
     source_dir: Path,
     paths: Paths,
     *,
-    classes: Sequence[str],
+    classes: Sequence[str] | str,
     max_per_class: int | None = None,
     seed: int = 42,
     jpeg_quality: int = 95,
@@ -263,14 +264,16 @@ def build_dataset(
     progress: bool = True,
 ) -> DownloadSummary:
     """Label, validate and standardise every file under `source_dir` into `paths.download_dir`
-    (images/, manifest.tsv, quarantine.tsv), all or nothing.
+    (images/, manifest.tsv, quarantine.tsv), all or nothing. `classes` is a list of names or
+    `auto` (the source's class folders: `imgclf.data.labels.resolve_classes`); the summary holds
+    the resolved list.
 
     With `max_per_class`, each class's files are shuffled (sorted first, seeded by `seed` and the
     class name) and decoded in that order until `max_per_class` are kept, so a quick run does not
     decode the whole source and never depends on file-system order.
     """
-    classes = list(classes)
     files, _ = list_files(source_dir)
+    classes = resolve_classes(classes, files)
     summary = DownloadSummary(classes=classes, files=len(files))
     labels = {rel: infer_label(rel, classes) for rel in files}
     quarantine = [

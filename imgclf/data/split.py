@@ -9,6 +9,10 @@ Rule (`split_rows`):
   furthest below its target (ties: train, val, test). With singleton groups the targets are met
   exactly; larger groups may overshoot by less than the group's size.
 - Each split file is sorted by path, so the same rows give byte-identical files.
+
+The class list comes from the download report (download.classes resolved: listed or `auto`) and
+is written beside the split files as classes.json (label index = position), what train, evaluate
+and register read. Every class must be big enough to be stratified: `min_images_per_class`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imgclf.config import Paths, SplitParams
-from imgclf.io import atomic_dir, read_tsv, write_json, write_tsv
+from imgclf.data.labels import ClassListError, checked_classes
+from imgclf.io import atomic_dir, read_json, read_tsv, write_json, write_tsv
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("path", "label", "group", "sha256")
@@ -34,6 +39,43 @@ def _targets(n: int, fractions: Sequence[float]) -> list[int]:
     for i in by_remainder[: n - sum(floors)]:
         floors[i] += 1
     return floors
+
+
+def _fills_every_split(n: int, fractions: Sequence[float]) -> bool:
+    targets = _targets(n, fractions)
+    return all(target > 0 for target, fraction in zip(targets, fractions, strict=True) if fraction)
+
+
+def min_images_per_class(fractions: Sequence[float]) -> int:
+    """The fewest images a class needs so that this count and every larger one put at least one
+    image in each split with a non-zero fraction (largest-remainder rounding is not monotonic
+    below that). Since train and test are never empty, it is also at least the 2 per class that
+    scikit-learn's stratified splitters ask for."""
+    smallest = min(f for f in fractions if f > 0)
+    # From ceil(1 / smallest) on, every non-zero split's floor is already >= 1.
+    short = [n for n in range(math.ceil(1 / smallest) + 1) if not _fills_every_split(n, fractions)]
+    return max(short) + 1
+
+
+def check_class_counts(
+    rows: Sequence[Mapping[str, Any]], classes: Sequence[str], fractions: Mapping[str, float]
+) -> None:
+    """Refuse, with one line naming each class and its count, labels outside `classes` and
+    classes with too few images (none at all included) for a stratified split."""
+    counts = Counter(str(row["label"]) for row in rows)
+    unknown = sorted(set(counts) - set(classes))
+    if unknown:
+        raise ClassListError(f"labels {unknown} are not in the class list {list(classes)}")
+    needed = min_images_per_class(list(fractions.values()))
+    too_few = [c for c in classes if counts[c] < needed]
+    if too_few:
+        named = ", ".join(f"{c!r} has {counts[c]} image{'s' * (counts[c] != 1)}" for c in too_few)
+        shares = "/".join(f"{fraction:g}" for fraction in fractions.values())
+        raise ClassListError(
+            f"class {named} after dedupe: too few for a stratified {'/'.join(fractions)} split "
+            f"({shares}), which needs at least {needed} images per class; add images or leave "
+            f"the class out of download.classes"
+        )
 
 
 def _shuffle_key(seed: int, label: str, first_path: str) -> str:
@@ -103,13 +145,18 @@ def split_report(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str,
 
 
 def run_split(paths: Paths, params: SplitParams) -> dict[str, Any]:
-    """Split the dedupe manifest's kept rows into artifacts/split; write reports/split.json."""
+    """Split the dedupe manifest's kept rows into artifacts/split (+ classes.json, the download
+    report's class list); write reports/split.json. A class too small to split raises
+    ClassListError and leaves the previous output."""
+    classes = checked_classes(read_json(paths.download_report)["classes"])
     rows = [row for row in read_tsv(paths.dedupe_manifest) if row["kept"] == "1"]
     fractions = {"train": params.train, "val": params.val, "test": params.test}
+    check_class_counts(rows, classes, fractions)
     splits = split_rows(rows, fractions, params.seed)
     with atomic_dir(paths.split_dir) as out:
         for name in SPLITS:
             write_tsv(out / paths.split_manifest(name).name, splits[name], SPLIT_COLUMNS)
+        write_json(out / paths.split_classes.name, classes)
     report = split_report(splits) | {"seed": params.seed, "target_fractions": fractions}
     write_json(paths.split_report, report)
     return report

@@ -16,8 +16,9 @@ import stages.split
 from imgclf.config import Paths, load_params
 from imgclf.data.contact_sheet import draw_contact_sheet
 from imgclf.data.dedupe import CONFLICT_COLUMNS, MANIFEST_COLUMNS
+from imgclf.data.labels import read_classes
 from imgclf.data.split import SPLIT_COLUMNS, SPLITS
-from imgclf.io import read_tsv, write_tsv
+from imgclf.io import read_tsv, write_json, write_tsv
 from tests.support.helpers import textured_image
 
 PHOTO_SIZE = (200, 150)  # width, height of the generated photos
@@ -72,6 +73,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     paths = Paths(root)
     paths.download_dir.mkdir(parents=True, exist_ok=True)
     write_tsv(paths.download_manifest, rows, DOWNLOAD_COLUMNS)
+    write_json(paths.download_report, {"classes": ["dog", "cat"]})  # the resolved class list
 
     params = load_params()  # the repo's params.yaml, so its dedupe/split sections are checked too
     params = params.model_copy(update={"dedupe": params.dedupe.model_copy(update={"workers": 2})})
@@ -83,7 +85,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def outputs(paths: Paths) -> dict[str, bytes]:
     files = [paths.dedupe_manifest, paths.dedupe_conflicts, paths.contact_sheet]
-    files += [paths.split_manifest(name) for name in SPLITS]
+    files += [paths.split_manifest(name) for name in SPLITS] + [paths.split_classes]
     return {f.name: f.read_bytes() for f in files}
 
 
@@ -129,8 +131,9 @@ def test_dedupe_and_split_stages(project: Path, capsys: pytest.CaptureFixture[st
         assert sheet.format == "PNG"
         assert sheet.height >= 3 * 128  # one row per group
 
-    stages.split.main()
+    assert stages.split.main() == 0
     assert capsys.readouterr().out.startswith("split (seed 42): 39 images")
+    assert read_classes(paths.split_classes) == ["dog", "cat"]  # the download's order: label index
     kept = {r["path"]: r for r in rows if r["kept"] == "1"}
     seen = []
     for name in SPLITS:
@@ -180,3 +183,28 @@ def test_contact_sheet_without_groups_is_a_readable_png(tmp_path: Path):
     with Image.open(out) as sheet:
         sheet.load()
         assert sheet.format == "PNG" and sheet.width > 0
+
+
+def test_a_class_too_small_to_split_stops_the_split_stage(
+    project: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A listed class with no image, and one with too few for train/val/test: one line, exit 1,
+    no split written (so nothing can train on it)."""
+    paths = Paths(project)
+    write_json(paths.download_report, {"classes": ["cat", "dog", "bird"]})
+    stages.dedupe.main()
+    capsys.readouterr()
+    assert stages.split.main() == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("split: class 'bird' has 0 images after dedupe") and "at least 5" in err
+    assert not paths.split_dir.exists()
+
+    rows = read_tsv(paths.dedupe_manifest)
+    dogs = [row for row in rows if row["label"] == "dog" and row["kept"] == "1"]
+    for row in dogs[4:]:  # 4 dogs kept: one short of the 5 that 0.70/0.15/0.15 needs
+        row["kept"] = "0"
+    write_tsv(paths.dedupe_manifest, rows, MANIFEST_COLUMNS)
+    write_json(paths.download_report, {"classes": ["cat", "dog"]})
+    assert stages.split.main() == 1
+    assert capsys.readouterr().err.startswith("split: class 'dog' has 4 images after dedupe")

@@ -138,3 +138,34 @@ def test_stage_offline_url_fails_with_one_line(
     assert lines[0].startswith("download: ")
     assert "download.source=../shared/data/dogs-vs-cats" in lines[0]
     assert not (tmp_path / "root" / "artifacts" / "download").exists()
+
+
+def test_stage_with_auto_classes_records_the_class_folders(
+    tmp_path: Path,
+    sample_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    params = download_params(source=str(sample_data_dir), classes="auto", max_per_class=3)
+    code, out, err = run_stage(
+        monkeypatch, capsys, params.model_copy(update={"workers": 1}), tmp_path
+    )
+    assert code == 0, err
+    assert "kept cat 3, dog 3" in out
+    assert read_json(Paths(tmp_path).download_report)["classes"] == ["cat", "dog"]
+
+
+def test_stage_with_auto_classes_and_one_folder_fails_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source" / "photos"
+    source.mkdir(parents=True)
+    (source / "cat.1.jpg").write_bytes(jpeg((40, 40), "orange"))
+    params = download_params(source=str(source.parent), classes="auto")
+    code, out, err = run_stage(monkeypatch, capsys, params, tmp_path / "root")
+    assert (code, out) == (1, "")
+    assert err == (
+        "download: download.classes is auto but the source has 1 class folder(s) (photos); put "
+        "each class's images in a folder of its own, or list the classes\n"
+    )
+    assert not (tmp_path / "root" / "artifacts" / "download").exists()

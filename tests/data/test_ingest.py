@@ -21,7 +21,14 @@ from imgclf.data.ingest import (
     ingest_file,
     output_names,
 )
-from imgclf.data.labels import infer_label
+from imgclf.data.labels import (
+    ClassListError,
+    checked_classes,
+    class_folders,
+    infer_label,
+    read_classes,
+    resolve_classes,
+)
 from imgclf.data.standardise import Limits
 from imgclf.io import read_tsv
 
@@ -243,6 +250,61 @@ def test_infer_label(path: str, classes: list[str], label: str | None) -> None:
     assert infer_label(path, classes) == label
 
 
+@pytest.mark.parametrize(
+    ("files", "folders"),
+    [
+        (["dog/dog.1.jpg", "cat/cat.1.jpg", "bird/b.png", "MANIFEST.tsv"], ["bird", "cat", "dog"]),
+        (  # the Microsoft archive: one wrapper folder, loose files beside and inside it
+            ["MSR-LA - 3467.docx", "PetImages/Dog/1.jpg", "PetImages/Cat/1.jpg", "PetImages/x.txt"],
+            ["Cat", "Dog"],
+        ),
+        (["a/b/ok/1.jpg", "a/b/defect/2.jpg"], ["defect", "ok"]),  # wrappers at any depth
+        ([".git/objects/x", ".dvc/cache", "ok/1.jpg", "defect/1.jpg"], ["defect", "ok"]),
+        (["train/cat.1.jpg", "train/dog.1.jpg"], ["train"]),  # Kaggle names: no class folders
+        (["cat.1.jpg", "dog.1.jpg"], []),
+    ],
+)
+def test_class_folders_are_the_sorted_top_level_folders(
+    files: list[str], folders: list[str]
+) -> None:
+    assert class_folders(files) == folders
+
+
+def test_resolve_classes_keeps_a_listed_order_and_sorts_auto() -> None:
+    files = ["zebra/1.jpg", "ant/1.jpg", "Moth/1.jpg"]
+    assert resolve_classes(["zebra", "ant"], files) == ["zebra", "ant"]  # label index = position
+    assert resolve_classes("auto", files) == ["Moth", "ant", "zebra"]
+    with pytest.raises(
+        ClassListError, match=r"auto but the source has 1 class folder\(s\) \(train\)"
+    ):
+        resolve_classes("auto", ["train/cat.1.jpg", "train/dog.2.jpg"])
+
+
+@pytest.mark.parametrize(
+    ("classes", "problem"),
+    [
+        (["cat"], "need at least 2 classes"),
+        (["cat", "Cat"], "'cat' and 'Cat' are one class"),
+        (["cat", "cat"], "'cat' and 'cat' are one class"),
+        (["cat", "a/b"], "'a/b' cannot be a folder name"),
+        (["cat", ".."], "'..' cannot be a folder name"),
+        (["cat", "dog\t"], "cannot be a folder name"),
+    ],
+)
+def test_unusable_class_lists_are_refused(classes: list[str], problem: str) -> None:
+    with pytest.raises(ClassListError, match=problem):
+        checked_classes(classes)
+
+
+def test_read_classes(tmp_path: Path) -> None:
+    path = tmp_path / "classes.json"
+    path.write_text('["dog", "cat", "bird"]')
+    assert read_classes(path) == ["dog", "cat", "bird"]
+    path.write_text('["dog"]')
+    with pytest.raises(ClassListError):
+        read_classes(path)
+
+
 def test_output_names_disambiguate_collisions_deterministically() -> None:
     labelled = {
         "train/cats/1.jpg": "cat",
@@ -315,6 +377,17 @@ def test_build_dataset_outputs(tmp_path: Path) -> None:
         ("readme.txt", "unlabelled"),
     }
     assert not list(paths.artifacts.glob(".download.*"))  # no scratch folder left behind
+
+
+def test_build_dataset_with_auto_classes_labels_by_class_folder(tmp_path: Path) -> None:
+    source = make_source(tmp_path)
+    paths = Paths(tmp_path / "project")
+    summary = build_dataset(source, paths, classes="auto", workers=1, progress=False)
+    report = summary.report("src", 1.0)
+    assert report["classes"] == ["Cat", "Dog"]  # PetImages/ wraps them: its folders are classes
+    assert report["kept"] == {"Cat": 6, "Dog": 7}
+    assert {row["label"] for row in read_tsv(paths.download_manifest)} == {"Cat", "Dog"}
+    assert sorted(p.name for p in paths.images.iterdir()) == ["Cat", "Dog"]
 
 
 def test_max_per_class_is_deterministic_and_ignores_listing_order(tmp_path: Path) -> None:

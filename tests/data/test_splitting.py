@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.data.split import SPLIT_COLUMNS, SPLITS, split_report, split_rows
+from imgclf.data.labels import ClassListError
+from imgclf.data.split import (
+    SPLIT_COLUMNS,
+    SPLITS,
+    check_class_counts,
+    min_images_per_class,
+    split_report,
+    split_rows,
+)
 from imgclf.io import write_tsv
 
 FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
@@ -30,6 +38,11 @@ def make_rows(n_cat: int = 700, n_dog: int = 300, seed: int = 0) -> list[dict]:
             made += size
             group += 1
     return rows
+
+
+def singletons(n: int) -> list[dict]:
+    """n rows of class `a`, each its own group (what dedupe's kept rows are)."""
+    return [{"path": f"x/{i:04d}", "label": "a", "group": i, "sha256": str(i)} for i in range(n)]
 
 
 def as_bytes(splits: dict[str, list[dict]], tmp_path: Path) -> dict[str, bytes]:
@@ -67,8 +80,7 @@ def test_no_group_straddles_splits():
 
 
 def test_singletons_meet_targets_exactly():
-    rows = [{"path": f"x/{i:04d}", "label": "a", "group": i, "sha256": str(i)} for i in range(200)]
-    splits = split_rows(rows, FRACTIONS, seed=1)
+    splits = split_rows(singletons(200), FRACTIONS, seed=1)
     assert {name: len(s) for name, s in splits.items()} == {"train": 140, "val": 30, "test": 30}
 
 
@@ -119,3 +131,34 @@ def test_report_counts():
         + report["splits"]["test"]["classes"]["cat"]
         == 70
     )
+
+
+@pytest.mark.parametrize(
+    ("fractions", "needed"),
+    [
+        ((0.70, 0.15, 0.15), 5),  # 4 images round to 3/1/0: test would get none of the class
+        ((0.8, 0.0, 0.2), 3),  # no val split: one image each for train and test
+        ((0.6, 0.2, 0.2), 4),
+        ((0.5, 0.25, 0.25), 3),
+    ],
+)
+def test_min_images_per_class_fills_every_split_from_there_on(fractions, needed):
+    assert min_images_per_class(fractions) == needed
+    named = dict(zip(SPLITS, fractions, strict=True))
+    for n in range(needed - 1, needed + 40):  # against the rule the split really applies
+        splits = split_rows(singletons(n), named, seed=0)
+        filled = all(splits[name] for name, fraction in named.items() if fraction)
+        assert filled == (n >= needed), n
+
+
+def test_class_counts_are_checked_before_splitting():
+    rows = make_rows(n_cat=20, n_dog=5)
+    check_class_counts(rows, ["cat", "dog"], FRACTIONS)  # 5 is enough for 0.70/0.15/0.15
+    with pytest.raises(ClassListError) as small:
+        check_class_counts(make_rows(n_cat=20, n_dog=4), ["cat", "dog"], FRACTIONS)
+    assert str(small.value).startswith("class 'dog' has 4 images after dedupe")
+    assert "at least 5 images per class" in str(small.value)
+    with pytest.raises(ClassListError, match=r"^class 'dog' has 4 images, 'bird' has 0 images"):
+        check_class_counts(make_rows(n_cat=20, n_dog=4), ["cat", "dog", "bird"], FRACTIONS)
+    with pytest.raises(ClassListError, match=r"labels \['dog'\] are not in the class list"):
+        check_class_counts(rows, ["cat", "bird"], FRACTIONS)
