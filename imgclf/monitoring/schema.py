@@ -6,7 +6,9 @@ One definition for both sides, here below serving, so that monitoring never impo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,12 +28,25 @@ predictions = sa.Table(
     sa.Column("width", sa.Integer, nullable=False),
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("label", sa.String(64), nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column(
+        "probability",
+        sa.Float,
+        nullable=False,
+        comment="two classes: P(second class), the model's output; more: the confidence",
+    ),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
     # Ground truth, filled later by POST /feedback (NULL until someone labels the request).
     sa.Column("true_label", sa.String(64), nullable=True),
     sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True),
+    # The K-class answer (NULL in rows logged before the service answered K classes).
+    sa.Column("confidence", sa.Float, nullable=True, comment="probability of the predicted class"),
+    sa.Column(
+        "probabilities",
+        sa.Text,
+        nullable=True,
+        comment="JSON object class -> probability, every class in the model's order",
+    ),
 )
 labelled = predictions.c.true_label.is_not(None)
 # Live accuracy reads a version's latest labels: a partial index holds only labelled rows, so
@@ -54,15 +69,19 @@ class PredictionRecord:
     width: int
     height: int
     label: str
-    probability: float
+    probability: float  # two classes: P(second class); more: the confidence (column comment)
     model_version: str
     latency_ms: float
     item: int = 0
     timestamp: dt.datetime | None = None
+    confidence: float | None = None
+    probabilities: Mapping[str, float] | None = None  # class -> probability, the model's order
 
     def row(self) -> dict[str, Any]:
         row = asdict(self)
         row["timestamp"] = self.timestamp or dt.datetime.now(dt.UTC)
+        if self.probabilities is not None:
+            row["probabilities"] = json.dumps(dict(self.probabilities))
         return row
 
 

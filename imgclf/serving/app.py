@@ -7,12 +7,17 @@ routes below, the bodies in schemas.py and the error codes in errors.py.
 The routes read the request themselves, so that the body is read under a byte limit before
 anything parses it, every bad upload keeps its own status and reason code (FastAPI's 422 never
 answers), and BentoML's multipart parser (which fetches a URL given in a file field) is never
-involved; `openapi_extra` documents the bodies they take.
+involved; `openapi_extra` documents the bodies and the query they take.
+
+The classes are the served model's, so the document is FastAPI's with the loaded model's class
+list written in (`ServedDocument`), rewritten when a swap brings other classes.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -64,6 +69,7 @@ DOCS_ASSETS = {  # the page's files, as Swagger UI's static folder names them
 DOCS_OPEN_PATHS = frozenset({DOCS_PATH, OPENAPI_PATH, *DOCS_ASSETS.values()})
 # The "too many files" of Starlette's multipart parser (a 400 otherwise indistinguishable).
 TOO_MANY_FILES = "Too many files"
+TOP_K = "top_k"  # query parameter of the classify routes
 REQUEST_ID_HEADER = {
     "X-Request-ID": {
         "description": "this request's id (a prediction's is also in its body and the log)",
@@ -100,8 +106,7 @@ def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) ->
     app = FastAPI(
         title="imgclf image classifier",
         version="1",
-        description=_description(settings),
-        openapi_url=OPENAPI_PATH,
+        openapi_url=OPENAPI_PATH,  # the description: ServedDocument, per class list
         docs_url=None,  # served below, with local assets
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
@@ -111,6 +116,7 @@ def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) ->
         },
     )
     app.state.runtime = runtime
+    app.openapi = ServedDocument(app, settings)  # type: ignore[method-assign]
     app.include_router(_router(settings))
     app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=_swagger_ui_dir()), name="docs-assets")
 
@@ -207,7 +213,7 @@ def _router(settings: ServeSettings) -> APIRouter:
         ),
         response_model=FeedbackAnswer,
         responses=error_responses(FEEDBACK_ERRORS) | {200: {"headers": REQUEST_ID_HEADER}},
-        openapi_extra=_feedback_body(settings),
+        openapi_extra=_feedback_body(),
     )
     async def feedback(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
@@ -225,7 +231,8 @@ async def _answer(
 ) -> JSONResponse:
     """Await the route's work and answer it, or the error it raised; count and time both."""
     try:
-        status, content = 200, jsonable_encoder(await work)
+        # exclude_none: a field that does not apply (`probability` past two classes) is absent
+        status, content = 200, jsonable_encoder(await work, exclude_none=True)
     except ServiceError as exc:
         status = exc.code.status
         content = error_json(exc.code, exc.detail, call.request_id, exc.index)
@@ -243,9 +250,10 @@ async def _classify(
 ) -> Prediction | list[BatchPrediction]:
     settings = runtime.settings
     max_count = settings.max_images_per_request if batch else 1
+    top_k = _top_k(request)
     try:
         images = await _validated(await _uploads(request, settings, max_count), settings)
-        predictions = await runtime.classify(images, call.request_id, call.started)
+        predictions = await runtime.classify(images, call.request_id, call.started, top_k)
     except ServiceError as exc:
         if batch or exc.index is None:
             raise
@@ -253,6 +261,17 @@ async def _classify(
     if not batch:
         return predictions[0]
     return [BatchPrediction(index=i, **p.model_dump()) for i, p in enumerate(predictions)]
+
+
+def _top_k(request: Request) -> int | None:
+    """The `top_k` query parameter: None when absent; a positive whole number (the model's
+    class count bounds it: runtime.classify) or a 422."""
+    value = request.query_params.get(TOP_K)
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
+        raise ServiceError(ErrorCode.INVALID_TOP_K, f"top_k {value!r} is not a whole number >= 1")
+    return int(value)
 
 
 async def _record_feedback(request: Request, runtime: ServingRuntime) -> FeedbackAnswer:
@@ -369,15 +388,73 @@ async def _validated(
 # ------------------------------------------------------------------------------ OpenAPI
 
 
-def _description(settings: ServeSettings) -> str:
-    classes = ", ".join(f"`{c}`" for c in settings.classes)
+class ServedDocument:
+    """`app.openapi`: FastAPI's document with the served model's classes written in (the
+    description, label enums, the keys of `probabilities`, top_k's maximum), rebuilt when they
+    change; before a model is loaded it names none."""
+
+    def __init__(self, app: FastAPI, settings: ServeSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.classes: tuple[str, ...] | None = None
+        self.document: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        classes = self.app.state.runtime().classes
+        if self.document is None or classes != self.classes:
+            document = copy.deepcopy(FastAPI.openapi(self.app))  # FastAPI caches the original
+            _write_classes(document, self.settings, classes)
+            self.classes, self.document = classes, document
+        return self.document
+
+
+def _write_classes(
+    document: dict[str, Any], settings: ServeSettings, classes: tuple[str, ...] | None
+) -> None:
+    document["info"]["description"] = _description(settings, classes)
+    if classes is None:
+        return
+    enum = list(classes)
+    for name in ("Prediction", "BatchPrediction"):
+        properties = document["components"]["schemas"][name]["properties"]
+        properties["label"]["enum"] = enum
+        properties["probabilities"]["propertyNames"] = {"enum": enum}
+    for path in ("/predict", "/predict_batch"):
+        for parameter in document["paths"][path]["post"]["parameters"]:
+            if parameter["name"] == TOP_K:
+                parameter["schema"]["maximum"] = len(classes)
+    feedback = document["paths"]["/feedback"]["post"]["requestBody"]["content"]
+    feedback["application/json"]["schema"]["properties"]["label"]["enum"] = enum
+
+
+def _description(settings: ServeSettings, classes: tuple[str, ...] | None) -> str:
     return (
-        f"Binary image classification: {classes}. `probability` is P({settings.classes[-1]}); "
-        f"the label is `{settings.classes[-1]}` when it reaches {settings.threshold}.\n\n"
+        f"{_classes_text(classes, settings.threshold)}\n\n"
         f"{_image_limits(settings)}\n\n"
         "Every route needs `Authorization: Bearer <JWT>` (the Authorize button) except BentoML's "
         "/livez, /readyz (200 once a model is loaded), /healthz and /metrics (Prometheus), "
         "and this page and /openapi.json."
+    )
+
+
+def _classes_text(classes: tuple[str, ...] | None, threshold: float) -> str:
+    if classes is None:
+        return (
+            "Image classification into the served model's classes: no model is loaded yet "
+            "(this document names them once one is)."
+        )
+    if len(classes) == 2:
+        rule = (
+            f"the label is `{classes[1]}` when its probability reaches {threshold}, else "
+            f"`{classes[0]}`; `probability` is P({classes[1]})"
+        )
+    else:
+        rule = "the label is the most probable class"
+    names = ", ".join(f"`{c}`" for c in classes)
+    return (
+        f"Image classification into {names} (the served model's classes, in its order): "
+        f"{rule}. `confidence` is the label's probability; `probabilities` gives every class's "
+        f"(`?{TOP_K}=k`: the k most probable)."
     )
 
 
@@ -414,16 +491,24 @@ def _upload_body(settings: ServeSettings, batch: bool) -> dict[str, Any]:
         description = "A file field `image`, or the raw image as the body with its Content-Type."
         raw = (*STANDARD_MEDIA_TYPES, UNDECLARED)
         content |= {media: {"schema": binary} for media in raw}
+    top_k = {
+        "name": TOP_K,
+        "in": "query",
+        "required": False,
+        "description": "answer only the k most probable classes in `probabilities`, most "
+        "probable first (default: every class, in the model's order)",
+        "schema": {"type": "integer", "minimum": 1},  # maximum: ServedDocument
+    }
     return {
         "description": f"{description} {_image_limits(settings)}",
+        "parameters": [top_k],
         "requestBody": {"required": True, "content": content},
     }
 
 
-def _feedback_body(settings: ServeSettings) -> dict[str, Any]:
-    """`openapi_extra` for /feedback: the Feedback schema, its label one of the classes."""
+def _feedback_body() -> dict[str, Any]:
+    """`openapi_extra` for /feedback: the Feedback schema (its label's enum: ServedDocument)."""
     schema = Feedback.model_json_schema()
-    schema["properties"]["label"]["enum"] = list(settings.classes)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 

@@ -29,7 +29,8 @@ class _Item:
 class Batcher:
     """Requests queue images; one thread runs them in batches. The images of one `submit_many`
     call go into one queue entry, so a /predict_batch request is not split by a batch boundary
-    unless it is larger than the room left. Futures resolve to (probability, model version)."""
+    unless it is larger than the room left. Futures resolve to the image's class probabilities
+    (K floats, the order of its model's classes), computed by the model it was submitted with."""
 
     def __init__(self, max_batch_size: int, on_batch: Callable[[int], None] | None = None) -> None:
         self.max_batch_size = max_batch_size
@@ -83,8 +84,8 @@ class Batcher:
             probabilities = model.forward(np.stack([i.image for i in group]))
             if self.on_batch is not None:
                 self.on_batch(len(group))
-            for item, prob in zip(group, probabilities, strict=True):
-                item.future.set_result((float(prob), model.version))
+            for item, row in zip(group, probabilities, strict=True):
+                item.future.set_result(row)
         except Exception as exc:
             for item in group:
                 if not item.future.done():

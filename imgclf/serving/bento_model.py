@@ -3,7 +3,8 @@ store; `bentoml build` then packages it, as bentofile.yaml's `models:` lists it.
 
 Inside the bento the service runs with IMGCLF_MODEL_SOURCE=bento (set by bentofile.yaml `envs`)
 and loads this packaged copy instead of polling the registry; the registry version number is
-kept as the model's `registered_version` label, so responses still name it.
+kept as the model's `registered_version` label, so responses still name it, and its classes as
+the model's metadata `classes`, so the bento serves them without the registry.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ def import_champion(settings: ServeSettings) -> tuple[str, str]:
     """(bento model tag, registry version) of `settings`' champion (model_name@alias in
     tracking_uri's registry), imported into the model store. Raises RegistryError when the alias
     points nowhere."""
-    from imgclf.serving.holder import RegistryChampion
+    from imgclf.serving.holder import CLASSES_KEY, RegistryChampion
 
-    registry = RegistryChampion(settings.tracking_uri, settings.model_name, settings.alias)
+    registry = RegistryChampion(
+        settings.tracking_uri, settings.model_name, settings.alias, settings.fallback_classes
+    )
     version = registry.resolve()
     if version is None:
         raise RegistryError(f"no {settings.model_name}@{settings.alias} in {settings.tracking_uri}")
@@ -32,6 +35,9 @@ def import_champion(settings: ServeSettings) -> tuple[str, str]:
     if accuracy is not None:  # the live-accuracy alarm's bar travels with the packaged model
         labels["test_accuracy"] = repr(accuracy)
     model = bentoml.mlflow.import_model(
-        BENTO_MODEL_NAME, f"models:/{settings.model_name}/{version}", labels=labels
+        BENTO_MODEL_NAME,
+        registry.uri(version),
+        labels=labels,
+        metadata={CLASSES_KEY: list(registry.classes(version))},
     )
     return str(model.tag), version

@@ -95,6 +95,12 @@ class ErrorCode(StrEnum):
     TOO_SMALL = "too_small", 422, "a side is under the minimum", Routes.CLASSIFY
     ANIMATED = "animated", 422, "an animated image: send a still", Routes.CLASSIFY
     HIGH_BIT_DEPTH = "high_bit_depth", 422, "a 16-bit or float image", Routes.CLASSIFY
+    INVALID_TOP_K = (
+        "invalid_top_k",
+        422,
+        "top_k is not a whole number from 1 to the number of classes",
+        Routes.CLASSIFY,
+    )
     INVALID_FEEDBACK = "invalid_feedback", 422, "not a valid feedback object", Routes.FEEDBACK
     UNKNOWN_LABEL = "unknown_label", 422, "the label is not one of the classes", Routes.FEEDBACK
     INTERNAL = (
@@ -103,7 +109,7 @@ class ErrorCode(StrEnum):
         "unexpected server error: see the server log for the request id",
         Routes.ALL,
     )
-    NOT_READY = "not_ready", 503, "no model loaded yet", Routes.CLASSIFY
+    NOT_READY = "not_ready", 503, "no model loaded yet", Routes.ALL
 
 
 class ServiceError(Exception):

@@ -2,23 +2,33 @@
 alias, and hot-swap to a newly promoted version (batching: batcher.py).
 
 Swapping: the poller resolves the alias to a version number, loads `models:/<name>/<version>`
-fully (weights, a traced forward function, one warm-up call) while the old model keeps serving,
-then replaces one reference. A request takes a snapshot of that reference before preprocessing
-and its forward pass runs on that snapshot, so in-flight requests finish on the model they
-started with, and the version in every response is the version that computed it.
+fully (weights, classes, a traced forward function, one warm-up call) while the old model keeps
+serving, then replaces one reference. A request takes a snapshot of that reference before
+preprocessing and its forward pass runs on that snapshot, so in-flight requests finish on the
+model they started with, and the version and classes in every response are those of the model
+that computed it.
+
+Classes come from the model, never from params.yaml: its MLflow model metadata `classes` (logged
+by training), else its model-version tag `classes` (set at registration); only a model registered
+before models carried them falls back to the settings' classes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from imgclf.model.decision import class_probabilities
+
 logger = logging.getLogger(__name__)
+
+CLASSES_KEY = "classes"  # the MLflow model metadata key, model-version tag and bento metadata key
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,8 @@ class LoadedModel:
     version: str  # registry version number (or "bento:<tag>" for an unregistered package)
     source: str  # the URI or path it came from
     image_size: int
+    classes: tuple[str, ...]  # in the order of the model's probabilities
+    # (n, S, S, 3) images -> (n, K) class probabilities (float64)
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     test_accuracy: float | None = None  # as registered: the bar live accuracy is held to
 
@@ -34,42 +46,86 @@ class ModelNotReady(Exception):
     """No model is loaded yet (no champion in the registry, or it failed to load)."""
 
 
+def model_classes(
+    metadata: Mapping[str, Any] | None,
+    tags: Mapping[str, str],
+    fallback: Sequence[str] | None,
+    source: str,
+) -> tuple[str, ...]:
+    """The classes `source` carries: its metadata `classes` (a list), else its tag `classes` (a
+    JSON list), else `fallback`, for a model registered before models carried them."""
+    if metadata and CLASSES_KEY in metadata:
+        declared = metadata[CLASSES_KEY]
+    elif CLASSES_KEY in tags:
+        declared = json.loads(tags[CLASSES_KEY])
+    elif fallback is not None:
+        declared = fallback
+    else:
+        raise ValueError(
+            f"{source} carries no class list (metadata or tag `{CLASSES_KEY}`) and the settings "
+            "name none to fall back on (download.classes)"
+        )
+    names = list(declared) if isinstance(declared, list | tuple) else []
+    if len(names) < 2 or len(set(names)) < len(names) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{source}: classes {declared!r} are not two or more distinct names")
+    return tuple(names)
+
+
 def build_loaded_model(
-    model: Any, version: str, source: str, test_accuracy: float | None = None
+    model: Any,
+    version: str,
+    source: str,
+    classes: Sequence[str],
+    test_accuracy: float | None = None,
 ) -> LoadedModel:
-    """Trace one forward function with an open batch dimension and warm it up."""
+    """Check the model's output against its classes, trace one forward function with an open
+    batch dimension and warm it up."""
     import tensorflow as tf
 
     from imgclf.model.inference import model_image_size
 
     size = model_image_size(model)
+    columns = max(int(model.output_shape[-1]), 2)  # a sigmoid head's one column: two classes
+    if columns != len(classes):
+        raise ValueError(f"{source} gives {columns} probabilities for the classes {classes}")
     traced = tf.function(
         lambda batch: model(batch, training=False),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
     )
 
     def forward(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(traced(tf.convert_to_tensor(batch, tf.float32))).reshape(-1)
+        # float64 before 1 - p: a sigmoid's two columns then sum to 1 as exactly as they can
+        outputs = np.asarray(traced(tf.convert_to_tensor(batch, tf.float32)), dtype=np.float64)
+        return class_probabilities(outputs)
 
     forward(np.zeros((1, size, size, 3), "float32"))  # trace + warm up before serving
     return LoadedModel(
         version=version,
         source=source,
         image_size=size,
+        classes=tuple(classes),
         forward=forward,
         test_accuracy=test_accuracy,
     )
 
 
 class RegistryChampion:
-    """Resolves `name@alias` in the MLflow Model Registry and loads versions."""
+    """Resolves `name@alias` in the MLflow Model Registry and loads versions; `fallback_classes`
+    are the classes of a version that carries none."""
 
-    def __init__(self, tracking_uri: str, name: str, alias: str) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        name: str,
+        alias: str,
+        fallback_classes: Sequence[str] | None,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.name = name
         self.alias = alias
+        self.fallback_classes = fallback_classes
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     def resolve(self) -> str | None:
@@ -88,10 +144,25 @@ class RegistryChampion:
 
         from imgclf.model.inference import load_model
 
-        uri = f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile
+        uri = self.uri(version)
         mlflow.set_registry_uri(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
-        return build_loaded_model(load_model(uri), version, uri, self.test_accuracy(version))
+        classes = self.classes(version)
+        return build_loaded_model(
+            load_model(uri), version, uri, classes, self.test_accuracy(version)
+        )
+
+    def uri(self, version: str) -> str:
+        return f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile
+
+    def classes(self, version: str) -> tuple[str, ...]:
+        """The version's classes (`model_classes`); MLflow's URIs must point at the registry."""
+        import mlflow
+
+        uri = self.uri(version)
+        metadata = mlflow.models.get_model_info(uri).metadata  # reads the MLmodel file only
+        tags = self.client.get_model_version(self.name, version).tags
+        return model_classes(metadata, tags, self.fallback_classes, uri)
 
     def test_accuracy(self, version: str) -> float | None:
         """The version's registered test accuracy; None (not a failed load) when unreadable:
@@ -106,8 +177,9 @@ class RegistryChampion:
             return None
 
 
-def load_bento_model(tag: str) -> LoadedModel | None:
-    """The champion packaged in this bento (see bento_model.py), or None when absent."""
+def load_bento_model(tag: str, fallback_classes: Sequence[str] | None) -> LoadedModel | None:
+    """The champion packaged in this bento (see bento_model.py), or None when absent; its classes
+    are in the bento model's metadata (`fallback_classes` for a bento built before)."""
     import bentoml
 
     from imgclf.model.inference import load_mlflow_model
@@ -120,7 +192,9 @@ def load_bento_model(tag: str) -> LoadedModel | None:
     labels = stored.info.labels
     version = labels.get("registered_version") or f"bento:{stored.tag.version}"
     accuracy = float(labels["test_accuracy"]) if "test_accuracy" in labels else None
-    return build_loaded_model(model, str(version), f"bento:{stored.tag}", accuracy)
+    source = f"bento:{stored.tag}"
+    classes = model_classes(stored.info.metadata, {}, fallback_classes, source)
+    return build_loaded_model(model, str(version), source, classes, accuracy)
 
 
 class ChampionHolder:

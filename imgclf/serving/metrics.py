@@ -1,5 +1,9 @@
 """Prometheus metrics of the service, created through `bentoml.metrics` so they appear on the
-service's own `/metrics` next to BentoML's request metrics (`bentoml_service_request_*`)."""
+service's own `/metrics` next to BentoML's request metrics (`bentoml_service_request_*`).
+
+A `label` label only ever holds a served model's class names, so its cardinality is bounded by
+the classes of the models served (per-class metrics: predictions, confidence, feedback, recall).
+"""
 
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ class ServiceMetrics:
     batch_size: Any  # Histogram: images per forward pass
     model_version: Any  # Gauge: the served registry version (0 = none, -1 = unregistered)
     log_dropped: Any  # Counter: prediction-log rows lost
-    feedback: Any  # Counter{correct}: ground-truth labels received
+    feedback: Any  # Counter{correct, label}: ground-truth labels received, by true class
     live_accuracy: Any  # Gauge: share correct of the served version's last N labelled answers
     live_accuracy_samples: Any  # Gauge: N actually in that window
+    live_recall: Any  # Gauge{label}: per true class of the served model, share found in that window
     champion_test_accuracy: Any  # Gauge: the served version's registered test accuracy
     process_cpu: Any  # Counter: CPU seconds of this worker process
     process_memory: Any  # Gauge: resident memory of the worker processes
@@ -78,8 +83,9 @@ def service_metrics() -> ServiceMetrics:
         ),
         feedback=m.Counter(
             name="imgclf_feedback_total",
-            documentation="Ground-truth labels received, by whether the prediction was right",
-            labelnames=["correct"],
+            documentation="Ground-truth labels received, by whether the prediction was right "
+            "and by true class",
+            labelnames=["correct", "label"],
         ),
         # mostrecent: every worker computes these from the shared log; the latest write wins.
         live_accuracy=m.Gauge(
@@ -90,6 +96,13 @@ def service_metrics() -> ServiceMetrics:
         live_accuracy_samples=m.Gauge(
             name="imgclf_live_accuracy_samples",
             documentation="Labelled predictions behind imgclf_live_accuracy (at most N)",
+            multiprocess_mode="livemostrecent",
+        ),
+        live_recall=m.Gauge(
+            name="imgclf_live_recall",
+            documentation="Per true class of the served model: share predicted as that class "
+            "among the labelled predictions behind imgclf_live_accuracy (NaN: none labelled)",
+            labelnames=["label"],
             multiprocess_mode="livemostrecent",
         ),
         champion_test_accuracy=m.Gauge(

@@ -48,6 +48,28 @@ class LabelledPrediction:
         return self.predicted == self.true_label
 
 
+@dataclass(frozen=True)
+class LiveScores:
+    """Labelled predictions of one version: true class -> (how many, how many predicted right)."""
+
+    per_class: dict[str, tuple[int, int]]
+
+    @property
+    def count(self) -> int:
+        return sum(count for count, _ in self.per_class.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share predicted right; None before any feedback."""
+        correct = sum(right for _, right in self.per_class.values())
+        return correct / self.count if self.count else None
+
+    def recall(self, label: str) -> float | None:
+        """Share of the predictions labelled `label` that predicted it; None when none was."""
+        count, right = self.per_class.get(label, (0, 0))
+        return right / count if count else None
+
+
 _STOP = object()
 
 
@@ -171,9 +193,8 @@ class PredictionLog:
             request_id, item, row.label, true_label, row.model_version, recorded
         )
 
-    def live_accuracy(self, model_version: str, window: int) -> tuple[float | None, int]:
-        """(share correct, count) over the last `window` labelled predictions of a version;
-        (None, 0) before any feedback."""
+    def live_scores(self, model_version: str, window: int) -> LiveScores:
+        """The last `window` labelled predictions of a version, counted per true class."""
         recent = (
             sa.select(predictions.c.label, predictions.c.true_label)
             .where(predictions.c.model_version == model_version)
@@ -183,9 +204,12 @@ class PredictionLog:
             .subquery()
         )
         hit = sa.case((recent.c.label == recent.c.true_label, 1), else_=0)
+        per_class = sa.select(recent.c.true_label, sa.func.count(), sa.func.sum(hit)).group_by(
+            recent.c.true_label
+        )
         with self.engine.connect() as conn:
-            count, correct = conn.execute(sa.select(sa.func.count(), sa.func.sum(hit))).one()
-        return (correct / count if count else None), count
+            rows = conn.execute(per_class).all()
+        return LiveScores({label: (count, int(correct)) for label, count, correct in rows})
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush every queued row, stop the thread, release the engine. Idempotent."""

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from imgclf.model.decision import class_probabilities, decide
+from imgclf.model.decision import decide
 from imgclf.monitoring.schema import PredictionRecord
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.errors import ErrorCode, ServiceError
@@ -50,17 +51,23 @@ class ServingRuntime:
         self.metrics = service_metrics()
         registry = None
         if settings.model_source == "registry":
-            registry = RegistryChampion(settings.tracking_uri, settings.model_name, settings.alias)
+            registry = RegistryChampion(
+                settings.tracking_uri,
+                settings.model_name,
+                settings.alias,
+                settings.fallback_classes,
+            )
         self.holder = ChampionHolder(registry, settings.poll_seconds, on_swap=self._swapped)
         self.batcher = Batcher(settings.max_batch_size, on_batch=self.metrics.batch_size.observe)
         self.log = PredictionLog(
             settings.prediction_db_url, on_drop=lambda n: self.metrics.log_dropped.inc(n)
         )
-        self._live_accuracy_lock = threading.Lock()
+        self._live_scores_lock = threading.Lock()
+        self._recall_labels: set[str] = set()  # every class a recall series was exported for
         self.tickers = [
             Periodic(ProcessSampler(self.metrics).sample, _PROCESS_SAMPLE_SECONDS, "process"),
             # Other workers and hosts label predictions in the shared log too: re-read it.
-            Periodic(self.refresh_live_accuracy, settings.poll_seconds, "live-accuracy"),
+            Periodic(self.refresh_live_scores, settings.poll_seconds, "live-scores"),
         ]
 
     def start(self) -> None:
@@ -73,7 +80,9 @@ class ServingRuntime:
 
     def _load_bento(self) -> None:
         try:
-            model = load_bento_model(bento_tag() or f"{BENTO_MODEL_NAME}:latest")
+            model = load_bento_model(
+                bento_tag() or f"{BENTO_MODEL_NAME}:latest", self.settings.fallback_classes
+            )
             if model is None:
                 self.holder.last_error = f"no {BENTO_MODEL_NAME} model in this bento"
             else:
@@ -90,29 +99,47 @@ class ServingRuntime:
         accuracy = model.test_accuracy
         self.metrics.champion_test_accuracy.set(math.nan if accuracy is None else accuracy)
         try:  # a restarted or newly promoted server picks up the feedback already logged
-            self.refresh_live_accuracy()
+            self.refresh_live_scores()
         except Exception:
-            logger.exception("live accuracy: reading the prediction log failed")
+            logger.exception("live scores: reading the prediction log failed")
 
-    def refresh_live_accuracy(self) -> None:
-        """Recompute the live-accuracy gauges for the served version from the prediction log."""
-        with self._live_accuracy_lock:  # one reader at a time: the last write is the newest
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The served model's classes; None before a model is loaded."""
+        model = self.holder.current
+        return None if model is None else model.classes
+
+    def refresh_live_scores(self) -> None:
+        """Recompute live accuracy and per-class recall for the served version from the
+        prediction log."""
+        with self._live_scores_lock:  # one reader at a time: the last write is the newest
             model = self.holder.current
             if model is None:
                 return
-            window = self.settings.feedback_window
-            accuracy, count = self.log.live_accuracy(model.version, window)
+            scores = self.log.live_scores(model.version, self.settings.feedback_window)
             if self.holder.current is not model:  # swapped meanwhile: the swap refreshes
                 return
-            self.metrics.live_accuracy.set(math.nan if accuracy is None else accuracy)
-            self.metrics.live_accuracy_samples.set(count)
+            self.metrics.live_accuracy.set(_gauge_value(scores.accuracy))
+            self.metrics.live_accuracy_samples.set(scores.count)
+            # Multiprocess metrics cannot drop a series: a class the model lacks reads NaN.
+            for label in self._recall_labels - set(model.classes):
+                self.metrics.live_recall.labels(label=label).set(math.nan)
+            for label in model.classes:
+                self.metrics.live_recall.labels(label=label).set(_gauge_value(scores.recall(label)))
+            self._recall_labels |= set(model.classes)
 
     def record_feedback(self, feedback: Feedback) -> LabelledPrediction:
-        """Store a true label beside its prediction and update the live-accuracy metrics."""
-        if feedback.label not in self.settings.classes:
-            classes = ", ".join(self.settings.classes)
+        """Store a true label, one of the served model's classes, beside its prediction and
+        update the live scores."""
+        classes = self.classes
+        if classes is None:
             raise ServiceError(
-                ErrorCode.UNKNOWN_LABEL, f"label {feedback.label!r} is not one of {classes}"
+                ErrorCode.NOT_READY, "no model loaded yet: its classes are the labels"
+            )
+        if feedback.label not in classes:
+            raise ServiceError(
+                ErrorCode.UNKNOWN_LABEL,
+                f"label {feedback.label!r} is not one of {', '.join(classes)}",
             )
         try:
             labelled = self._record_label(feedback)
@@ -121,11 +148,12 @@ class ServingRuntime:
         except ConflictingLabel as exc:
             raise ServiceError(ErrorCode.CONFLICTING_LABEL, str(exc)) from exc
         if labelled.recorded:
-            self.metrics.feedback.labels(correct=str(labelled.correct).lower()).inc()
+            correct = str(labelled.correct).lower()
+            self.metrics.feedback.labels(correct=correct, label=labelled.true_label).inc()
             try:  # the label is stored: a failed gauge update must not turn that into a 500
-                self.refresh_live_accuracy()
+                self.refresh_live_scores()
             except Exception:
-                logger.exception("live accuracy: reading the prediction log failed")
+                logger.exception("live scores: reading the prediction log failed")
         return labelled
 
     def _record_label(self, feedback: Feedback) -> LabelledPrediction:
@@ -150,38 +178,45 @@ class ServingRuntime:
         self.log.close()
 
     async def classify(
-        self, images: list[ValidatedImage], request_id: str, started: float
+        self,
+        images: list[ValidatedImage],
+        request_id: str,
+        started: float,
+        top_k: int | None = None,
     ) -> list[Prediction]:
         """Preprocess (THE preprocessing) and batch-predict validated images on one snapshot of
-        the model; count and log every answer."""
+        the model; count and log every answer. `top_k`: answer the k most probable classes."""
         try:
             model = self.holder.require()
         except ModelNotReady as exc:
             raise ServiceError(ErrorCode.NOT_READY, str(exc)) from exc
+        if top_k is not None and top_k > len(model.classes):
+            detail = f"top_k {top_k} > {len(model.classes)} classes ({', '.join(model.classes)})"
+            raise ServiceError(ErrorCode.INVALID_TOP_K, detail)
         inputs = await run_in_threadpool(_preprocess, [i.model_bytes for i in images], model)
         futures = self.batcher.submit_many(inputs, model)
-        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         latency_ms = (time.perf_counter() - started) * 1000.0
         return [
-            self._answered(image, index, probability, version, request_id, latency_ms)
-            for index, (image, (probability, version)) in enumerate(
-                zip(images, results, strict=True)
-            )
+            self._answered(image, index, row, model, request_id, latency_ms, top_k)
+            for index, (image, row) in enumerate(zip(images, rows, strict=True))
         ]
 
     def _answered(
         self,
         image: ValidatedImage,
         index: int,
-        probability: float,
-        version: str,
+        row: np.ndarray,
+        model: LoadedModel,
         request_id: str,
         latency_ms: float,
+        top_k: int | None,
     ) -> Prediction:
-        decision = decide(
-            class_probabilities([probability])[0], self.settings.classes, self.settings.threshold
-        )
-        self.metrics.predictions.labels(label=decision.label, model_version=version).inc()
+        decision = decide(row, model.classes, self.settings.threshold)
+        by_class = dict(zip(model.classes, row.tolist(), strict=True))
+        # Two classes: P(second class), as answered before the service knew K classes.
+        probability = by_class[model.classes[1]] if len(model.classes) == 2 else None
+        self.metrics.predictions.labels(label=decision.label, model_version=model.version).inc()
         self.metrics.confidence.labels(label=decision.label).observe(decision.confidence)
         self.log.log(
             PredictionRecord(
@@ -191,18 +226,33 @@ class ServingRuntime:
                 width=image.width,
                 height=image.height,
                 label=decision.label,
-                probability=probability,
-                model_version=version,
+                probability=decision.confidence if probability is None else probability,
+                model_version=model.version,
                 latency_ms=latency_ms,
+                confidence=decision.confidence,
+                probabilities=by_class,
             )
         )
         return Prediction(
             label=decision.label,
             probability=probability,
             confidence=decision.confidence,
-            model_version=version,
+            probabilities=_most_probable(by_class, top_k),
+            model_version=model.version,
             request_id=request_id,
         )
+
+
+def _most_probable(by_class: dict[str, float], top_k: int | None) -> dict[str, float]:
+    """Every class in the model's order, or the `top_k` most probable, most probable first
+    (ties in the model's order: the sort is stable)."""
+    if top_k is None:
+        return by_class
+    return dict(sorted(by_class.items(), key=operator.itemgetter(1), reverse=True)[:top_k])
+
+
+def _gauge_value(share: float | None) -> float:
+    return math.nan if share is None else share
 
 
 def _preprocess(encoded: list[bytes], model: LoadedModel) -> list[np.ndarray]:

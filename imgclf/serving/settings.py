@@ -11,8 +11,9 @@ Environment variables (all optional), each over what it replaces:
     IMGCLF_AUTH, IMGCLF_JWT_*   authentication (AuthSettings)
 
 The rest is taken from params.yaml alone, so the service decides as evaluate, predict and the
-drift report do: classes (download.classes), threshold (evaluate.threshold) and model_name when
-serve.model_name is null (register.model_name).
+drift report do: threshold (evaluate.threshold) and model_name when serve.model_name is null
+(register.model_name). The classes are the served model's own (holder.py); download.classes, when
+it lists them, only stands in for a model registered before models carried their classes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ServeSettings(ServeParams):
     params.yaml and the deployment variables. Build it with load_settings()."""
 
     model_name: str  # serve.model_name, else register.model_name: always set here
-    classes: tuple[str, ...]
+    fallback_classes: tuple[str, ...] | None  # for a model that carries no classes
     threshold: float
     tracking_uri: str
     model_source: Literal["registry", "bento"]
@@ -143,9 +144,11 @@ def _derived(
     from imgclf.tracking import tracking_uri  # imports MLflow: only when settings are loaded
 
     prediction_db = deployment.imgclf_prediction_db_url or serve.prediction_db
+    classes = params.download.classes
     return {
         "model_name": serve.model_name or params.register.model_name,
-        "classes": params.download.classes,
+        # download.classes: `auto` names no classes before the data is read
+        "fallback_classes": classes if isinstance(classes, list) else None,
         "threshold": params.evaluate.threshold,
         "tracking_uri": tracking_uri(params.mlflow, params_path.resolve().parent),
         "model_source": deployment.imgclf_model_source or ("bento" if bento_tag() else "registry"),

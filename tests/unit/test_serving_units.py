@@ -1,5 +1,5 @@
-"""Serving pieces without a server: JWT auth, upload validation, batcher, the HTTP app (routes,
-refusals, the OpenAPI document); settings: test_settings.py."""
+"""Serving pieces without a server: JWT auth, upload validation, the served model's classes,
+batcher, the HTTP app (routes, refusals, the OpenAPI document); settings: test_settings.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from imgclf.serving.app import ServedPaths, build_app
 from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.errors import CLASSIFY_ERRORS, ErrorCode, ServiceError
-from imgclf.serving.holder import LoadedModel
+from imgclf.serving.holder import LoadedModel, build_loaded_model, model_classes
 from imgclf.serving.settings import AuthSettings, ServeSettings, load_settings
 from imgclf.serving.validation import REASON_CODES, validate_image
 
@@ -294,27 +294,72 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch)
     assert caught.value.code == "too_many_pixels"
 
 
-# ------------------------------------------------------------------------ batcher, settings
+# ------------------------------------------------------------------------ the served model
 
 
-def test_batcher_batches_concurrent_images_and_names_the_version() -> None:
+def test_classes_come_from_the_metadata_then_the_tag_then_the_fallback() -> None:
+    metadata, tag = {"classes": ["owl", "cat", "fox"]}, {"classes": '["a", "b"]'}
+    assert model_classes(metadata, tag, ("x", "y"), "m") == ("owl", "cat", "fox")
+    assert model_classes({"other": 1}, tag, ("x", "y"), "m") == ("a", "b")
+    assert model_classes(None, {}, ("x", "y"), "m") == ("x", "y")
+    with pytest.raises(ValueError, match="carries no class list"):
+        model_classes(None, {}, None, "m")
+    for bad in (["cat"], ["cat", "cat"], "cat,dog", ["cat", 2]):
+        with pytest.raises(ValueError, match="two or more distinct names"):
+            model_classes({"classes": bad}, {}, None, "m")
+
+
+def test_a_loaded_model_gives_one_probability_per_class() -> None:
+    from tests.support.helpers import tiny_model
+
+    images = np.random.default_rng(0).random((4, 16, 16, 3), "float32")
+    three = build_loaded_model(tiny_model(16, 0, classes=3), "1", "m", ("owl", "cat", "fox"))
+    probabilities = three.forward(images)
+    assert probabilities.shape == (4, 3)
+    assert probabilities.sum(axis=1) == pytest.approx(np.ones(4))
+    sigmoid = tiny_model(16, 0)
+    binary = build_loaded_model(sigmoid, "1", "m", ("cat", "dog")).forward(images)
+    p = np.asarray(sigmoid(images)).reshape(-1)
+    assert binary[:, 1] == pytest.approx(p) and binary[:, 0] == pytest.approx(1 - p)
+    with pytest.raises(ValueError, match="gives 3 probabilities"):
+        build_loaded_model(tiny_model(16, 0, classes=3), "1", "m", ("cat", "dog"))
+
+
+def test_top_k_keeps_the_most_probable_first() -> None:
+    from imgclf.serving.runtime import _most_probable
+
+    by_class = {"owl": 0.2, "cat": 0.5, "fox": 0.3}
+    assert list(_most_probable(by_class, None).items()) == list(by_class.items())
+    assert list(_most_probable(by_class, 2).items()) == [("cat", 0.5), ("fox", 0.3)]
+    assert list(_most_probable({"a": 0.5, "b": 0.5}, 1)) == ["a"]  # a tie: the model's order
+
+
+# ------------------------------------------------------------------------ batcher
+
+
+def model_of(version: str, forward) -> LoadedModel:
+    return LoadedModel(version, "x", 2, ("cat", "dog"), forward)
+
+
+def test_batcher_batches_concurrent_images_and_runs_each_on_its_model() -> None:
     sizes = []
 
-    def forward(batch: np.ndarray) -> np.ndarray:
-        time.sleep(0.02)
-        return batch.reshape(len(batch), -1).mean(axis=1)
+    def forward_by(offset: float):
+        def forward(batch: np.ndarray) -> np.ndarray:
+            time.sleep(0.02)
+            return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True) + offset
 
-    old = LoadedModel(version="1", source="a", image_size=2, forward=forward)
-    new = LoadedModel(version="2", source="b", image_size=2, forward=forward)
+        return forward
+
+    old, new = model_of("1", forward_by(0)), model_of("2", forward_by(10))
     batcher = Batcher(max_batch_size=8, on_batch=sizes.append)
     futures = [
         batcher.submit_many([np.full((2, 2, 3), i / 20, "float32")], old if i < 10 else new)[0]
         for i in range(20)
     ]
-    results = [f.result(timeout=10) for f in futures]
+    results = [float(f.result(timeout=10)[0]) for f in futures]
     batcher.close()
-    assert [v for _, v in results] == ["1"] * 10 + ["2"] * 10
-    assert [p for p, _ in results] == pytest.approx([i / 20 for i in range(20)])
+    assert results == pytest.approx([i / 20 + (0 if i < 10 else 10) for i in range(20)])
     assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
 
 
@@ -325,9 +370,9 @@ def test_batcher_never_waits_and_batches_what_queued_during_a_forward_pass() -> 
     def forward(batch: np.ndarray) -> np.ndarray:
         running.set()
         release.wait(timeout=10)  # the first pass holds until more images are queued
-        return batch.reshape(len(batch), -1).mean(axis=1)
+        return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True)
 
-    model = LoadedModel("1", "x", 2, forward)
+    model = model_of("1", forward)
     batcher = Batcher(max_batch_size=8, on_batch=sizes.append)
     (first,) = batcher.submit_many([np.zeros((2, 2, 3), "float32")], model)
     assert running.wait(timeout=5)  # alone in the queue: it went to the model at once
@@ -347,7 +392,7 @@ def test_batcher_passes_model_errors_to_the_request() -> None:
         raise RuntimeError("boom")
 
     batcher = Batcher(max_batch_size=4)
-    (future,) = batcher.submit_many([np.zeros((2, 2, 3))], LoadedModel("1", "x", 2, broken))
+    (future,) = batcher.submit_many([np.zeros((2, 2, 3))], model_of("1", broken))
     with pytest.raises(RuntimeError, match="boom"):
         future.result(timeout=5)
     batcher.close()
@@ -356,13 +401,16 @@ def test_batcher_passes_model_errors_to_the_request() -> None:
 # ------------------------------------------------------------------------------- OpenAPI
 
 
-def _spec() -> dict:
-    from imgclf.serving.app import build_app
+class ServedClasses:
+    """A runtime as far as the document reads it: the served model's classes (None: no model)."""
 
-    def no_runtime():
-        raise AssertionError("documenting the API needs no runtime")
+    def __init__(self, classes: tuple[str, ...] | None) -> None:
+        self.classes = classes
 
-    return build_app(load_settings(), no_runtime).openapi()
+
+def _spec(classes: tuple[str, ...] | None = ("cat", "dog")) -> dict:
+    runtime = ServedClasses(classes)
+    return build_app(load_settings(), lambda: runtime).openapi()
 
 
 def test_openapi_document_is_valid_and_documents_the_routes() -> None:
@@ -397,7 +445,42 @@ def test_openapi_document_is_valid_and_documents_the_routes() -> None:
     label = paths["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert label["properties"]["label"]["enum"] == ["cat", "dog"]  # the classes served
     assert "`cat`, `dog`" in spec["info"]["description"]
+    assert "`probability` is P(dog)" in spec["info"]["description"]
     assert "HTTPValidationError" not in str(spec)  # FastAPI's own 422 never answers
+
+
+def feedback_labels(spec: dict) -> list[str] | None:
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]
+    return body["schema"]["properties"]["label"].get("enum")
+
+
+def test_openapi_document_follows_the_served_models_classes() -> None:
+    from openapi_spec_validator import validate
+
+    runtime = ServedClasses(("owl", "cat", "fox"))
+    app = build_app(load_settings(), lambda: runtime)
+    spec = app.openapi()
+    validate(spec)
+    assert feedback_labels(spec) == ["owl", "cat", "fox"]
+    assert "`owl`, `cat`, `fox`" in spec["info"]["description"]
+    assert "the most probable class" in spec["info"]["description"]
+    for name in ("Prediction", "BatchPrediction"):
+        properties = spec["components"]["schemas"][name]["properties"]
+        assert properties["label"]["enum"] == ["owl", "cat", "fox"]
+        assert properties["probabilities"]["propertyNames"]["enum"] == ["owl", "cat", "fox"]
+    for path in ("/predict", "/predict_batch"):
+        (top_k,) = spec["paths"][path]["post"]["parameters"]
+        assert (top_k["name"], top_k["schema"]["minimum"], top_k["schema"]["maximum"]) == (
+            "top_k",
+            1,
+            3,
+        )
+    runtime.classes = ("cat", "dog")  # a hot swap to a model with other classes
+    assert feedback_labels(app.openapi()) == ["cat", "dog"]
+    runtime.classes = None
+    unloaded = app.openapi()
+    validate(unloaded)
+    assert feedback_labels(unloaded) is None and "no model is loaded yet" in str(unloaded)
 
 
 def test_openapi_lists_every_error_code_under_its_status() -> None:
@@ -429,11 +512,13 @@ def test_openapi_lists_every_error_code_under_its_status() -> None:
 class ModelessRuntime:
     """A runtime without a model: every request that passes the upload checks gets not_ready."""
 
+    classes = None
+
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.metrics = MagicMock()
 
-    async def classify(self, images, request_id: str, started: float):
+    async def classify(self, images, request_id: str, started: float, top_k: int | None):
         raise ServiceError(ErrorCode.NOT_READY, "no model in unit tests")
 
 
@@ -462,6 +547,15 @@ def test_predict_batch_takes_its_limit_and_refuses_more(client: TestClient) -> N
     for count in (limit + 1, limit + 2):
         response = client.post("/predict_batch", files=form("images", count))
         assert (response.status_code, response.json()["error"]) == (413, "too_many_images")
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1", "x", "1.5", "", "²"])
+def test_top_k_must_be_a_positive_whole_number(client: TestClient, top_k: str) -> None:
+    for route, field in (("/predict", "image"), ("/predict_batch", "images")):
+        response = client.post(route, params={"top_k": top_k}, files=form(field, 1))
+        assert refusal(response) == (422, "invalid_top_k"), (route, top_k)
+    passes = client.post("/predict", params={"top_k": "2"}, files=form("image", 1))
+    assert refusal(passes) == (503, "not_ready")  # on to the model, which bounds it by K
 
 
 def multipart(boundary: bytes, *parts: tuple[bytes, bytes]) -> bytes:
@@ -556,7 +650,7 @@ def test_only_the_api_and_bentoml_probes_are_served(client: TestClient) -> None:
 def test_an_image_tensorflow_cannot_decode_is_named_by_its_position() -> None:
     from imgclf.serving.runtime import _preprocess
 
-    model = LoadedModel("1", "x", 8, forward=lambda batch: batch)
+    model = LoadedModel("1", "x", 8, ("cat", "dog"), forward=lambda batch: batch)
     good = encode(photo(), "PNG")
     assert len(_preprocess([good, good], model)) == 2
     with pytest.raises(ServiceError) as caught:

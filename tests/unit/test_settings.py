@@ -62,7 +62,8 @@ def test_derived_values_come_from_the_rest_of_params_yaml(tmp_path: Path) -> Non
     params = params_with_serve(tmp_path, "  model_name: null\n")
     settings = load_settings(params)
     assert settings.model_name == load_params(params).register.model_name  # null falls through
-    assert settings.classes == ("cat", "dog") and settings.threshold == 0.5
+    # the classes of a model that carries none (served models name their own)
+    assert settings.fallback_classes == ("cat", "dog") and settings.threshold == 0.5
     assert settings.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # next to params.yaml
     assert settings.model_source == "registry"  # not inside a built bento
 
@@ -71,7 +72,7 @@ def test_derived_values_come_from_the_rest_of_params_yaml(tmp_path: Path) -> Non
     ("variable", "value"),
     [
         ("IMGCLF_SERVE_THRESHOLD", "0.9"),
-        ("IMGCLF_SERVE_CLASSES", '["a", "b", "c"]'),
+        ("IMGCLF_SERVE_FALLBACK_CLASSES", '["a", "b", "c"]'),
         ("IMGCLF_SERVE_TRACKING_URI", "http://elsewhere:5000"),
         ("IMGCLF_SERVE_MODEL_SOURCE", "bento"),
         ("IMGCLF_SERVE_PREDICTION_DB_URL", "postgresql://u@h/db"),
@@ -80,8 +81,8 @@ def test_derived_values_come_from_the_rest_of_params_yaml(tmp_path: Path) -> Non
 def test_derived_values_ignore_the_serve_prefix(
     variable: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The service labels with evaluate's threshold and download's classes, as predict and the
-    drift report do: only the documented variables change the derived values."""
+    """The service labels with evaluate's threshold (and falls back on download's classes), as
+    predict and the drift report do: only the documented variables change the derived values."""
     expected = load_settings().model_dump()
     monkeypatch.setenv(variable, value)
     assert load_settings().model_dump() == expected
