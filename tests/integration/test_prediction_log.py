@@ -5,6 +5,7 @@ instances; a real server from tests/support/postgres_server.py). Every test runs
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,8 @@ def count_rows(url: str) -> int:
 
 
 def record(i: int, label: str = "cat", version: str = "7", item: int = 0) -> PredictionRecord:
+    """A two-class (cat, dog) answer."""
+    dog = 0.25 if label == "cat" else 0.75
     return PredictionRecord(
         request_id=f"r{i}",
         item=item,
@@ -55,9 +58,11 @@ def record(i: int, label: str = "cat", version: str = "7", item: int = 0) -> Pre
         width=4,
         height=3,
         label=label,
-        probability=0.25 if label == "cat" else 0.75,
+        probability=dog,
         model_version=version,
         latency_ms=1.5,
+        confidence=max(dog, 1 - dog),
+        probabilities={"cat": 1 - dog, "dog": dog},
     )
 
 
@@ -72,6 +77,7 @@ def test_rows_are_batched_and_flushed_on_close(db_url: str) -> None:
         row = conn.execute(sa.select(predictions).where(predictions.c.request_id == "r7")).one()
     engine.dispose()
     assert (row.label, row.model_version, row.width, row.probability) == ("cat", "7", 4, 0.25)
+    assert row.confidence == 0.75 and json.loads(row.probabilities) == {"cat": 0.75, "dog": 0.25}
     assert row.true_label is None and row.feedback_at is None
     log.log(record(0))  # after close: counted as dropped, never raises
     assert log.dropped == 1
@@ -119,8 +125,9 @@ def test_a_label_is_stored_once_and_a_different_one_conflicts(log: PredictionLog
         log.record_label("nobody", 0, "cat")
 
 
-def test_live_accuracy_is_over_the_latest_labels_of_one_version(log: PredictionLog) -> None:
-    assert log.live_accuracy("7", window=10) == (None, 0)
+def test_live_scores_are_over_the_latest_labels_of_one_version(log: PredictionLog) -> None:
+    before = log.live_scores("7", window=10)
+    assert (before.accuracy, before.count, before.recall("cat")) == (None, 0, None)
     # version 7: ten predictions of "cat"; the four labelled last are right, six earlier wrong
     for i in range(10):
         log.log(record(i, label="cat", version="7"))
@@ -130,9 +137,14 @@ def test_live_accuracy_is_over_the_latest_labels_of_one_version(log: PredictionL
         truth = "dog" if i < 6 else "cat"
         log.record_label(f"r{i}", 0, truth, now=T0 + dt.timedelta(minutes=i))
     log.record_label("r99", 0, "cat", now=T0)
-    assert log.live_accuracy("7", window=100) == (pytest.approx(0.4), 10)
-    assert log.live_accuracy("7", window=4) == (pytest.approx(1.0), 4)  # the latest four
-    assert log.live_accuracy("8", window=100) == (pytest.approx(0.0), 1)
+    everything = log.live_scores("7", window=100)
+    assert (everything.accuracy, everything.count) == (pytest.approx(0.4), 10)
+    # recall per true class: every cat found (4 of 4), no dog (0 of 6)
+    assert (everything.recall("cat"), everything.recall("dog")) == (1.0, 0.0)
+    latest = log.live_scores("7", window=4)  # the latest four: all cats, all right
+    assert (latest.accuracy, latest.count, latest.recall("dog")) == (1.0, 4, None)
+    other = log.live_scores("8", window=100)
+    assert (other.accuracy, other.count, other.per_class) == (0.0, 1, {"cat": (1, 0)})
 
 
 def test_concurrent_labellers_cannot_both_win(log: PredictionLog) -> None:
@@ -159,20 +171,26 @@ def test_concurrent_labellers_cannot_both_win(log: PredictionLog) -> None:
     assert sorted(outcomes) == ["conflict", "stored"]
 
 
-def test_a_log_from_an_older_release_gains_the_feedback_columns(db_url: str) -> None:
-    """The release before feedback had no true_label/feedback_at columns."""
+def old_release_log(db_url: str, last_column: str) -> None:
+    """The table as a release whose last column was `last_column` created it, with one row."""
+    names = [column.name for column in predictions.columns]
     old = sa.MetaData()
-    sa.Table(
+    table = sa.Table(
         "predictions",
         old,
-        *(column.copy() for column in predictions.columns if column.name not in
-          ("true_label", "feedback_at")),
-    )  # fmt: skip
+        *(column.copy() for column in predictions.columns[: names.index(last_column) + 1]),
+    )
     engine = sa.create_engine(db_url)
     old.create_all(engine)
+    row = {key: value for key, value in record(1).row().items() if key in table.columns}
     with engine.begin() as conn:
-        conn.execute(sa.insert(old.tables["predictions"]), [record(1).row()])
+        conn.execute(sa.insert(table), [row])
     engine.dispose()
+
+
+def test_a_log_from_before_feedback_gains_the_later_columns(db_url: str) -> None:
+    """The release before feedback had no true_label/feedback_at columns (nor the K-class ones)."""
+    old_release_log(db_url, last_column="latency_ms")
     log = PredictionLog(db_url)
     try:
         assert log.record_label("r1", 0, "cat").correct  # the old row can be labelled
@@ -181,3 +199,21 @@ def test_a_log_from_an_older_release_gains_the_feedback_columns(db_url: str) -> 
         log.close()
     assert count_rows(db_url) == 1
     assert "ix_predictions_labelled" in indexes  # live accuracy stays an index scan
+
+
+def test_a_log_from_before_k_classes_stays_readable(db_url: str) -> None:
+    """The release before K classes had no confidence/probabilities: its rows read as NULL there,
+    beside new rows that fill them."""
+    old_release_log(db_url, last_column="feedback_at")
+    log = PredictionLog(db_url)
+    log.log(record(2, label="dog"))
+    log.close()
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(predictions).order_by(predictions.c.id)).all()
+    engine.dispose()
+    assert [(r.request_id, r.probability, r.confidence) for r in rows] == [
+        ("r1", 0.25, None),
+        ("r2", 0.75, 0.75),
+    ]
+    assert rows[0].probabilities is None and json.loads(rows[1].probabilities)["dog"] == 0.75
