@@ -1,4 +1,5 @@
-"""The model card: a version's identity, metrics, data, intended use, limits and parameters.
+"""The model card: a version's identity and classes, metrics (per class where metrics.json holds
+them), data, intended use, limits and parameters.
 
 Each registered version's description is its card (cut to the SQL column's size), and the full
 card is logged to its run as `model_card.md`.
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 MAX_DESCRIPTION = 5000  # model version description column of the SQL backends
 METRIC_ORDER = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
-COUNT_KEYS = ("tn", "fp", "fn", "tp", "n")
+COUNT_KEYS = ("tn", "fp", "fn", "tp", "n", "support")
 
 
 def split_metrics(run_metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -35,6 +36,57 @@ def split_metrics(run_metrics: Mapping[str, float]) -> dict[str, dict[str, float
         if split in out and name:
             out[split][name] = value
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(row: Mapping[str, Any], skip: set[str]) -> dict[str, float]:
+    return {str(k): v for k, v in row.items() if k not in skip and _is_number(v)}
+
+
+def _nested(node: Any) -> list[Any]:
+    """`node` and every mapping or list inside it, depth first."""
+    found = [node]
+    children = node.values() if isinstance(node, Mapping) else node
+    for child in children:
+        if isinstance(child, Mapping | list):
+            found += _nested(child)
+    return found
+
+
+def _class_rows(node: Any, classes: set[str]) -> dict[str, dict[str, float]]:
+    """{class: {metric: value}} when `node` is a per-class table in one of the shapes an
+    evaluation might write: {class: {metric: x}}, {metric: {class: x}} or
+    [{"class": c, metric: x}, ...]; {} otherwise. Class-named columns (a confusion matrix's)
+    are not metrics."""
+    if isinstance(node, list):
+        rows = [r for r in node if isinstance(r, Mapping)]
+        keys = [[k for k, v in r.items() if isinstance(v, str) and v in classes] for r in rows]
+        named = {str(r[k[0]]): r for r, k in zip(rows, keys, strict=True) if len(k) == 1}
+        if len(named) != len(node) or set(named) != classes:
+            return {}
+        return {c: _numbers(r, classes) for c, r in named.items()}
+    if classes <= set(node) and all(isinstance(node[c], Mapping) for c in classes):
+        return {c: _numbers(node[c], classes) for c in classes}
+    columns = {k: v for k, v in node.items() if isinstance(v, Mapping) and classes <= set(v)}
+    return {
+        c: {str(k): v[c] for k, v in columns.items() if k not in classes and _is_number(v[c])}
+        for c in classes
+    }
+
+
+def per_class_metrics(
+    test: Mapping[str, Any], classes: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The first per-class table anywhere in metrics.json's test section (`_class_rows`), in
+    class order; {} when it holds none."""
+    for node in _nested(test):
+        rows = _class_rows(node, set(classes))
+        if any(rows.values()):
+            return {c: rows[c] for c in classes}
+    return {}
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -73,6 +125,7 @@ def model_card(
         f"| Model URI | `models:/{name}/{version}` |",
         f"| Run | `{run.info.run_id}` ({run_params.get('train.arch', 'unknown arch')}) |",
         f"| Git commit | `{tags.get('git_commit', 'unknown')}` |",
+        f"| Classes | {_classes_cell(classes)} |",
         f"| Data version | `{tags.get('data_version', 'unknown')}` (hash of the split manifests) |",
         f"| Registered | {utc_now()} |",
         f"| Gate metric | test {params.metric} "
@@ -84,11 +137,11 @@ def model_card(
         "| metric | train | val | test |",
         "|---|---|---|---|",
     ]
-    names = [m for m in METRIC_ORDER if any(m in metrics.get(s, {}) for s in SPLITS)]
-    names += sorted(
-        {m for s in SPLITS for m in metrics.get(s, {})} - set(names) - {"threshold"},
-        key=lambda m: (m in COUNT_KEYS, m),
-    )
+    scalars = {  # nested tables (per class, confusion) are not rows of this table
+        m for s in SPLITS for m, v in metrics.get(s, {}).items() if v is None or _is_number(v)
+    } - {"threshold"}
+    names = [m for m in METRIC_ORDER if m in scalars]
+    names += sorted(scalars - set(names), key=lambda m: (m in COUNT_KEYS, m))
     for metric in names:
         cells = " | ".join(_fmt(metric, metrics.get(s, {}).get(metric)) for s in SPLITS)
         lines.append(f"| {metric} | {cells} |")
@@ -98,9 +151,11 @@ def model_card(
             f"Decision threshold on P({classes[1] if classes else 'class 1'}): "
             f"{test['threshold']}.",
         ]
+    lines += _per_class_section(per_class_metrics(test, classes) if classes else {})
     lines += ["", "## Data", ""]
     if split_counts and split_counts.get("splits"):
-        class_names = sorted(split_counts.get("classes", {}))
+        counted = split_counts.get("classes", {})
+        class_names = [c for c in classes if c in counted] + sorted(set(counted) - set(classes))
         lines += [
             "| split | images | groups | " + " | ".join(class_names) + " |",
             "|---|---|---|" + "---|" * len(class_names),
@@ -113,6 +168,11 @@ def model_card(
     else:
         lines.append("Split counts not available (reports/split.json missing).")
     label = " / ".join(classes) if classes else "the training classes"
+    task = (
+        f"Binary classification of one photo as {label}"
+        if len(classes) <= 2
+        else f"Classification of one photo as one of {len(classes)} classes ({label})"
+    )
     n, accuracy = test.get("n"), test.get("accuracy")
     interval = ""
     if n and accuracy is not None:
@@ -126,7 +186,7 @@ def model_card(
         "",
         "## Intended use",
         "",
-        f"Binary classification of one photo as {label}, for photos like the training data "
+        f"{task}, for photos like the training data "
         f"(consumer photos of one pet). Served by the BentoML service from "
         f"`models:/{name}@champion`. Not for decisions about people or safety.",
         "",
@@ -144,6 +204,31 @@ def model_card(
     for key in sorted(run_params):
         lines.append(f"| {key} | {_cell(run_params[key])} |")
     return "\n".join(lines) + "\n"
+
+
+def _classes_cell(classes: Sequence[str]) -> str:
+    """Label index = class name; a very long list is cut (the `classes` tag holds it whole)."""
+    if not classes:
+        return "unknown"
+    return _cell(", ".join(f"{i} = {c}" for i, c in enumerate(classes)), width=400)
+
+
+def _per_class_section(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The test split's per-class table, when the evaluation wrote one."""
+    if not rows:
+        return []
+    columns = list(dict.fromkeys(m for row in rows.values() for m in row))
+    lines = [
+        "",
+        "### Per class (test)",
+        "",
+        "| class | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for name, row in rows.items():
+        cells = " | ".join(_fmt(m, row.get(m)) for m in columns)
+        lines.append(f"| {_cell(name)} | {cells} |")
+    return lines
 
 
 def description_for(card: str) -> str:

@@ -9,6 +9,7 @@ mlflow is imported inside the functions, so the gate and the model card load wit
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CLASSES_TAG = "classes"  # a version's class list, a JSON list in label order
 
 
 class RegistryError(Exception):
@@ -157,10 +159,22 @@ def data_version_of(client: MlflowClient, version: ModelVersion) -> str | None:
     return None
 
 
+def classes_of(version: ModelVersion) -> list[str] | None:
+    """A version's class list (tag `classes`), or None where it has none (registered before the
+    tag existed) or a hand-edited one that is no JSON list."""
+    try:
+        classes = json.loads(version.tags[CLASSES_TAG])
+    except (KeyError, ValueError):
+        return None
+    return [str(name) for name in classes] if isinstance(classes, list) else None
+
+
 def candidate_of(client: MlflowClient, version: ModelVersion, metric: str) -> Candidate:
     """What the gate needs to know about a registered version."""
+    classes = classes_of(version)
     return Candidate(
         str(version.version),
         test_metric(client, version, metric),
         data_version_of(client, version),
+        None if classes is None else tuple(classes),
     )

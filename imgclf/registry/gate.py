@@ -5,6 +5,10 @@ The gate (`register:` in params.yaml) decides whether a new version becomes cham
   * with no champion yet it is promoted;
   * otherwise it must beat the champion's `test_<metric>` by more than `min_delta`, where
     "beat" follows `direction` (auto: lower is better for log_loss, ece, fp, fn, ...);
+  * only for the SAME classes: both versions carry the `classes` tag (the class list, in label
+    order). A version with another list (or order) answers another question, so it stays
+    challenger and a person decides; a version registered before the tag existed has no list
+    and is compared on its metric as before.
   * only on the SAME data: both versions carry the train run's `data_version` tag (a content hash
     of the train/val/test manifests). When they differ, the two test scores come from different
     test sets and are not comparable, so the version stays challenger and the reason says so;
@@ -32,14 +36,16 @@ class Candidate:
     version: str | None
     value: float | None  # its test_<metric>; None when not logged
     data_version: str | None
+    classes: tuple[str, ...] | None = None  # its class list; None: unknown (registered before)
 
 
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
     decision: str  # promoted | challenger | unchanged
-    rule: str  # no_champion | better | not_better | below_min_value | data_version_differs |
-    # metric_missing | champion_metric_missing | auto_promote_off | already_registered
+    rule: str  # no_champion | better | not_better | below_min_value | classes_differ |
+    # data_version_differs | metric_missing | champion_metric_missing | auto_promote_off |
+    # already_registered
     reason: str
 
 
@@ -96,6 +102,16 @@ def _verdict(
         )
     if champion.version == candidate.version:
         return GateDecision(False, "unchanged", "already_champion", "it is the champion already")
+    if candidate.classes and champion.classes and candidate.classes != champion.classes:
+        return GateDecision(
+            False,
+            "challenger",
+            "classes_differ",
+            f"champion v{champion.version} classifies into {list(champion.classes)} and this "
+            f"version into {list(candidate.classes)}: another class list answers "
+            f"another question, so it is not promoted automatically; a person decides "
+            f"(imgclf promote --version {candidate.version})",
+        )
     if not candidate.data_version or candidate.data_version != champion.data_version:
         return GateDecision(
             False,

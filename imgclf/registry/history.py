@@ -30,6 +30,7 @@ from imgclf.registry.client import (
     CHAMPION,
     RegistryError,
     champion_version,
+    classes_of,
     data_version_of,
     model_version,
     registered_model,
@@ -123,19 +124,24 @@ def promote(
     """Point `champion` at `version` (a person's decision) and record it.
 
     Returns {"version", "previous", "event", "note"}; note warns when the two versions were
-    tested on different data (the promotion still happens: a person decided).
+    tested on different data or classify into different classes (the promotion still happens:
+    a person decided).
     """
     sync_history(client, name)
     target = model_version(client, name, version)
     current = champion_version(client, name)
     if current == str(target.version):
         return {"version": current, "previous": current, "event": None, "note": "already champion"}
-    note = ""
+    notes = []
     if current is not None:
         old = model_version(client, name, current)
         mine, theirs = data_version_of(client, target), data_version_of(client, old)
         if mine != theirs:
-            note = f"data_version differs from v{current}'s ({mine} vs {theirs})"
+            notes.append(f"data_version differs from v{current}'s ({mine} vs {theirs})")
+        my_classes, their_classes = classes_of(target), classes_of(old)
+        if my_classes and their_classes and my_classes != their_classes:
+            notes.append(f"classes differ from v{current}'s ({my_classes} vs {their_classes})")
+    note = "; ".join(notes)
     event = move_champion(client, name, str(target.version), "promote", reason or "manual")
     return {"version": str(target.version), "previous": current, "event": event, "note": note}
 

@@ -1,13 +1,15 @@
 """Registering train's run as a model version: tags, model card, `challenger`, then the gate.
 
-Each version carries tags `data_version`, `git_commit`, `test_<metric>` for every test metric of
-the run, and `gate_decision` / `gate_rule` / `gate_reason`; its description is the model card,
+Each version carries tags `data_version`, `git_commit`, `classes` (its class list, a JSON list in
+label order: the service and the gate read it), `test_<metric>` for every test metric of the run,
+and `gate_decision` / `gate_rule` / `gate_reason`; its description is the model card,
 also logged to the run as `model_card.md`. Registering a run that already has a version reuses
 that version (idempotent): the gate is not run again, so a later manual rollback is not undone.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -17,6 +19,7 @@ from imgclf.config import RegisterParams
 from imgclf.registry.card import description_for, model_card, split_metrics
 from imgclf.registry.client import (
     CHALLENGER,
+    CLASSES_TAG,
     RegistryError,
     aliases_of,
     candidate_of,
@@ -58,6 +61,7 @@ def _report(
         "direction": "higher" if higher_is_better(params.metric, params.direction) else "lower",
         "value": candidate.value,
         "data_version": candidate.data_version,
+        "classes": None if candidate.classes is None else list(candidate.classes),
         "git_commit": version.tags.get("git_commit"),
         "previous_champion": asdict(champion) if champion else None,
     }
@@ -137,7 +141,9 @@ def register_run(
 
     `metrics` ({"train": {...}, "val": {...}, "test": {...}}, reports/metrics.json) feeds the
     model card; without it the run's `<split>_<name>` metrics do. The gate always reads the
-    run's `test_<metric>`. Returns the report written to reports/register.json.
+    run's `test_<metric>`. `classes` (the split's class list) becomes the version's `classes`
+    tag, shown on the card and compared with the champion's. Returns the report written to
+    reports/register.json.
     """
     name = params.model_name
     run = get_run(client, run_id)
@@ -152,6 +158,7 @@ def register_run(
     tags = {
         "data_version": run.data.tags.get("data_version", "unknown"),
         "git_commit": run.data.tags.get("git_commit", "unknown"),
+        **({CLASSES_TAG: json.dumps(list(classes))} if classes else {}),
         **{k: repr(float(v)) for k, v in test_metrics.items()},
     }
     number = _create_or_retag(client, name, run, existing, tags, artifact_path)

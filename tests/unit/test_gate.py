@@ -37,3 +37,31 @@ def test_gate_lower_is_better() -> None:
     assert _gate(0.2, False, metric="log_loss", min_value=0.1).rule == "below_min_value"
     assert _gate(0.05, False, metric="log_loss", min_value=0.1).promote
     assert _gate(0.05, 0.07, metric="accuracy", direction="lower").rule == "better"
+
+
+def test_another_class_list_is_never_promoted_automatically() -> None:
+    params = RegisterParams()
+    binary, three = ("cat", "dog"), ("cat", "dog", "bird")
+    champion = Candidate("1", 0.80, "dv1", binary)
+    decision = decide(Candidate("2", 0.99, "dv1", three), champion, params)
+    assert (decision.promote, decision.decision, decision.rule) == (
+        False,
+        "challenger",
+        "classes_differ",
+    )
+    assert "['cat', 'dog']" in decision.reason and "['cat', 'dog', 'bird']" in decision.reason
+    assert "imgclf promote --version 2" in decision.reason
+    swapped = decide(Candidate("2", 0.99, "dv1", ("dog", "cat")), champion, params)
+    assert swapped.rule == "classes_differ"  # the order is the label index: columns differ
+    other_data = decide(Candidate("2", 0.99, "dv2", three), champion, params)
+    assert other_data.rule == "classes_differ"  # the more telling reason of the two
+    assert decide(Candidate("2", 0.99, "dv1", binary), champion, params).rule == "better"
+
+
+def test_a_champion_without_a_class_list_is_compared_on_its_metric() -> None:
+    """Registered before versions carried `classes`: unknown, so the gate works as before."""
+    params = RegisterParams()
+    old_champion = Candidate("1", 0.80, "dv1")
+    assert decide(Candidate("2", 0.99, "dv1", ("cat", "dog")), old_champion, params).promote
+    worse = decide(Candidate("2", 0.70, "dv1", ("cat", "dog")), old_champion, params)
+    assert worse.rule == "not_better"
