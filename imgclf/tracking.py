@@ -6,6 +6,7 @@ Nothing here runs at import: a stage calls `open_run` explicitly.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -111,8 +112,12 @@ def log_run_context(params: Mapping[str, Any], root: Path, manifests: Sequence[P
     mlflow.set_tags({"git_commit": git_commit(root), "data_version": data_version(manifests)})
 
 
-def log_classifier(model: Any, example: np.ndarray, artifact_path: str = "model") -> None:
-    """Log a Keras classifier with its signature and a real input example (for the registry).
+def log_classifier(
+    model: Any, example: np.ndarray, classes: Sequence[str], artifact_path: str = "model"
+) -> None:
+    """Log a Keras classifier with its signature, a real input example (for the registry) and
+    its classes, in output order: the MLflow model's metadata `classes` (so the model carries
+    them wherever it goes) and the run's tag `classes` (a JSON list, shown with the run).
 
     `mlflow.keras.log_model(..., input_example=...)` fails in MLflow 3.17 (mlflow/mlflow#16183:
     it writes the example before creating its folder), so the model is saved into a folder that
@@ -130,7 +135,9 @@ def log_classifier(model: Any, example: np.ndarray, artifact_path: str = "model"
             str(folder),
             signature=signature,
             input_example=example,
+            metadata={"classes": list(classes)},
             # Listing them skips MLflow's 8-10 s requirement inference.
             pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"],
         )
         mlflow.log_artifacts(str(folder), artifact_path)
+    mlflow.set_tag("classes", json.dumps(list(classes)))

@@ -40,21 +40,22 @@ def image_dataset(
     files: Sequence[str],
     image_size: int,
     batch_size: int,
-    labels: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
     shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
-    """Files (and labels) -> batches of model input, decoded in parallel and prefetched.
+    """Files (and training targets: a label per file, or a one-hot row) -> batches of model
+    input, decoded in parallel and prefetched.
 
     Shuffling happens on file names before decoding, so it costs no memory per image.
     """
-    items = list(files) if labels is None else (list(files), labels.astype("float32"))
+    items = list(files) if targets is None else (list(files), targets.astype("float32"))
     dataset = tf.data.Dataset.from_tensor_slices(items)
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
 
-    def load(path: tf.Tensor, *label: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, ...]:
+    def load(path: tf.Tensor, *target: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, ...]:
         image = preprocess_bytes(tf.io.read_file(path), image_size)
-        return (image, *label) if label else image
+        return (image, *target) if target else image
 
     return (
         dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

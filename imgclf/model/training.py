@@ -3,6 +3,9 @@ scratch, and `run_train`, which writes artifacts/train and records the MLflow ru
 
 Phase 1 trains the head with the pretrained backbone frozen (on features extracted once, when
 nothing random happens to the images); phase 2 optionally fine-tunes the backbone's top blocks.
+The loss follows the model's output: binary cross-entropy on a sigmoid unit (labels 0/1),
+categorical cross-entropy on a softmax (one-hot labels, as Keras' sparse variant has no label
+smoothing).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from imgclf.config import AugmentParams, MlflowParams, Paths, TrainParams
 from imgclf.io import atomic_dir, write_json, write_tsv
@@ -62,14 +66,15 @@ def run_train(
         distribution_strategy(params.strategy).scope(),
     ):
         tracking.log_run_context(logged, paths.root, manifests)
-        classifier = build_classifier(params, paths.pretrained_weights)
+        classifier = build_classifier(params, len(classes), paths.pretrained_weights)
         history = train_classifier(
             classifier, train, val, params, callbacks=[mlflow.keras.MlflowCallback()]
         )
         classifier.model.save(out / paths.model.name)
         write_tsv(out / paths.history.name, history, list(history[0]), delimiter=",")
         write_json(out / paths.mlflow_run.name, {"run_id": run.info.run_id})
-        tracking.log_classifier(classifier.model, load_images(train.files[:1], params.image_size))
+        example = load_images(train.files[:1], params.image_size)
+        tracking.log_classifier(classifier.model, example, classes)
     return TrainRun(run.info.run_id, len(train), len(val), history)
 
 
@@ -84,14 +89,36 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
-    """Inverse class frequency (n / (k * count_c)): 1.0 each for balanced classes."""
+    """Inverse class frequency (n / (k * count_c), k = classes present): 1.0 each when balanced."""
     if mode == "none":
         return None
-    classes, counts = np.unique(labels, return_counts=True)
-    return {
-        int(c): float(len(labels) / (len(classes) * n))
-        for c, n in zip(classes, counts, strict=True)
-    }
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+def loss_targets(labels: np.ndarray, units: int) -> np.ndarray:
+    """What the loss compares with a model of `units` outputs: the label itself for one sigmoid
+    unit, a one-hot row for a softmax."""
+    if units == 1:
+        return labels.astype("float32")
+    return keras.utils.to_categorical(labels, units).astype("float32")
+
+
+def loss_and_accuracy(
+    units: int, label_smoothing: float
+) -> tuple[keras.losses.Loss, keras.metrics.Metric]:
+    """The loss for a model of `units` outputs, and its accuracy metric (always logged as
+    `accuracy`, so the history keeps `val_accuracy`)."""
+    if units == 1:
+        return (
+            keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+        )
+    return (
+        keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        keras.metrics.CategoricalAccuracy(name="accuracy"),
+    )
 
 
 class _LearningRateLogger(keras.callbacks.Callback):
@@ -120,15 +147,18 @@ def _fit(
     steps_per_epoch: int,
     schedule: str,
     patience: int,
+    label_smoothing: float,
     class_weight: dict[int, float] | None,
     callbacks: Sequence[keras.callbacks.Callback],
     initial_epoch: int = 0,
 ) -> list[dict[str, float]]:
-    """Compile with Adam + BCE, fit with early stopping, and end on the best val_loss weights."""
+    """Compile with Adam and the output's loss, fit with early stopping, and end on the best
+    val_loss weights."""
+    loss, accuracy = loss_and_accuracy(model.output_shape[-1], label_smoothing)
     model.compile(
         optimizer=keras.optimizers.Adam(_learning_rate(lr, schedule, epochs * steps_per_epoch)),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+        loss=loss,
+        metrics=[accuracy, keras.metrics.AUC(name="auc")],
     )
     with tempfile.TemporaryDirectory() as scratch:
         best = Path(scratch) / "best.weights.h5"
@@ -158,11 +188,11 @@ def _fit(
 
 
 def _feature_dataset(
-    features: np.ndarray, labels: np.ndarray, batch: int, seed: int | None
+    features: np.ndarray, targets: np.ndarray, batch: int, seed: int | None
 ) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype("float32")))
+    dataset = tf.data.Dataset.from_tensor_slices((features, targets))
     if seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -186,10 +216,14 @@ def augmentation(params: AugmentParams) -> keras.Sequential | None:
     return keras.Sequential([make() for wanted, make in candidates if wanted], name="augment")
 
 
-def _training_images(split: LabelledFiles, params: TrainParams) -> tf.data.Dataset:
+def _training_images(split: LabelledFiles, units: int, params: TrainParams) -> tf.data.Dataset:
     """Shuffled labelled batches, augmented when enabled."""
     dataset = image_dataset(
-        split.files, params.image_size, params.batch_size, split.labels, params.seed
+        split.files,
+        params.image_size,
+        params.batch_size,
+        loss_targets(split.labels, units),
+        params.seed,
     )
     augment = augmentation(params.augment)
     if augment is None:
@@ -226,14 +260,18 @@ def train_classifier(
             steps_per_epoch=steps,
             schedule=params.lr_schedule,
             patience=params.early_stopping_patience,
+            label_smoothing=params.label_smoothing,
             class_weight=weights,
             callbacks=callbacks,
             initial_epoch=initial_epoch,
         )
 
+    units = classifier.model.output_shape[-1]
     images = (
-        _training_images(train, params),
-        image_dataset(val.files, params.image_size, params.batch_size, val.labels),
+        _training_images(train, units, params),
+        image_dataset(
+            val.files, params.image_size, params.batch_size, loss_targets(val.labels, units)
+        ),
     )
     backbone, head = classifier.backbone, classifier.head
     if backbone is None or head is None:
@@ -242,7 +280,7 @@ def train_classifier(
     backbone.trainable = False
     if params.cache_features and not params.augment.enabled:
         history = fit(
-            head, _cached_features(backbone, train, val, params), params.lr, params.epochs
+            head, _cached_features(backbone, train, val, units, params), params.lr, params.epochs
         )
     else:
         history = fit(classifier.model, images, params.lr, params.epochs)
@@ -254,7 +292,11 @@ def train_classifier(
 
 
 def _cached_features(
-    backbone: keras.Model, train: LabelledFiles, val: LabelledFiles, params: TrainParams
+    backbone: keras.Model,
+    train: LabelledFiles,
+    val: LabelledFiles,
+    units: int,
+    params: TrainParams,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Extract the frozen backbone's features once; the head then trains in seconds per epoch."""
 
@@ -264,6 +306,13 @@ def _cached_features(
         return predict_batches(backbone, images, batches, f"features {name}")
 
     return (
-        _feature_dataset(features(train, "train"), train.labels, params.batch_size, params.seed),
-        _feature_dataset(features(val, "val"), val.labels, params.batch_size, None),
+        _feature_dataset(
+            features(train, "train"),
+            loss_targets(train.labels, units),
+            params.batch_size,
+            params.seed,
+        ),
+        _feature_dataset(
+            features(val, "val"), loss_targets(val.labels, units), params.batch_size, None
+        ),
     )

@@ -1,17 +1,25 @@
-"""Model tests: architectures as specified, augmentation only in training, every arch builds."""
+"""Model tests: architectures as specified, augmentation only in training, every arch builds
+for two classes (one sigmoid unit, or a softmax on request) and for more (a softmax)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import keras
 import numpy as np
 import pytest
 
-from imgclf.config import AugmentParams, TrainParams
+from imgclf.config import Arch, AugmentParams, TrainParams
 from imgclf.model.architectures import applications
 from imgclf.model.architectures.cnn import seed_cnn
-from imgclf.model.architectures.factory import build_classifier, load_classifier, unfreeze_top
+from imgclf.model.architectures.factory import (
+    Output,
+    build_classifier,
+    classifier_output,
+    load_classifier,
+    unfreeze_top,
+)
 from imgclf.model.training import augmentation
 
 
@@ -24,7 +32,7 @@ def _images(n: int = 4, size: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def test_seed_cnn_is_exactly_the_brief() -> None:
-    model = seed_cnn(224)
+    model = seed_cnn(224, 1, "sigmoid")
     described = [
         (type(layer).__name__, getattr(layer, "filters", None) or getattr(layer, "units", None))
         for layer in model.layers
@@ -51,7 +59,7 @@ def test_augmentation_changes_training_images_only() -> None:
 
 def test_saved_model_holds_no_augmentation() -> None:
     """Augmentation lives in the training pipeline, so no caller can trigger it at inference."""
-    model = build_classifier(_params(augment=AugmentParams(enabled=True))).model
+    model = build_classifier(_params(augment=AugmentParams(enabled=True)), 2).model
     random_layers = [
         layer for layer in _all_layers(model) if type(layer).__name__.startswith("Random")
     ]
@@ -65,19 +73,41 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [*model.layers, *(layer for group in nested for layer in group)]
 
 
-@pytest.mark.parametrize("arch", ["seed_cnn", "small_cnn", *applications.NAMES])
-def test_every_arch_maps_images_to_one_probability(arch: str) -> None:
+def test_head_auto_is_binary_for_two_classes_and_softmax_otherwise() -> None:
+    auto, softmax = _params(), _params(head="softmax")
+    assert classifier_output(auto, 2) == Output(1, "sigmoid")
+    assert classifier_output(softmax, 2) == Output(2, "softmax")
+    assert classifier_output(auto, 3) == classifier_output(softmax, 3) == Output(3, "softmax")
+    with pytest.raises(ValueError, match="at least two classes"):
+        classifier_output(auto, 1)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("arch", get_args(Arch))
+def test_every_arch_maps_images_to_class_probabilities(arch: str, n_classes: int) -> None:
     size = 32 if arch == "seed_cnn" else 64
-    classifier = build_classifier(_params(arch=arch, image_size=size, weights=None))
+    classifier = build_classifier(_params(arch=arch, image_size=size), n_classes)
     probabilities = np.asarray(classifier.model(_images(size=size), training=False))
-    assert probabilities.shape == (4, 1)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
+    if n_classes == 2:
+        assert probabilities.shape == (4, 1)  # P(second class), the binary model
+    else:
+        assert probabilities.shape == (4, n_classes)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert classifier.backbone is None  # random weights: nothing worth freezing
+
+
+@pytest.mark.parametrize("arch", ["seed_cnn", "small_cnn"])
+def test_softmax_head_gives_two_classes_two_columns(arch: str) -> None:
+    model = build_classifier(_params(arch=arch, image_size=32, head="softmax"), 2).model
+    probabilities = np.asarray(model(_images(size=32), training=False))
+    assert probabilities.shape == (4, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_pretrained_application_splits_backbone_and_head() -> None:
     params = _params(arch="mobilenet_v2", weights="imagenet")
-    classifier = build_classifier(params.model_copy(update={"weights": None}))
+    classifier = build_classifier(params.model_copy(update={"weights": None}), 3)
     assert classifier.backbone is None
     # With imagenet weights Keras would download them; build the split by hand on random ones.
     backbone = applications.application_backbone("mobilenet_v2", 64, None)
@@ -87,7 +117,7 @@ def test_pretrained_application_splits_backbone_and_head() -> None:
 
 
 def test_saved_classifier_gives_identical_outputs(tmp_path: Path) -> None:
-    model = build_classifier(_params()).model
+    model = build_classifier(_params(), 3).model
     images = _images()
     model.save(tmp_path / "model.keras")
     restored = load_classifier(tmp_path / "model.keras")

@@ -105,6 +105,25 @@ def test_backbone_matches_full_model_and_round_trips(pretrained, imagenet_224, t
     assert small.predict_on_batch(images[:, :192, :192]).shape == (2, 1280)
 
 
+@pytest.mark.parametrize(("n_classes", "units"), [(2, 1), (3, 3)])
+def test_pretrained_classifier_for_k_classes_keeps_the_ported_backbone(
+    pretrained, n_classes: int, units: int
+):
+    from imgclf.config import TrainParams
+    from imgclf.model.architectures.factory import build_classifier
+
+    params = TrainParams(arch="efficientnet_lite0", weights="imagenet", image_size=64)
+    classifier = build_classifier(params, n_classes, pretrained[0])
+    assert classifier.head is not None and classifier.head.output_shape == (None, units)
+    images = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    ported = load_pretrained_backbone(pretrained[0], 64)
+    np.testing.assert_array_equal(
+        classifier.backbone.predict_on_batch(images), ported.predict_on_batch(images)
+    )
+    probabilities = classifier.model.predict_on_batch(images)
+    assert probabilities.shape == (2, units)
+
+
 # ---------------------------------------------------------------- real photos
 
 

@@ -1,8 +1,10 @@
-"""Training on generated images: it learns, keeps the best epoch, freezes what it should."""
+"""Training on generated images: it learns, keeps the best epoch, freezes what it should, for two
+classes (one sigmoid unit, binary cross-entropy) and for three (softmax, categorical)."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import keras
@@ -13,21 +15,35 @@ from PIL import Image
 from imgclf.config import FineTuneParams, MlflowParams, Paths, TrainParams
 from imgclf.io import read_json, write_tsv
 from imgclf.model.architectures.cnn import small_cnn_backbone
-from imgclf.model.architectures.factory import Classifier, binary_head, build_classifier
+from imgclf.model.architectures.factory import (
+    Classifier,
+    build_classifier,
+    classifier_head,
+    classifier_output,
+)
 from imgclf.model.dataset import LabelledFiles
-from imgclf.model.training import class_weights, run_train, set_seeds, train_classifier
+from imgclf.model.inference import predict_probabilities
+from imgclf.model.training import (
+    class_weights,
+    loss_and_accuracy,
+    loss_targets,
+    run_train,
+    set_seeds,
+    train_classifier,
+)
 
 SIZE = 32
+TINTS = (0, 2, 1)  # the colour channel that marks each class: reddish, bluish, greenish
 
 
-def _write_images(folder: Path, n_per_class: int, seed: int) -> LabelledFiles:
-    """Class 0: noisy reddish images; class 1: noisy bluish ones. Easy, not trivial."""
+def _write_images(folder: Path, n_per_class: int, seed: int, n_classes: int = 2) -> LabelledFiles:
+    """Class c: noisy images tinted by channel TINTS[c]. Easy, not trivial."""
     rng = np.random.default_rng(seed)
     files, labels = [], []
-    for label in (0, 1):
+    for label in range(n_classes):
         for i in range(n_per_class):
             pixels = rng.integers(0, 160, (SIZE, SIZE, 3))
-            pixels[..., 0 if label == 0 else 2] += 90
+            pixels[..., TINTS[label]] += 90
             path = folder / f"{label}_{seed}_{i}.png"
             Image.fromarray(pixels.astype("uint8")).save(path)
             files.append(str(path))
@@ -35,10 +51,17 @@ def _write_images(folder: Path, n_per_class: int, seed: int) -> LabelledFiles:
     return LabelledFiles(files, np.array(labels, dtype="int32"))
 
 
-@pytest.fixture(scope="module")
-def splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[LabelledFiles, LabelledFiles]:
+@pytest.fixture(scope="module", params=[2, 3], ids=["2 classes", "3 classes"])
+def splits(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LabelledFiles, LabelledFiles]:
     folder = tmp_path_factory.mktemp("images")
-    return _write_images(folder, 24, seed=1), _write_images(folder, 8, seed=2)
+    n_classes = request.param
+    return _write_images(folder, 24, 1, n_classes), _write_images(folder, 8, 2, n_classes)
+
+
+def _n_classes(split: LabelledFiles) -> int:
+    return int(split.labels.max()) + 1
 
 
 def _params(**overrides: object) -> TrainParams:
@@ -53,28 +76,60 @@ def test_class_weights_balance_unequal_classes() -> None:
     assert class_weights(np.array([0, 0, 1]), "none") is None
 
 
+def test_class_weights_balance_three_unequal_classes() -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [2])
+    weights = class_weights(labels, "auto")
+    assert weights == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})
+    # Every class then weighs the same in the loss: n / k.
+    totals = [weights[c] * np.sum(labels == c) for c in range(3)]
+    assert totals == pytest.approx([10 / 3] * 3)
+
+
+def test_sigmoid_unit_trains_on_labels_softmax_on_one_hot_rows() -> None:
+    labels = np.array([0, 2, 1], dtype="int32")
+    np.testing.assert_array_equal(loss_targets(labels[:1], 1), [0.0])
+    one_hot = loss_targets(labels, 3)
+    np.testing.assert_array_equal(one_hot, [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    assert one_hot.dtype == np.float32
+    loss, accuracy = loss_and_accuracy(1, 0.0)
+    assert isinstance(loss, keras.losses.BinaryCrossentropy) and accuracy.name == "accuracy"
+    loss, accuracy = loss_and_accuracy(2, 0.0)  # two classes with `head: softmax`
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy) and accuracy.name == "accuracy"
+
+
+@pytest.mark.parametrize("units", [1, 3])
+def test_label_smoothing_changes_the_loss(units: int) -> None:
+    labels = np.array([0, 1, 0], dtype="int32") if units == 1 else np.array([0, 2, 1], "int32")
+    truth = loss_targets(labels, units)
+    confident = np.clip(truth, 0.01, 0.99)  # right and sure of it
+    plain = float(loss_and_accuracy(units, 0.0)[0](truth, confident))
+    smoothed = float(loss_and_accuracy(units, 0.2)[0](truth, confident))
+    assert np.isfinite(plain) and smoothed > plain  # smoothing penalises over-confidence
+
+
 def test_from_scratch_training_learns_and_keeps_the_best_epoch(splits) -> None:
     train, val = splits
     set_seeds(0)
-    classifier = build_classifier(_params())
+    classifier = build_classifier(_params(), _n_classes(train))
     history = train_classifier(classifier, train, val, _params())
     assert [row["epoch"] for row in history] == list(range(len(history)))
     assert {"loss", "val_loss", "accuracy", "val_accuracy", "lr"} <= history[0].keys()
     model = classifier.model
-    model.compile(loss="binary_crossentropy")
+    units = model.output_shape[-1]
+    model.compile(loss=loss_and_accuracy(units, 0.0)[0])
     images = np.stack([np.asarray(Image.open(f), "float32") / 255 for f in val.files])
-    val_loss = model.evaluate(images, val.labels.astype("float32"), verbose=0, return_dict=True)[
-        "loss"
-    ]
+    truth = loss_targets(val.labels, units)
+    val_loss = model.evaluate(images, truth, verbose=0, return_dict=True)["loss"]
     # The weights kept are the best epoch's, not the last one's.
     assert val_loss == pytest.approx(min(row["val_loss"] for row in history), rel=1e-3)
     assert history[-1]["lr"] < history[0]["lr"]  # cosine schedule decays
 
 
-def _pretrained_like(params: TrainParams) -> Classifier:
+def _pretrained_like(params: TrainParams, n_classes: int) -> Classifier:
     """A small backbone standing in for a pretrained one (no downloads in tests)."""
     backbone = small_cnn_backbone(SIZE, widths=(8, 16))
-    head = binary_head(backbone.output_shape[-1], params.dropout)
+    output = classifier_output(params, n_classes)
+    head = classifier_head(backbone.output_shape[-1], output, params.dropout)
     inputs = keras.Input((SIZE, SIZE, 3))
     return Classifier(keras.Model(inputs, head(backbone(inputs))), backbone, head)
 
@@ -86,7 +141,7 @@ def _backbone_weights(classifier: Classifier) -> list[np.ndarray]:
 def test_cached_feature_training_leaves_the_backbone_untouched(splits) -> None:
     train, val = splits
     params = _params(epochs=3)
-    classifier = _pretrained_like(params)
+    classifier = _pretrained_like(params, _n_classes(train))
     before = _backbone_weights(classifier)
     train_classifier(classifier, train, val, params)
     for old, new in zip(before, _backbone_weights(classifier), strict=True):
@@ -96,7 +151,7 @@ def test_cached_feature_training_leaves_the_backbone_untouched(splits) -> None:
 def test_fine_tuning_changes_only_the_top_of_the_backbone(splits) -> None:
     train, val = splits
     params = _params(epochs=2, fine_tune=FineTuneParams(blocks=2, epochs=2, lr=1e-3))
-    classifier = _pretrained_like(params)
+    classifier = _pretrained_like(params, _n_classes(train))
     layers = [layer for layer in classifier.backbone.layers if layer.weights]
     before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers}
     history = train_classifier(classifier, train, val, params)
@@ -120,7 +175,7 @@ def _write_manifests(paths: Paths, classes: list[str]) -> None:
     for seed, name in enumerate(("train", "val", "test")):
         folder = paths.root / "images" / name
         folder.mkdir(parents=True)
-        split = _write_images(folder, 8, seed)
+        split = _write_images(folder, 8, seed, len(classes))
         rows = [
             {"path": str(Path(f).relative_to(paths.root)), "label": classes[label]}
             for f, label in zip(split.files, split.labels, strict=True)
@@ -128,28 +183,37 @@ def _write_manifests(paths: Paths, classes: list[str]) -> None:
         write_tsv(paths.split_manifest(name), rows, ("path", "label"))
 
 
+@pytest.mark.parametrize(
+    ("classes", "units"), [(["cat", "dog"], 1), (["cat", "dog", "fox"], 3)], ids=["2", "3"]
+)
 def test_run_train_writes_the_stage_outputs_into_one_mlflow_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, classes: list[str], units: int
 ) -> None:
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     paths = Paths(tmp_path / "project")
     mlflow_params = MlflowParams(artifact_location=str(tmp_path / "mlartifacts"), experiment="t")
-    classes = ["cat", "dog"]
     _write_manifests(paths, classes)
 
     result = run_train(paths, _params(epochs=2), classes, mlflow_params)
 
-    assert (result.train_images, result.val_images) == (16, 16)
+    n_images = 8 * len(classes)
+    assert (result.train_images, result.val_images) == (n_images, n_images)
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) for row in result.history)
     assert read_json(paths.mlflow_run) == {"run_id": result.run_id}
     with open(paths.history, newline="") as fh:
         written = list(csv.DictReader(fh))
     assert [float(row["val_loss"]) for row in written] == [r["val_loss"] for r in result.history]
     assert result.best_epoch["val_loss"] == min(r["val_loss"] for r in result.history)
     model = keras.models.load_model(paths.model)
-    assert model.output_shape == (None, 1)
+    assert model.output_shape == (None, units)
+    files = sorted(str(f) for f in (paths.root / "images" / "test").iterdir())
+    probabilities = predict_probabilities(model, files, batch_size=8, desc="")
+    assert probabilities.shape == (len(files), len(classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     run = MlflowClient(tracking_uri=uri).get_run(result.run_id)
     assert run.data.params["train.arch"] == "small_cnn"
     # Only the sections the run received (Keras' callback adds undotted optimizer_* params).
@@ -157,6 +221,9 @@ def test_run_train_writes_the_stage_outputs_into_one_mlflow_run(
     assert sections == {"download", "train"}
     assert run.data.params["download.classes"] == str(classes)
     assert {"git_commit", "data_version"} <= run.data.tags.keys()
+    assert json.loads(run.data.tags["classes"]) == classes
+    logged_model = mlflow.models.get_model_info(f"runs:/{result.run_id}/model")
+    assert logged_model.metadata == {"classes": classes}
     assert "val_loss" in run.data.metrics
     logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(result.run_id)}
     assert "model" in logged

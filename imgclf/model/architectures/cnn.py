@@ -5,8 +5,11 @@ from __future__ import annotations
 import keras
 
 
-def seed_cnn(image_size: int) -> keras.Sequential:
+def seed_cnn(image_size: int, units: int, activation: str) -> keras.Sequential:
     """The brief's CNN, layer for layer: Conv32→Conv64→Conv128 → Flatten → Dense128→64→1.
+
+    The brief ends in one sigmoid unit (two classes); `units` and `activation` are the output
+    the factory chooses for the class count (`factory.classifier_output`).
 
     Not the default: with Flatten at 224 px its Dense(128) holds 44 M of 44.4 M parameters,
     so it is slow on CPU and overfits a few thousand photos (see README).
@@ -23,7 +26,7 @@ def seed_cnn(image_size: int) -> keras.Sequential:
             layers.Flatten(),
             layers.Dense(128, activation="relu"),
             layers.Dense(64, activation="relu"),
-            layers.Dense(1, activation="sigmoid"),
+            layers.Dense(units, activation=activation),
         ],
         name="seed_cnn",
     )

@@ -1,9 +1,11 @@
-"""One entry point from `train.arch` to a classifier: [0, 1] image in, P(class 1) out."""
+"""One entry point from `train.arch` to a classifier: [0, 1] image in, class probabilities out
+(one sigmoid unit = P(second class) for a binary model, else a softmax over the K classes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import keras
 
@@ -25,13 +27,31 @@ class Classifier:
     head: keras.Model | None = None
 
 
-def binary_head(features: int, dropout: float) -> keras.Sequential:
-    """Pooled features -> probability of class index 1."""
+@dataclass(frozen=True)
+class Output:
+    """A classifier's last layer: its width and activation."""
+
+    units: int
+    activation: Literal["sigmoid", "softmax"]
+
+
+def classifier_output(params: TrainParams, n_classes: int) -> Output:
+    """`head: auto` keeps the binary model for two classes (one sigmoid unit, P(second class));
+    more classes, or `head: softmax`, get a softmax with one unit per class."""
+    if n_classes < 2:
+        raise ValueError(f"a classifier needs at least two classes, got {n_classes}")
+    if params.head == "auto" and n_classes == 2:
+        return Output(1, "sigmoid")
+    return Output(n_classes, "softmax")
+
+
+def classifier_head(features: int, output: Output, dropout: float) -> keras.Sequential:
+    """Pooled features -> class probabilities."""
     return keras.Sequential(
         [
             keras.Input((features,), name="features"),
             keras.layers.Dropout(dropout),
-            keras.layers.Dense(1, activation="sigmoid", name="probability"),
+            keras.layers.Dense(output.units, activation=output.activation, name="probability"),
         ],
         name="head",
     )
@@ -49,13 +69,17 @@ def _backbone(params: TrainParams, pretrained_weights: Path | None) -> keras.Mod
     return applications.application_backbone(params.arch, params.image_size, params.weights)
 
 
-def build_classifier(params: TrainParams, pretrained_weights: Path | None = None) -> Classifier:
-    """The classifier for `params.arch`: [0, 1] images in, probability of class 1 out."""
+def build_classifier(
+    params: TrainParams, n_classes: int, pretrained_weights: Path | None = None
+) -> Classifier:
+    """The classifier for `params.arch` and `n_classes`: [0, 1] images in, class probabilities
+    out (`classifier_output`)."""
+    output = classifier_output(params, n_classes)
     if params.arch == "seed_cnn":
-        return Classifier(cnn.seed_cnn(params.image_size))
+        return Classifier(cnn.seed_cnn(params.image_size, output.units, output.activation))
     inputs = keras.Input((params.image_size, params.image_size, 3), name="image")
     backbone = _backbone(params, pretrained_weights)
-    head = binary_head(backbone.output_shape[-1], params.dropout)
+    head = classifier_head(backbone.output_shape[-1], output, params.dropout)
     model = keras.Model(inputs, head(backbone(inputs)), name=f"{params.arch}_classifier")
     if params.arch not in PRETRAINED_ARCHS or params.weights is None:
         return Classifier(model)  # nothing worth freezing: train end to end
