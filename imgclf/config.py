@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,7 +24,8 @@ class _Section(BaseModel):
 class DownloadParams(_Section):
     source: str
     sha256: str | None = None
-    classes: list[str] = Field(min_length=2)
+    # K >= 2 class names (label index = position), or `auto`: the source's class folders, sorted
+    classes: Annotated[list[str], Field(min_length=2)] | Literal["auto"]
     max_per_class: int | None = Field(default=None, ge=1)
     seed: int = 42
     s3_endpoint_url: str | None = None
@@ -33,6 +34,11 @@ class DownloadParams(_Section):
     max_pixels: int = Field(default=40_000_000, ge=1)
     min_side: int = Field(default=32, ge=1)
     workers: int = Field(default=0, ge=0)
+    # Caps on what one source's archives (nested ones counted together) may extract to.
+    max_archive_bytes: int = Field(default=10_000_000_000, ge=1)  # uncompressed
+    max_members: int = Field(default=200_000, ge=1)
+    max_ratio: float = Field(default=100.0, ge=1)  # uncompressed / compressed, per member and all
+    max_depth: int = Field(default=32, ge=1)  # path components of a member's name
 
 
 class DedupeParams(_Section):
@@ -96,6 +102,9 @@ class TrainParams(_Section):
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     early_stopping_patience: int = Field(default=5, ge=1)
     dropout: float = Field(default=0.2, ge=0, lt=1)
+    # auto: one sigmoid unit (P(second class)) for two classes, a softmax over K for more
+    head: Literal["auto", "softmax"] = "auto"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)  # targets pulled toward uniform
     class_weights: Literal["auto", "none"] = "auto"
     cache_features: bool = True  # frozen pretrained backbone + no augmentation: extract once
     strategy: Literal["default", "mirrored"] = "default"
@@ -105,10 +114,11 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    threshold: float = Field(default=0.5, gt=0, lt=1)
+    threshold: float = Field(default=0.5, gt=0, lt=1)  # two classes: P(second class) to predict it
     calibration_bins: int = Field(default=15, ge=2)
     misclassified_grid: int = Field(default=16, ge=0)  # worst test mistakes drawn in a grid
     batch_size: int = Field(default=64, ge=1)
+    top_k: int = Field(default=3, ge=1)  # top_{k}_accuracy, reported when there are more classes
 
 
 class MlflowParams(_Section):
