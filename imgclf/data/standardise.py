@@ -14,6 +14,10 @@ as lossless PNG (prediction: the pixels the model sees are exactly the decoded o
 
 Safety comes first: the size is read from the header and checked against `max_pixels` BEFORE
 any pixel is decoded, so a bomb is never decoded (Pillow's own guard stays as a backstop).
+Decoding is strict: a truncated file is rejected (Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` stays
+off: nothing in the project turns it on), and a JPEG is rejected on any libjpeg warning (garbage in
+the scan, a header larger than its data), which libjpeg would otherwise paper over with made-up
+pixels and Pillow would never report.
 Multi-frame images (animated GIF/PNG/WebP, multi-page TIFF) are rejected rather than reduced to
 their first frame: a first frame is often blank or a title card, and a label may describe the
 motion. MPO files (phone JPEGs with an embedded preview) are not animations: their primary image
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 _ORIENTATION = 0x0112  # EXIF tag
@@ -37,6 +42,7 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 # Pillow modes holding more than 8 bits per channel; 16-bit RGB(A) PNGs open as 8-bit modes
 # and are recognised from their header instead.
 _HIGH_BIT_MODES = _SIXTEEN_BIT_MODES | {"F", "I;16S", "I;32", "I;32L", "I;32B"}
+_JPEG_FORMATS = {"JPEG", "MPO"}  # MPO: a JPEG stream first (the primary image), then previews
 
 # Pillow's complaints about a damaged file ("Corrupt EXIF data", "Truncated File Read", a
 # decompression bomb over our own limit, ...) add nothing to the Reason `standardise` gives, and
@@ -98,6 +104,8 @@ def standardise(data: bytes, limits: Limits, *, jpeg_quality: int | None = None)
     image = _open(data, limits.max_pixels)
     try:
         _check_header(image, limits)
+        if image.format in _JPEG_FORMATS:
+            _decode_jpeg_strictly(data)
         return _clean(image, data, jpeg_quality)
     except ImageRejected:
         raise
@@ -155,6 +163,21 @@ def _check_header(image: Image.Image, limits: Limits) -> None:
         raise ImageRejected(Reason.TOO_SMALL, f"{width}x{height} < min_side {limits.min_side}")
 
 
+def _decode_jpeg_strictly(data: bytes) -> None:
+    """Decode every entropy-coded block with libjpeg's warnings as errors. On damaged data
+    libjpeg warns and goes on ("Corrupt JPEG data: N extraneous bytes before marker", "premature
+    end of data segment" when the header claims more rows than the data holds, then gray rows),
+    and Pillow discards its warnings; simplejpeg's strict mode raises them. At the smallest DCT
+    scale (1/8) and in gray: every block is still read, but no full-size IDCT or colour
+    conversion is done for a check."""
+    try:
+        # The smallest scale that keeps one pixel a side: 1/8.
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, strict=True)
+    except ValueError as exc:
+        truncated = str(exc).startswith("Premature end of JPEG file")
+        raise ImageRejected(Reason.TRUNCATED if truncated else Reason.CORRUPT, exc) from exc
+
+
 def _high_bit_depth(image: Image.Image) -> bool:
     """Over 8 bits a channel; 16-bit RGB(A) PNGs open as 8-bit modes, so their header says it."""
     if image.mode in _HIGH_BIT_MODES:
@@ -182,7 +205,7 @@ def _clean(image: Image.Image, data: bytes, jpeg_quality: int | None) -> Standar
     fmt = image.format or "unknown"
     progressive = bool(image.info.get("progressive") or image.info.get("progression"))
     if fmt == "JPEG" and image.mode == "RGB" and not progressive and exif_orientation(image) == 1:
-        return _passed_on(image, data)
+        return Standardised(data, *image.size, ())  # clean, and known to decode (strictly)
     changes = [] if fmt == "JPEG" else [fmt.lower()]
     if progressive:
         changes.append("progressive")
@@ -196,16 +219,6 @@ def _clean(image: Image.Image, data: bytes, jpeg_quality: int | None) -> Standar
     image, mode_changes = to_rgb(image)
     encoded = _encode(image, jpeg_quality, icc if keep_icc else None)
     return Standardised(encoded, *image.size, (*changes, *mode_changes))
-
-
-def _passed_on(image: Image.Image, data: bytes) -> Standardised:
-    """An already clean JPEG: its own bytes, once its pixels are known to decode. Every
-    entropy-coded block is decoded (truncation and corruption fail as at full size), but at 1/8
-    scale, skipping the full-size IDCT and colour conversion that nothing would use."""
-    width, height = image.size
-    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-    image.load()
-    return Standardised(data, width, height, ())
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
