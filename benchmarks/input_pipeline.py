@@ -39,7 +39,7 @@ def main() -> None:
     )
     files = sorted(glob.glob(f"{photos}/*/*.jpg"))[: args.images]
     params = TrainParams(arch=args.arch, image_size=args.size, weights=None)
-    classifier = build_classifier(params)
+    classifier = build_classifier(params, 2)
     model = classifier.backbone or classifier.model
 
     from_files = image_dataset(files, args.size, args.batch_size)

@@ -36,7 +36,7 @@ def build_model(arch: str, size: int):
     from imgclf.config import TrainParams
     from imgclf.model.architectures.factory import build_classifier
 
-    return build_classifier(TrainParams(arch=arch, weights=None, image_size=size)).model
+    return build_classifier(TrainParams(arch=arch, weights=None, image_size=size), 2).model
 
 
 def register(tmp: Path, arch: str, size: int):
@@ -49,7 +49,7 @@ def register(tmp: Path, arch: str, size: int):
     params = MlflowParams(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench")
     model = build_model(arch, size)
     with open_run(params, tmp) as run:
-        log_classifier(model, np.zeros((1, size, size, 3), "float32"))
+        log_classifier(model, np.zeros((1, size, size, 3), "float32"), ["cat", "dog"])
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", NAME).version
     MlflowClient(params.tracking_uri).set_registered_model_alias(NAME, "champion", version)
     return model, params.tracking_uri
