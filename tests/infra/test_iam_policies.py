@@ -266,6 +266,23 @@ def test_instance_role_reads_only_its_prefixes_and_writes_only_imgclf_logs() -> 
     assert metrics["Condition"]["StringLike"]["cloudwatch:namespace"] == ["imgclf", "imgclf/*"]
 
 
+def test_only_the_deploy_role_records_the_release_new_instances_boot() -> None:
+    """/imgclf/deploy/production names the commit, image digest and bundle sha256 a new instance
+    checks before it runs anything: CI writes only that prefix, an instance only reads."""
+    parameters = "arn:aws:ssm:${AWS_REGION}:${AWS_ACCOUNT_ID}:parameter/imgclf"
+    ci = load("ci-deploy-policy.json")
+    assert resources_of(ci, "ssm:PutParameter") == {f"{parameters}/deploy/*"}
+    instance = load("instance-role-policy.json")
+    assert f"{parameters}/*" in resources_of(instance, "ssm:GetParameter")
+    writes = {
+        a
+        for s in instance["Statement"]
+        for a in as_list(s["Action"])
+        if a.startswith(("ssm:Put", "ssm:Delete", "ssm:Label", "ssm:AddTags"))
+    }
+    assert writes == set()
+
+
 def test_replication_writes_only_the_backup_and_never_deletes() -> None:
     """The backup must survive a deletion (or a compromise) in the primary bucket."""
     policy = load("s3-replication-policy.json")

@@ -6,11 +6,17 @@ Each release is a tiny Python HTTP server (written into tmp_path) that answers e
 printing to stderr ("crash"). Every fake writes its pid into pids/<version>, so the tests can say
 which version is alive and the fixture kills whatever is left. The docker runtime is exercised
 with a fake `docker` on PATH that records its arguments and runs the same fake servers.
+
+The way a deploy reaches a host is run too: deploy.yml's upload step puts the bundle into a real
+S3 API (moto on loopback) with the real AWS CLI, and its HOST_SCRIPT fetches, checks and runs it
+with `sh`, as SSM would, against the same fake host.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import shlex
@@ -18,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -26,10 +33,15 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.support.helpers import REPO_ROOT, free_port, program
+from tests.support.s3_server import MotoServer
 
 RELEASE = REPO_ROOT / "deploy" / "release.sh"
+DEPLOY_JOB = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "deploy.yml").read_text())[
+    "jobs"
+]["deploy"]
 HEALTH_TIMEOUT = 3  # seconds: long enough for a fake to start, short enough for the 503 cases
 
 FAKE_SERVICE = """
@@ -423,7 +435,16 @@ def test_env_file_is_read_but_never_run_and_the_environment_wins(host: Host) -> 
 
 @pytest.mark.parametrize(
     ("args", "env"),
-    [((), {}), (("a", "b"), {}), (("--bogus",), {}), (("x",), {"IMGCLF_RUNTIME": "podman"})],
+    [
+        ((), {}),
+        (("a", "b"), {}),
+        (("--bogus",), {}),
+        (("x",), {"IMGCLF_RUNTIME": "podman"}),
+        (("--rollback", "x"), {}),
+        (("--deploy-id",), {}),
+        (("--deploy-id", "a b", "x"), {}),  # recorded in files and logs: a plain word only
+        (("--status", "--deploy-id", "d1"), {}),
+    ],
 )
 def test_usage_and_config_errors_exit_2(host: Host, args: tuple[str, ...], env: dict) -> None:
     result = host.release(*args, **env)
@@ -485,3 +506,142 @@ def test_shellcheck_passes_on_the_deploy_scripts() -> None:
     assert os.access(RELEASE, os.X_OK), "deploy/release.sh must stay executable (git mode 755)"
     result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_deploys_rollback_leaves_a_host_it_did_not_switch_alone(host: Host) -> None:
+    ok(host.release("--deploy-id", "d1", host.image("ok", "v1")))
+    assert host.release("--deploy-id", "d2", host.image("crash", "v2")).returncode == 1
+    serving = host.pid("v1")
+
+    result = ok(host.release("--rollback", "--deploy-id", "d2"))
+
+    assert "nothing to roll back: deploy d2 did not make the live release" in result.stdout
+    assert host.pid("v1") == serving and alive(serving)
+    assert host.status() == {
+        "active": "blue",
+        "current": host.image("ok", "v1"),
+        "previous": "",
+        "deploy": "d1",
+    }
+
+
+# --- a deploy as it reaches a host: the bundle from S3, checked, then run --------------------
+
+
+@dataclass
+class Bundle:
+    """deploy/ as deploy.yml's upload step left it in S3, and the sha256 the step recorded."""
+
+    server: MotoServer
+    bucket: str
+    url: str
+    sha256: str
+
+    def on_host(self, host: Host, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """deploy.yml's HOST_SCRIPT as SSM runs it: by sh, as the lines after
+        `set -- BUNDLE_URL SHA256 ARGS...`, with the host's settings in the environment."""
+        script = f"set -- {shlex.join([self.url, self.sha256, *args])}\n"
+        script += DEPLOY_JOB["env"]["HOST_SCRIPT"]
+        return subprocess.run(
+            ["sh", "-c", script],
+            env={**host.env, **self.server.env(), "TMPDIR": str(host.root / "tmp"), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+@pytest.fixture
+def bundle(s3_server: MotoServer, host: Host) -> Bundle:
+    program("aws", "awscli")
+    (host.root / "tmp").mkdir()
+    bucket = s3_server.bucket("deploy")
+    url = f"s3://{bucket}/imgclf/0123abc/deploy.tar.gz"
+    output = host.root / "github-output"
+    (upload,) = [s for s in DEPLOY_JOB["steps"] if s.get("id") == "bundle"]
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", upload["run"]],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            **s3_server.env(),
+            "BUNDLE_URL": url,
+            "RUNNER_TEMP": str(host.root),
+            "GITHUB_OUTPUT": str(output),
+        },
+        check=True,
+        timeout=120,
+    )
+    sha256 = output.read_text().strip().removeprefix("sha256=")
+    return Bundle(s3_server, bucket, url, sha256)
+
+
+def test_the_upload_records_the_sha256_of_the_bundle_it_uploaded(bundle: Bundle) -> None:
+    key = bundle.url.removeprefix(f"s3://{bundle.bucket}/")
+    stored = bundle.server.client().get_object(Bucket=bundle.bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == bundle.sha256
+    with tarfile.open(fileobj=io.BytesIO(stored)) as archive:
+        script = archive.extractfile("deploy/release.sh")
+        assert script is not None and script.read() == RELEASE.read_bytes()
+
+
+def test_a_good_bundle_is_released_and_leaves_no_copy_behind(host: Host, bundle: Bundle) -> None:
+    result = bundle.on_host(host, "--deploy-id", "d1", host.image("ok", "v1"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert host.upstream_port() == host.blue and host.answer(host.blue) == "v1"
+    assert host.status()["deploy"] == "d1"
+    assert list((host.root / "tmp").iterdir()) == []  # a rollback fetches and checks it again
+
+
+def test_a_tampered_bundle_is_refused_before_anything_runs(host: Host, bundle: Bundle) -> None:
+    ok(bundle.on_host(host, "--deploy-id", "d1", host.image("ok", "v1")))
+    upstream_before = host.upstream.read_bytes()
+    # Someone who can write the bucket swaps release.sh for their own.
+    pwned = host.root / "pwned"
+    evil = f"#!/bin/sh\ntouch {shlex.quote(str(pwned))}\n".encode()
+    tampered = io.BytesIO()
+    with tarfile.open(fileobj=tampered, mode="w:gz") as archive:
+        entry = tarfile.TarInfo("deploy/release.sh")
+        entry.size, entry.mode = len(evil), 0o755
+        archive.addfile(entry, io.BytesIO(evil))
+    key = bundle.url.removeprefix(f"s3://{bundle.bucket}/")
+    bundle.server.client().put_object(Bucket=bundle.bucket, Key=key, Body=tampered.getvalue())
+
+    result = bundle.on_host(host, "--deploy-id", "d2", host.image("ok", "v2"))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"REFUSED: {bundle.url} has sha256 " in result.stderr
+    assert "nothing from it was run" in result.stderr
+    assert not pwned.exists()
+    assert not (host.pids / "v2").exists()
+    assert host.upstream.read_bytes() == upstream_before
+    assert host.answer(host.blue) == "v1" and host.status()["deploy"] == "d1"
+    assert list((host.root / "tmp").iterdir()) == []
+
+
+def test_rollback_reaches_a_host_whose_release_died_after_the_switch(
+    host: Host, bundle: Bundle
+) -> None:
+    """SSM reports such a host timed out, not successful: the host's own record must say that
+    deploy d2 switched it, and d2's rollback, sent to every host, must take it back."""
+    v1, v2 = host.image("ok", "v1"), host.image("ok", "v2")
+    ok(bundle.on_host(host, "--deploy-id", "d1", v1))
+    # release.sh is killed the moment nginx has reloaded onto v2 (SSM's execution timeout).
+    reload = f"{host.env['IMGCLF_RELOAD_CMD']} && kill -KILL $PPID"
+    died = bundle.on_host(host, "--deploy-id", "d2", v2, IMGCLF_RELOAD_CMD=reload)
+    assert died.returncode != 0
+    assert host.upstream_port() == host.green and host.answer(host.green) == "v2"
+    assert host.status() == {"active": "green", "current": v2, "previous": v1, "deploy": "d2"}
+
+    other = ok(bundle.on_host(host, "--rollback", "--deploy-id", "d3"))
+    assert "nothing to roll back" in other.stdout and host.upstream_port() == host.green
+
+    ok(bundle.on_host(host, "--rollback", "--deploy-id", "d2"))
+    assert host.upstream_port() == host.blue and host.answer(host.blue) == "v1"
+    assert not alive(host.pid("v2"))
+    assert host.status() == {"active": "blue", "current": v1, "previous": v2, "deploy": ""}
+
+    again = ok(bundle.on_host(host, "--rollback", "--deploy-id", "d2"))  # a retried command
+    assert "nothing to roll back" in again.stdout
+    assert host.upstream_port() == host.blue and host.answer(host.blue) == "v1"
