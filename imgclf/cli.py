@@ -98,7 +98,11 @@ def _one_line(error: Exception) -> str:
     show_default=True,
     help="CSV to write",
 )
-@click.option("--proba", is_flag=True, help="add a <class>_probability column")
+@click.option(
+    "--proba",
+    is_flag=True,
+    help="add the probabilities: <class>_probability (two classes), else a column per class",
+)
 @click.option(
     "--model",
     help="a .keras file, or an MLflow URI (models:/NAME@champion, runs:/ID/model); "
@@ -115,11 +119,12 @@ def predict(
     batch_size: int | None,
 ) -> None:
     """Batch prediction: INPUT, a folder (searched recursively) or a .zip/.tar archive of images,
-    to a submission CSV `id,label`. A file that is not a usable image is reported and skipped."""
+    to a CSV: a submission `id,label` for two classes, else `path,label,confidence`. A file that
+    is not a usable image is reported and skipped."""
     from imgclf.data.sources import SourceError
-    from imgclf.model.batch_predict import run_predict
+    from imgclf.model.batch_predict import ClassListMismatch, run_predict
 
-    with _reported(SourceError, OSError):  # FileNotFoundError is an OSError
+    with _reported(SourceError, OSError, ClassListMismatch):  # FileNotFoundError is an OSError
         summary = run_predict(
             project.paths,
             project.params,
@@ -139,10 +144,9 @@ def predict(
             f"(e.g. {summary.duplicate_ids[0]}); file names should be unique",
             err=True,
         )
-    negative, positive = summary.classes[:2]
+    counts = ", ".join(f"{n} {c}" for c, n in zip(summary.classes, summary.counts, strict=True))
     click.echo(
-        f"predict: {summary.rows} images -> {out} ({summary.positives} {positive}, "
-        f"{summary.rows - summary.positives} {negative}); skipped {len(summary.skipped)} "
+        f"predict: {summary.rows} images -> {out} ({counts}); skipped {len(summary.skipped)} "
         f"unreadable, ignored {summary.ignored} non-image files"
     )
 

@@ -1,9 +1,16 @@
 """Batch prediction over a folder or archive (`imgclf predict`): find images, standardise each
-one, predict, write a Kaggle submission CSV `id,label` (label 1 = classes[1]), optionally with
-`<classes[1]>_probability`.
+one, predict, write a CSV.
 
-The id is the numeric part of the file name (`123.jpg`, `cat.123.jpg` -> 123; other names keep
-their stem); rows are sorted by id, numbers first.
+Two classes: a Kaggle submission `id,label` (label 1 = classes[1]), optionally with
+`<classes[1]>_probability`. The id is the numeric part of the file name (`123.jpg`,
+`cat.123.jpg` -> 123; other names keep their stem); rows are sorted by id, numbers first.
+More classes: `path,label,confidence` (the path inside the input, the class name, its
+probability), optionally with one probability column per class named by the class; rows sorted
+by path.
+
+The class list is the model's own: an MLflow model's metadata `classes`, else its registry
+version's tag `classes`; a model that carries neither (a .keras file, or one logged before models
+recorded their classes) gets the project's list (`project_classes`).
 
 Every file goes through `imgclf.data.standardise`, the standardisation the download stage and the
 service use (EXIF rotation applied, CMYK/palette/alpha converted), so a phone photo reaches the
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import re
 import tempfile
@@ -33,8 +41,9 @@ from imgclf.config import Params, Paths
 from imgclf.data.listing import list_files
 from imgclf.data.sources import local_folder
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
+from imgclf.io import read_json
 from imgclf.model.decision import class_probabilities, predicted_indices
-from imgclf.model.inference import load_model, predict_probabilities
+from imgclf.model.inference import MLFLOW_URI_PREFIXES, load_model, predict_probabilities
 from imgclf.model.preprocess import decode_image
 
 # Files with these suffixes are candidates (and reported if unusable); others are ignored.
@@ -103,16 +112,81 @@ def standardised_inputs(
         yield usable, rejected
 
 
+class ClassListMismatch(ValueError):
+    """The model's probability columns and the class list it was given differ in number."""
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A loaded model and its classes, in the order of its probability columns."""
+
+    model: object
+    classes: tuple[str, ...]
+
+
+def project_classes(paths: Paths, params: Params) -> list[str]:
+    """The project's class list, for a model that carries none: the split stage's resolved list
+    (what train, evaluate and register use) once the pipeline has run, else download.classes."""
+    if paths.split_classes.is_file():
+        return read_json(paths.split_classes)
+    return params.download.classes
+
+
+def load_classifier(ref: str, fallback: Sequence[str]) -> Classifier:
+    """The model at `ref` (a .keras file or an MLflow URI) with the classes it carries, else
+    `fallback`. A registry alias is resolved to its version once, so the weights and the
+    classes come from the same version even if the alias moves meanwhile."""
+    uri, version_tags = _pinned(ref)
+    model = load_model(uri)
+    classes = tuple(_carried_classes(uri, version_tags) or fallback)
+    outputs = class_probabilities(np.zeros((0, model.output_shape[-1]), "float32")).shape[1]
+    if outputs != len(classes):
+        raise ClassListMismatch(
+            f"{ref} gives {outputs} class probabilities but the class list has "
+            f"{len(classes)}: {', '.join(classes)}"
+        )
+    return Classifier(model, classes)
+
+
+def _pinned(ref: str) -> tuple[str, dict[str, str]]:
+    """A `models:/NAME@alias` (or /latest) URI as `models:/NAME/VERSION` with that version's
+    tags; any other reference as it is, with no tags."""
+    if not ref.startswith("models:/"):
+        return ref, {}
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = MlflowClient()
+    found = get_model_name_and_version(client, ref)
+    if len(found) == 1:  # models:/<model id>: a logged model, no registry version
+        return ref, {}
+    name, version = found
+    return f"models:/{name}/{version}", client.get_model_version(name, version).tags
+
+
+def _carried_classes(uri: str, version_tags: dict[str, str]) -> list[str] | None:
+    """The classes an MLflow model carries: its metadata, else its version's tag (JSON list)."""
+    if not uri.startswith(MLFLOW_URI_PREFIXES):
+        return None
+    from mlflow.models import get_model_info
+
+    metadata = get_model_info(uri).metadata or {}
+    if "classes" in metadata:
+        return list(metadata["classes"])
+    return json.loads(version_tags["classes"]) if "classes" in version_tags else None
+
+
 def predict_decodable(
     model, images: Sequence[ModelInput], batch_size: int
 ) -> tuple[list[ModelInput], np.ndarray, list[tuple[Path, str]]]:
-    """The images THE preprocessing can decode with P(class 1) for each, and (source, reason)
-    for the rest. Pillow has read every file, but TensorFlow's JPEG decoder refuses some damaged
-    JPEGs that Pillow reads and `standardise` passes on as they are. Only after a failed run is
-    each file decoded on its own, so a clean folder costs nothing more."""
+    """The images THE preprocessing can decode with their (n, K) class probabilities (float64,
+    as the service's decision reads them), and (source, reason) for the rest. Pillow has read
+    every file, but TensorFlow's JPEG decoder refuses some damaged JPEGs that Pillow reads and
+    `standardise` passes on as they are. Only after a failed run is each file decoded on its
+    own, so a clean folder costs nothing more."""
     files = [image.file for image in images]
     try:
-        return list(images), predict_probabilities(model, files, batch_size)[:, 1], []
+        return list(images), _probabilities(model, files, batch_size), []
     except tf.errors.InvalidArgumentError:
         refused = [(image.source, _decoder_refuses(image.file)) for image in images]
         refused = [(source, reason) for source, reason in refused if reason]
@@ -121,7 +195,11 @@ def predict_decodable(
     sources = {source for source, _ in refused}
     usable = [image for image in images if image.source not in sources]
     files = [image.file for image in usable]
-    return usable, predict_probabilities(model, files, batch_size)[:, 1], refused
+    return usable, _probabilities(model, files, batch_size), refused
+
+
+def _probabilities(model, files: Sequence[Path], batch_size: int) -> np.ndarray:
+    return predict_probabilities(model, files, batch_size).astype(np.float64)
 
 
 def _decoder_refuses(file: Path) -> str:
@@ -146,34 +224,74 @@ def submission_order(item: tuple[int | str, str]) -> tuple[int, int, str, str]:
     return (0, ident, "", rel) if isinstance(ident, int) else (1, 0, ident, rel)
 
 
-def write_submission(
-    out: Path,
-    rows: Sequence[tuple[int | str, float]],
-    labels: np.ndarray,
+Row = list[int | str]  # one CSV line's cells; probabilities are already formatted
+
+
+def submission_table(
+    relative: Sequence[str],
+    probabilities: np.ndarray,
+    indices: np.ndarray,
     probability_column: str | None,
-) -> None:
-    """Write `id,label[,probability]` atomically; `labels`: the class index of each row."""
+) -> tuple[Row, list[Row]]:
+    """Two classes, Kaggle's format: `id,label[,probability]` with the class index as label and
+    P(second class), rows in submission order (ties: by relative path)."""
+    ids = [submission_id(rel) for rel in relative]
+    order = sorted(range(len(ids)), key=lambda i: submission_order((ids[i], relative[i])))
+    header: Row = ["id", "label"] + ([probability_column] if probability_column else [])
+    rows: list[Row] = [
+        [ids[i], int(indices[i])] + ([_number(probabilities[i, 1])] if probability_column else [])
+        for i in order
+    ]
+    return header, rows
+
+
+def class_table(
+    relative: Sequence[str],
+    probabilities: np.ndarray,
+    indices: np.ndarray,
+    classes: Sequence[str],
+    proba: bool,
+) -> tuple[Row, list[Row]]:
+    """More classes: `path,label,confidence` with the class name and its probability, then with
+    `proba` one probability column per class, named by the class; rows by path."""
+    header: Row = ["path", "label", "confidence"] + (list(classes) if proba else [])
+    rows: list[Row] = [
+        [relative[i], classes[indices[i]], _number(probabilities[i, indices[i]])]
+        + ([_number(p) for p in probabilities[i]] if proba else [])
+        for i in sorted(range(len(relative)), key=relative.__getitem__)
+    ]
+    return header, rows
+
+
+def _number(value: float) -> str:
+    return format(float(value), ".9g")
+
+
+def write_csv(out: Path, header: Row, rows: Sequence[Row]) -> None:
+    """Write the CSV atomically (a scratch file renamed into place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.with_name(f".{out.name}.tmp")
     with open(scratch, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", "label"] + ([probability_column] if probability_column else []))
-        for (ident, prob), label in zip(rows, labels, strict=True):
-            extra = [format(prob, ".9g")] if probability_column else []
-            writer.writerow([ident, int(label), *extra])
+        writer.writerow(header)
+        writer.writerows(rows)
     os.replace(scratch, out)
 
 
 @dataclass(frozen=True)
 class PredictSummary:
-    """What run_predict did. `rows == 0`: no usable image, so nothing was written."""
+    """What run_predict did. `rows == 0`: no usable image, so nothing was written (and no model
+    loaded: `classes` is empty)."""
 
     classes: tuple[str, ...]
-    rows: int
-    positives: int  # rows labelled classes[1]
+    counts: tuple[int, ...]  # rows predicted as each class, in class order
     skipped: tuple[tuple[Path, str], ...]  # (path relative to the input, reason)
     ignored: int  # files without an image suffix
     duplicate_ids: tuple[int | str, ...]  # ids of more than one file: the names should differ
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts)
 
 
 def run_predict(
@@ -187,10 +305,9 @@ def run_predict(
     proba: bool = False,
 ) -> PredictSummary:
     """Predict every usable image of `source` (a folder, searched recursively, or an archive) and
-    write the submission to `out`. `model`: a .keras file or an MLflow URI (default: train's
-    model); `batch_size` default: evaluate.batch_size. A file that cannot be used is skipped
-    with its reason. Raises SourceError or OSError (a missing input or model)."""
-    classes = tuple(params.download.classes)
+    write the CSV to `out`. `model`: a .keras file or an MLflow URI (default: train's model);
+    `batch_size` default: evaluate.batch_size. A file that cannot be used is skipped with its
+    reason. Raises SourceError or OSError (a missing input or model), ClassListMismatch."""
     with local_folder(source) as folder:
         found, ignored = list_files(folder, IMAGE_SUFFIXES)
         candidates = [folder / rel for rel in found]
@@ -198,43 +315,37 @@ def run_predict(
         limits = Limits(params.download.max_pixels)
         with standardised_inputs(candidates, limits) as (good, rejected):
             if good:
+                classifier = load_classifier(
+                    str(model or paths.model), project_classes(paths, params)
+                )
                 good, probabilities, refused = predict_decodable(
-                    load_model(model or paths.model),
-                    good,
-                    batch_size or params.evaluate.batch_size,
+                    classifier.model, good, batch_size or params.evaluate.batch_size
                 )
                 rejected = sorted([*rejected, *refused])
         skipped = tuple((path.relative_to(folder), reason) for path, reason in rejected)
         if not good:
-            return PredictSummary(classes, 0, 0, skipped, ignored, ())
+            return PredictSummary((), (), skipped, ignored, ())
         relative = [image.source.relative_to(folder).as_posix() for image in good]
 
-    rows = _submission_rows(relative, probabilities)
-    # THE decision rule's class index per row.
-    labels = predicted_indices(
-        class_probabilities(np.array([prob for _, prob in rows])), params.evaluate.threshold
-    )
-    write_submission(out, rows, labels, f"{classes[1]}_probability" if proba else None)
-    ids = Counter(ident for ident, _ in rows)
+    classes = classifier.classes
+    indices = predicted_indices(probabilities, params.evaluate.threshold)  # THE decision rule
+    binary = len(classes) == 2
+    if binary:
+        probability_column = f"{classes[1]}_probability" if proba else None
+        header, rows = submission_table(relative, probabilities, indices, probability_column)
+    else:
+        header, rows = class_table(relative, probabilities, indices, classes, proba)
+    write_csv(out, header, rows)
     return PredictSummary(
         classes=classes,
-        rows=len(rows),
-        positives=int(labels.sum()),
+        counts=tuple(np.bincount(indices, minlength=len(classes)).tolist()),
         skipped=skipped,
         ignored=ignored,
-        duplicate_ids=tuple(ident for ident, count in ids.items() if count > 1),
+        duplicate_ids=shared_ids(relative) if binary else (),
     )
 
 
-def _submission_rows(
-    relative: Sequence[str], probabilities: Sequence[float]
-) -> list[tuple[int | str, float]]:
-    """(id, probability) per file, in submission order (ties: by relative path)."""
-    rows = sorted(
-        (
-            (submission_id(rel), rel, float(prob))
-            for rel, prob in zip(relative, probabilities, strict=True)
-        ),
-        key=lambda row: submission_order(row[:2]),
-    )
-    return [(ident, prob) for ident, _, prob in rows]
+def shared_ids(relative: Sequence[str]) -> tuple[int | str, ...]:
+    """Submission ids that more than one file gets (`a/1.jpg`, `b/cat.1.jpg`)."""
+    ids = Counter(submission_id(rel) for rel in relative)
+    return tuple(ident for ident, count in ids.items() if count > 1)

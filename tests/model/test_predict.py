@@ -1,12 +1,15 @@
 """Batch prediction, `imgclf predict`: ids, standardisation and bad files, archives,
-the installed command, and equality with evaluate."""
+the installed command, equality with evaluate, and the class list a model carries (two classes:
+Kaggle's submission; more: `path,label,confidence`)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +19,25 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from imgclf.cli import cli
-from imgclf.config import EvaluateParams, Paths
+from imgclf.config import PARAMS_FILE, EvaluateParams, Paths
 from imgclf.data.standardise import Limits, standardise
 from imgclf.evaluation.report import run_evaluate
-from imgclf.io import read_tsv, write_tsv
+from imgclf.io import read_tsv, write_json, write_tsv
 from imgclf.model.batch_predict import standardised_inputs, submission_id
+from imgclf.model.inference import load_model, predict_probabilities
 from imgclf.model.preprocess import decode_image
-from tests.support.helpers import imgclf_command, tiny_model
+from tests.support.helpers import Registry, imgclf_command, mlflow_uris, tiny_model
 from tests.support.photos import brighter_half_on_top, encode, stored_with_tag, upright_detector
 
 CLASSES = ["cat", "dog"]
+THREE = ["bird", "cat", "dog"]
 
 
-def predict(*args: str | Path) -> Result:
-    """`imgclf predict ARGS` in-process; an exception is raised, not read as exit status 1."""
-    return CliRunner().invoke(cli, ["predict", *map(str, args)], catch_exceptions=False)
+def predict(*args: str | Path, params: Path = PARAMS_FILE) -> Result:
+    """`imgclf --params PARAMS predict ARGS` in-process; an exception is raised, not read as
+    exit status 1."""
+    args = ["--params", str(params), "predict", *map(str, args)]
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def write_image(path: Path, seed: int, fmt: str = "JPEG") -> None:
@@ -273,3 +280,114 @@ def test_evaluate_and_predict_give_the_same_probabilities(
     assert len(set(predicted.values())) > 1  # the model does tell the photos apart
     for name, probability in evaluated.items():
         assert predicted[submission_id(name)] == pytest.approx(probability, abs=1e-6), name
+
+
+def test_two_classes_keep_todays_submission_byte_for_byte(
+    folder: Path, model_file: Path, tmp_path: Path
+) -> None:
+    """Kaggle's format exactly: `id,label[,dog_probability]`, the class index as label, the
+    probability printed to 9 significant digits, Unix newlines, rows by id."""
+    files = {
+        "1": "sub/deeper/dog.1.png",
+        "2": "sub/cat.2.jpg",
+        "10": "10.jpg",
+        "photo": "sub/photo.jpg",
+    }
+    model = load_model(model_file)
+    dog = predict_probabilities(model, [folder / f for f in files.values()], 4)[:, 1]
+    lines = [f"{ident},{int(p >= 0.5)},{float(p):.9g}" for ident, p in zip(files, dog, strict=True)]
+    out = tmp_path / "submission.csv"
+    assert predict(folder, "--out", out, "--model", model_file, "--proba").exit_code == 0
+    assert out.read_bytes() == "\n".join(["id,label,dog_probability", *lines, ""]).encode()
+    assert predict(folder, "--out", out, "--model", model_file).exit_code == 0
+    plain = [line.rsplit(",", 1)[0] for line in lines]
+    assert out.read_bytes() == "\n".join(["id,label", *plain, ""]).encode()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real MLflow registry in a SQLite file, this module's MLflow while it runs."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with mlflow_uris(uri):
+        yield Registry(root, uri, image_size=32)
+
+
+def read_class_csv(out: Path, folder: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """The K-class CSV's columns and its probability matrix, after checking each row's label
+    and confidence against its probabilities (argmax) and that rows come sorted by path."""
+    columns, rows = read_csv(out)
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert all((folder / r["path"]).is_file() for r in rows)
+    matrix = np.array([[float(r[c]) for c in classes] for r in rows])
+    np.testing.assert_allclose(matrix.sum(axis=1), 1, atol=1e-6)
+    assert [r["label"] for r in rows] == [classes[i] for i in matrix.argmax(axis=1)]
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], matrix.max(axis=1))
+    return columns, matrix
+
+
+def test_a_three_class_model_writes_path_label_confidence(
+    registry: Registry, folder: Path, tmp_path: Path
+) -> None:
+    """The model's own classes (its MLflow metadata), whatever params.yaml lists."""
+    version = registry.promote(seed=1, classes=THREE)
+    uri = f"models:/{registry.model_name}@champion"
+    out = tmp_path / "three.csv"
+    result = predict(folder, "--out", out, "--model", uri, "--proba", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    columns, matrix = read_class_csv(out, folder, THREE)
+    assert columns == ["path", "label", "confidence", *THREE]
+    paths = [r["path"] for r in read_csv(out)[1]]
+    assert paths == ["10.jpg", "sub/cat.2.jpg", "sub/deeper/dog.1.png", "sub/photo.jpg"]
+    expected = registry.expected(version, [folder / p for p in paths])
+    np.testing.assert_allclose(matrix, expected, atol=1e-6)
+    counts = np.bincount(matrix.argmax(axis=1), minlength=3)
+    assert (
+        f"4 images -> {out} ({counts[0]} bird, {counts[1]} cat, {counts[2]} dog)" in result.stdout
+    )
+
+    plain = tmp_path / "plain.csv"
+    assert predict(folder, "--out", plain, "--model", uri).exit_code == 0
+    columns, rows = read_csv(plain)
+    assert columns == ["path", "label", "confidence"]
+    assert [list(r.values()) for r in rows] == [
+        [r["path"], r["label"], r["confidence"]] for r in read_csv(out)[1]
+    ]
+
+
+def test_an_older_model_is_named_by_its_version_tag(
+    registry: Registry, folder: Path, tmp_path: Path
+) -> None:
+    """A model logged before models carried their classes: the registry version's tag names
+    them (here in an order of its own, to tell it from any other list)."""
+    classes = ["zebra", "ant", "moth"]
+    registry.promote(
+        seed=2, classes=classes, carries_classes=False, tags={"classes": json.dumps(classes)}
+    )
+    out = tmp_path / "tagged.csv"
+    uri = f"models:/{registry.model_name}@champion"
+    assert predict(folder, "--out", out, "--model", uri, "--proba").exit_code == 0
+    columns, _ = read_class_csv(out, folder, classes)
+    assert columns == ["path", "label", "confidence", *classes]
+
+
+def test_a_model_without_classes_gets_the_projects(folder: Path, tmp_path: Path) -> None:
+    """A .keras file carries no classes: the split stage's resolved list names them; the binary
+    params.yaml's two classes for three outputs is one line and exit status 1."""
+    model = tmp_path / "three.keras"
+    tiny_model(size=32, seed=3, classes=3).save(model)
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PARAMS_FILE, project / "params.yaml")
+    out = tmp_path / "out.csv"
+    result = predict(folder, "--out", out, "--model", model, params=project / "params.yaml")
+    assert result.exit_code == 1 and not out.exists()
+    assert result.stderr == (
+        f"Error: {model} gives 3 class probabilities but the class list has 2: cat, dog\n"
+    )
+    write_json(Paths(project).split_classes, THREE)
+    result = predict(
+        folder, "--out", out, "--model", model, "--proba", params=project / "params.yaml"
+    )
+    assert result.exit_code == 0
+    read_class_csv(out, folder, THREE)
