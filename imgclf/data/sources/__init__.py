@@ -18,10 +18,11 @@ from urllib.parse import urlparse
 
 from imgclf.data.sources.archive import (
     ARCHIVE_SUFFIXES,
-    expand_nested_archives,
+    DEFAULT_LIMITS,
+    ArchiveLimits,
+    Extractor,
     extracted,
     is_archive,
-    safe_extract,
     strip_archive_suffix,
 )
 from imgclf.data.sources.errors import OFFLINE_HINT, SourceError
@@ -29,7 +30,7 @@ from imgclf.data.sources.http import download_http, verify_sha256
 from imgclf.data.sources.kaggle import download_kaggle
 from imgclf.data.sources.s3 import download_s3
 
-__all__ = ["SourceError", "local_folder", "open_source"]
+__all__ = ["ArchiveLimits", "Extractor", "SourceError", "local_folder", "open_source"]
 
 
 @contextlib.contextmanager
@@ -40,14 +41,15 @@ def open_source(
     cache_dir: Path,
     sha256: str | None = None,
     s3_endpoint_url: str | None = None,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
     progress: bool = True,
 ) -> Iterator[Path]:
     """Yield a local folder holding the source's files; temporary folders vanish on exit.
 
     `root` anchors relative local paths (the project root); `cache_dir` keeps resumable HTTP and
     Kaggle downloads between runs. A local folder is yielded as is (read-only use); everything
-    else is extracted into a temporary folder, with nested archives expanded. `sha256` applies
-    to an HTTP or local archive.
+    else is extracted into a temporary folder, with nested archives expanded, within `limits`
+    (`ArchiveLimits.of(download params)`). `sha256` applies to an HTTP or local archive.
     """
     scheme = urlparse(source).scheme.lower()
     if scheme in ("http", "https"):
@@ -58,38 +60,44 @@ def open_source(
                 f"{source} did not return a complete zip or tar archive (removed from the "
                 f"cache); check the URL, or {OFFLINE_HINT}"
             )
-        with extracted(archive) as folder:
+        with extracted(archive, limits) as folder:
             yield folder
     elif scheme == "s3":
         with tempfile.TemporaryDirectory(prefix="imgclf-s3-") as tmp:
             download_s3(source, Path(tmp), endpoint_url=s3_endpoint_url, progress=progress)
-            expand_nested_archives(Path(tmp))
+            Extractor(limits).expand_nested(Path(tmp))
             yield Path(tmp)
     elif scheme == "kaggle":
         archive_dir = download_kaggle(source.split("://", 1)[1].strip("/"), cache_dir / "kaggle")
         with tempfile.TemporaryDirectory(prefix="imgclf-kaggle-") as tmp:
+            extractor = Extractor(limits)
             for archive in sorted(archive_dir.iterdir()):
                 if is_archive(archive):
-                    safe_extract(archive, Path(tmp) / strip_archive_suffix(archive.name))
-            expand_nested_archives(Path(tmp))
+                    extractor.extract(archive, Path(tmp) / strip_archive_suffix(archive.name))
+            extractor.expand_nested(Path(tmp))
             yield Path(tmp)
     else:
         path = Path(source).expanduser()
-        with local_folder(path if path.is_absolute() else root / path, sha256=sha256) as folder:
+        path = path if path.is_absolute() else root / path
+        with local_folder(path, sha256=sha256, limits=limits) as folder:
             yield folder
 
 
 @contextlib.contextmanager
-def local_folder(path: Path, *, sha256: str | None = None) -> Iterator[Path]:
+def local_folder(
+    path: Path, *, sha256: str | None = None, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> Iterator[Path]:
     """A local folder as is (read-only use), or a local archive extracted safely into a
-    temporary folder (after checking `sha256`, when given)."""
+    temporary folder within `limits` (after checking `sha256`, when given)."""
     if path.is_dir():
         yield path
     elif path.is_file() and is_archive(path):
         if sha256:
             verify_sha256(path, sha256, remove=False)
-        with extracted(path) as folder:
+        with extracted(path, limits) as folder:
             yield folder
+    elif path.is_symlink() and not path.exists():
+        raise SourceError(f"{path} is a looping or dangling symlink, not a folder or archive")
     else:
         missing = "" if path.exists() else ": no such folder or archive"
         kinds = "/".join(ARCHIVE_SUFFIXES[:4])

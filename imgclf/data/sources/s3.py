@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from imgclf.data.sources.archive import check_member_name
+from imgclf.data.sources.archive import member_parts
 from imgclf.data.sources.errors import OFFLINE_HINT, SourceError, one_line
 
 
@@ -51,8 +51,7 @@ def download_s3(
         for key in keys:
             # s3://b/raw is the folder raw/ (not raw2/), or the single object raw (an archive).
             relative = PurePosixPath(key).name if key == prefix else key[len(prefix) :]
-            relative = check_member_name(relative.lstrip("/"), Path(uri))
-            jobs.append((key, dest / relative))
+            jobs.append((key, dest.joinpath(*member_parts(relative.lstrip("/"), Path(uri)))))
         with (
             ThreadPoolExecutor(threads) as pool,
             tqdm(total=len(jobs), desc="s3", unit="file", disable=not progress, leave=False) as bar,
