@@ -21,7 +21,7 @@ def folder(tmp_path: Path) -> Path:
     (root / "__MACOSX" / "._a.png").write_bytes(b"fork")
     (root / "._b.JPG").write_bytes(b"fork")
     (root / "linked.jpg").symlink_to(root / "a.png")
-    (root / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    (root / "dangling.jpg").symlink_to(root / "missing.jpg")
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "far.jpg").write_bytes(b"x")
     (root / "linked_folder").symlink_to(tmp_path / "outside", target_is_directory=True)
