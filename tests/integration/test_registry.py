@@ -92,7 +92,7 @@ def runs(tiny_models, server: str, client) -> dict[str, tuple[str, np.ndarray]]:
                     "train_accuracy": 1.0,
                 }
             )
-            log_classifier(model, EXAMPLE)
+            log_classifier(model, EXAMPLE, ["cat", "dog"])
         out[label] = (run.info.run_id, np.asarray(model(EXAMPLE, training=False)))
     return out
 
@@ -170,7 +170,7 @@ def test_a_run_without_test_metrics_is_not_registered(client, runs, tiny_models)
     with mlflow.start_run(
         experiment_id=client.get_experiment_by_name("registry-tests").experiment_id
     ) as run:
-        log_classifier(tiny_models["base"], EXAMPLE)
+        log_classifier(tiny_models["base"], EXAMPLE, ["cat", "dog"])
     with pytest.raises(RegistryError, match="has no test_accuracy metric: run evaluate"):
         register_run(client, run.info.run_id, RegisterParams(model_name="unevaluated"))
     assert client.search_model_versions("name = 'unevaluated'") == []
@@ -186,12 +186,17 @@ def test_auto_promote_false_leaves_champion_to_a_person(client, runs) -> None:
     assert "promote --version 1" in report["reason"]
 
 
-def _project(tmp_path: Path, run_id: str, model_name: str) -> Path:
-    """A project root with params.yaml, train's mlflow_run.json and the evaluate/split reports."""
+def _project(
+    tmp_path: Path, run_id: str, model_name: str, classes: tuple[str, ...] = ("cat", "dog")
+) -> Path:
+    """A project root with params.yaml, train's mlflow_run.json, the split's class list and the
+    evaluate/split reports."""
     import yaml
 
     root = tmp_path / "project"
     (root / "artifacts" / "train").mkdir(parents=True)
+    (root / "artifacts" / "split").mkdir()
+    (root / "artifacts" / "split" / "classes.json").write_text(json.dumps(classes))
     (root / "reports").mkdir()
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["register"] = {"model_name": model_name, "metric": "accuracy"}
@@ -238,7 +243,10 @@ def test_stage_then_imgclf_promote_rollback_and_history(
     assert run_stage(monkeypatch, root) == 0
     report = json.loads((root / "reports" / "register.json").read_text())
     assert (report["version"], report["decision"]) == (1, "promoted")
-    card = client.get_model_version("cli", "1").description
+    version = client.get_model_version("cli", "1")
+    assert json.loads(version.tags["classes"]) == ["cat", "dog"]
+    card = version.description
+    assert "| Classes | 0 = cat, 1 = dog |" in card
     assert "| split | images | groups | cat | dog |" in card
     assert "| test | 10 | 10 | 5 | 5 |" in card and "| total | 30 | | 15 | 15 |" in card
     assert "| n | 10 | 10 | 10 |" in card and "| f1 | 0.9000 | 0.9000 | 0.9000 |" in card
@@ -295,3 +303,48 @@ def test_unreachable_server_is_one_clear_line(
     assert lines[0].startswith(
         f"register: error: cannot reach the MLflow tracking server at {dead}"
     )
+
+
+def test_another_class_list_stays_challenger_until_a_person_promotes_it(
+    client, runs, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _project(tmp_path / "a", runs["base"][0], "classes")
+    assert run_stage(monkeypatch, first) == 0
+    assert champion_version(client, "classes") == "1"
+
+    # A better score on three classes: another question, so the champion stays.
+    root = _project(tmp_path / "b", runs["better"][0], "classes", ("cat", "dog", "bird"))
+    capsys.readouterr()
+    assert run_stage(monkeypatch, root) == 0
+    line = capsys.readouterr().out
+    report = json.loads((root / "reports" / "register.json").read_text())
+    assert (report["version"], report["decision"], report["rule"]) == (
+        2,
+        "challenger",
+        "classes_differ",
+    )
+    assert report["classes"] == ["cat", "dog", "bird"]
+    assert report["previous_champion"]["classes"] == ["cat", "dog"]
+    assert line.startswith("register: classes v2 [challenger] challenger: champion v1 classifies")
+    assert report["reason"] in line
+    assert json.loads(client.get_model_version("classes", "2").tags["classes"]) == [
+        "cat",
+        "dog",
+        "bird",
+    ]
+    assert champion_version(client, "classes") == "1"
+
+    promoted = imgclf(root, "promote", "--version", "2", "--reason", "three classes now")
+    assert promoted.exit_code == 0, promoted.stderr
+    assert promoted.stdout.startswith("champion v1 -> v2 (classes differ from v1's")
+    assert champion_version(client, "classes") == "2"
+
+
+def test_a_champion_registered_before_class_tags_is_compared_on_its_metric(client, runs) -> None:
+    params = RegisterParams(model_name="untagged-champion")
+    old = register_run(client, runs["base"][0], params)  # no class list, as before the tag
+    assert "classes" not in client.get_model_version("untagged-champion", "1").tags
+    assert old["classes"] is None
+    report = register_run(client, runs["better"][0], params, classes=["cat", "dog", "bird"])
+    assert (report["decision"], report["rule"]) == ("promoted", "better")
+    assert champion_version(client, "untagged-champion") == "2"
