@@ -1,15 +1,24 @@
-"""The evaluate stage's PNGs (matplotlib, headless): ROC, precision-recall, confusion matrix,
-calibration, the worst-mistakes grid and train's curves. Each function draws one file."""
+"""The evaluate stage's PNGs (matplotlib, headless): ROC, precision-recall, the K×K confusion
+heat map, per-class F1 bars, calibration, the worst-mistakes grid and train's curves. Each
+`plot_*` function draws one file."""
 
 from __future__ import annotations
 
 import csv
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from imgclf.evaluation.metrics import row_normalised
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MAX_ANNOTATED_CLASSES = 15  # confusion cells carry numbers up to this many classes
 
 
 def _pyplot():
@@ -31,7 +40,8 @@ def message_png(path: Path, title: str, message: str) -> None:
     plt.close(fig)
 
 
-def plot_roc(path: Path, rows: list[dict[str, float]], auc: float | None) -> None:
+def plot_roc(path: Path, rows: list[dict[str, float]], auc: float | None, subject: str) -> None:
+    """The ROC curve of `subject` (the positive class, or the micro average of K classes)."""
     if not rows:
         message_png(path, "ROC (test)", "undefined: the test split holds one class only")
         return
@@ -39,48 +49,86 @@ def plot_roc(path: Path, rows: list[dict[str, float]], auc: float | None) -> Non
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([r["fpr"] for r in rows], [r["tpr"] for r in rows], lw=2, label=f"AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    ax.set(title=f"ROC (test, {subject})", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_precision_recall(path: Path, rows: list[dict[str, float]], positive: str) -> None:
+def plot_precision_recall(path: Path, rows: list[dict[str, float]], subject: str) -> None:
     if not rows:
         message_png(path, "Precision-recall (test)", "undefined: one class only")
         return
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([r["recall"] for r in rows], [r["precision"] for r in rows], lw=2)
-    ax.set(xlabel=f"recall ({positive})", ylabel=f"precision ({positive})")
+    ax.set(xlabel=f"recall ({subject})", ylabel=f"precision ({subject})")
     ax.set(title="Precision-recall (test)", xlim=(0, 1), ylim=(0, 1.01))
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_confusion(path: Path, metrics: Mapping[str, Any], classes: Sequence[str]) -> None:
+def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str) -> Figure:
+    """K×K heat map coloured by the share of each actual class (so a rare class reads as well
+    as a common one); cells carry count and share up to MAX_ANNOTATED_CLASSES classes, past
+    that they would be unreadable and the colour alone tells."""
     plt = _pyplot()
-    matrix = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        share = count / max(matrix[i].sum(), 1)
-        colour = "white" if count > matrix.max() / 2 else "black"
-        ax.text(j, i, f"{count}\n{share:.1%}", ha="center", va="center", color=colour)
-    ax.set_xticks([0, 1], [classes[0], classes[1]])
-    ax.set_yticks([0, 1], [classes[0], classes[1]])
-    ax.set(xlabel="predicted", ylabel="actual")
-    ax.set_title(f"Confusion matrix (test, threshold {metrics['threshold']:g})")
+    counts = np.asarray(counts)
+    shares = row_normalised(counts)
+    k = len(classes)
+    annotated = k <= MAX_ANNOTATED_CLASSES
+    side = max(4.5, 2 + k * (0.6 if annotated else 0.28))  # inches: a cell stays legible
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
+    if annotated:
+        for (i, j), count in np.ndenumerate(counts):
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            text = f"{count}\n{shares[i, j]:.1%}"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, list(classes), rotation=0 if k <= 2 else 90)
+    ax.set_yticks(ticks, list(classes))
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
+    return fig
+
+
+def plot_confusion(path: Path, counts: np.ndarray, classes: Sequence[str], title: str) -> None:
+    plt = _pyplot()
+    fig = confusion_figure(counts, classes, title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_per_class_f1(path: Path, per_class: Mapping[str, Mapping[str, Any]], title: str) -> None:
+    """Horizontal F1 bars (`metrics.per_class_table`), worst class on top, support beside each
+    name, the macro average as a dashed line (named in the title: a legend would cover bars)."""
+    plt = _pyplot()
+    ordered = sorted(per_class.items(), key=lambda item: (item[1]["f1"], item[0]))
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.25 * len(ordered)))
+    names = [f"{name} (n={row['support']})" for name, row in ordered]
+    ax.barh(names, [row["f1"] for _, row in ordered], color="tab:blue")
+    macro = float(np.mean([row["f1"] for _, row in ordered]))
+    ax.axvline(macro, ls="--", color="grey")
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="F1", title=f"{title}; dashed: macro F1 {macro:.4f}")
+    ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
 def plot_calibration(
-    path: Path, table: list[dict[str, float]], ece: float, positive: str, bins: int
+    path: Path,
+    table: list[dict[str, float]],
+    ece: float,
+    bins: int,
+    score: str,
+    outcome: str,
 ) -> None:
+    """Reliability curve: mean `score` per bin against the observed fraction of `outcome`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
@@ -99,7 +147,7 @@ def plot_calibration(
             fontsize=7,
             color="grey",
         )
-    ax.set(xlabel=f"mean predicted P({positive})", ylabel=f"observed fraction {positive}")
+    ax.set(xlabel=f"mean {score}", ylabel=f"observed fraction {outcome}")
     ax.set(title=f"Calibration (test, {bins} bins; n per bin)", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
@@ -107,45 +155,50 @@ def plot_calibration(
     plt.close(fig)
 
 
-def plot_misclassified(
-    path: Path,
-    files: Sequence[str],
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    picked: Sequence[int],
-    classes: Sequence[str],
-    grid: int,
-) -> None:
-    """Thumbnails of `picked` with file name, true label and P(class 1) under each."""
+@dataclass(frozen=True)
+class Mistake:
+    """One misclassified image as the grid labels it."""
+
+    file: str
+    actual: str
+    predicted: str
+    confidence: float  # probability of the (wrongly) predicted class
+
+
+def mistake_caption(mistake: Mistake) -> str:
+    return (
+        f"{Path(mistake.file).name}\ntrue {mistake.actual}, "
+        f"predicted {mistake.predicted} ({mistake.confidence:.3f})"
+    )
+
+
+def plot_misclassified(path: Path, mistakes: Sequence[Mistake], grid: int) -> None:
+    """Thumbnails of `mistakes`, each captioned by `mistake_caption`."""
     if grid == 0:
         message_png(path, "Misclassified (test)", "grid disabled (evaluate.misclassified_grid: 0)")
         return
-    if not picked:
+    if not mistakes:
         message_png(path, "Misclassified (test)", "no mistakes on the test split")
         return
     from PIL import Image
 
     plt = _pyplot()
-    cols = min(4, len(picked))
-    rows = math.ceil(len(picked) / cols)
+    cols = min(4, len(mistakes))
+    rows = math.ceil(len(mistakes) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, i in zip(axes.ravel(), picked, strict=False):
+    for ax, mistake in zip(axes.ravel(), mistakes, strict=False):
         try:
-            with Image.open(files[i]) as image:
+            with Image.open(mistake.file) as image:
                 image.draft("RGB", (256, 256))
                 thumb = image.convert("RGB")
                 thumb.thumbnail((256, 256))
             ax.imshow(np.asarray(thumb))
         except OSError:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        ax.set_title(
-            f"{Path(files[i]).name}\ntrue {classes[int(labels[i])]}, "
-            f"P({classes[1]}) {probabilities[i]:.3f}",
-            fontsize=9,
-        )
-    fig.suptitle(f"Most confident mistakes (test): {len(picked)} shown")
+        ax.set_title(mistake_caption(mistake), fontsize=9)
+    fig.suptitle(f"Most confident mistakes (test): {len(mistakes)} shown")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
