@@ -1,6 +1,7 @@
 """Drift report (imgclf/monitoring/drift/, `imgclf monitor`): generated prediction
 logs, written through SQLAlchemy into the real `predictions` table, against a generated test
-split. The PSI arithmetic alone: tests/unit/test_drift_checks.py."""
+split: two classes (predictions.tsv as today's release writes it) and three (as evaluate writes
+it for K classes). The PSI arithmetic alone: tests/unit/test_drift_checks.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,15 @@ from PIL import Image
 
 from imgclf.cli import cli
 from imgclf.config import PARAMS_FILE, MonitorParams, Paths
-from imgclf.io import write_tsv
+from imgclf.io import read_tsv, write_tsv
 from imgclf.model.decision import decide
-from imgclf.monitoring.drift.inputs import load_live, load_reference, window
+from imgclf.monitoring.drift.inputs import DriftInputError, load_live, load_reference, window
 from imgclf.monitoring.drift.report import VERDICT_COLOURS
 from imgclf.monitoring.schema import predictions
 from tests.support.helpers import imgclf_command
 
 CLASSES = ["cat", "dog"]
+THREE = ["bird", "cat", "dog"]
 NOW = dt.datetime(2025, 6, 8, 12, 0, tzinfo=dt.UTC)
 NOW_OPTION = ["--now", NOW.strftime("%Y-%m-%dT%H:%M:%S")]  # naive: the command reads UTC
 PARAMS = MonitorParams()  # equal to params.yaml's `monitor:` (test_config), which the CLI reads
@@ -43,9 +46,35 @@ def draw(
     confident = 1.0 - rng.beta(1, 60, n)
     confidence = np.where(rng.random(n) < low_confidence, rng.uniform(0.5, 0.75, n), confident)
     probability = np.where(is_dog, confidence, 1.0 - confidence)
+    return probability, *sizes(rng, n, scale)
+
+
+def sizes(rng: np.random.Generator, n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     width = np.round(rng.uniform(300, 500, n) * scale).astype(int)
     height = np.round(rng.uniform(250, 450, n) * scale).astype(int)
-    return probability, width, height
+    return width, height
+
+
+def draw_three(
+    n: int,
+    seed: int,
+    *,
+    shares: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
+    low_confidence: float = 0.0,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, 3) class probabilities, widths, heights: the top class drawn with `shares`, mostly
+    confident (a `low_confidence` share at 0.35-0.5), the rest split between the other two."""
+    rng = np.random.default_rng(seed)
+    top = rng.choice(3, n, p=shares)
+    confident = 1.0 - rng.beta(1, 60, n)
+    confidence = np.where(rng.random(n) < low_confidence, rng.uniform(0.35, 0.5, n), confident)
+    rest = (1 - confidence) * rng.uniform(0.3, 0.7, n)  # one other class's share; below the top
+    probabilities = np.empty((n, 3))
+    for i, (winner, p, q) in enumerate(zip(top, confidence, rest, strict=True)):
+        first, second = (c for c in range(3) if c != winner)
+        probabilities[i, [winner, first, second]] = p, q, 1 - p - q
+    return probabilities, *sizes(rng, n, scale)
 
 
 def predicted(probability: float) -> str:
@@ -58,35 +87,86 @@ def other(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project folder (its params.yaml this checkout's) with the three reference files of a
-    400-image test split."""
+    """A 400-image test split's reference, predictions.tsv as today's release writes it
+    (`probability` = P(dog) only); test accuracy 95 %."""
     root = tmp_path_factory.mktemp("project")
+    probability, width, height = draw(REFERENCE_ROWS, seed=0)
+    labels = [predicted(p) for p in probability]
+    truth = [other(label) for label in labels[:REFERENCE_WRONG]] + labels[REFERENCE_WRONG:]
+    evaluated = [{"probability": p} for p in probability]
+    columns = ("split", "path", "label", "probability")
+    return write_project(root, evaluated, columns, truth, width, height)
+
+
+def write_project(
+    root: Path,
+    evaluated: list[dict[str, object]],
+    columns: Sequence[str],
+    truth: Sequence[str],
+    width: np.ndarray,
+    height: np.ndarray,
+) -> Path:
+    """A project folder (its params.yaml this checkout's) with the three reference files of a
+    test split: test.tsv (`truth`), the download manifest (sizes) and predictions.tsv
+    (`columns`; the probability cells of each image in `evaluated`), plus other splits' rows,
+    which must be ignored: a copy of the first image's answer for 300 images 10x larger."""
     shutil.copy(PARAMS_FILE, root / "params.yaml")
     paths = Paths(root)
-    probability, width, height = draw(REFERENCE_ROWS, seed=0)
-    test, manifest, evaluated = [], [], []
-    for i, (p, w, h) in enumerate(zip(probability, width, height, strict=True)):
+    test, manifest, predictions_tsv = [], [], []
+    for i, (cells, label, w, h) in enumerate(zip(evaluated, truth, width, height, strict=True)):
         path = f"artifacts/download/images/{i}.jpg"
-        label = other(predicted(p)) if i < REFERENCE_WRONG else predicted(p)
         test.append({"path": path, "label": label, "group": i, "sha256": f"{i:064x}"})
         manifest.append({"path": path, "label": label, "width": w, "height": h, "bytes": 1})
-        evaluated.append({"split": "test", "path": path, "label": label, "probability": p})
-    # Other splits' rows must be ignored: all confident dogs, 10x larger.
-    evaluated += [
-        {"split": "train", "path": f"train/{i}.jpg", "label": "dog", "probability": 0.999}
-        for i in range(300)
-    ]
-    manifest += [
-        {"path": f"train/{i}.jpg", "label": "dog", "width": 5000, "height": 4000, "bytes": 1}
-        for i in range(300)
-    ]
+        predictions_tsv.append({"split": "test", "path": path, "label": label, **cells})
+    for i in range(300):
+        path = f"train/{i}.jpg"
+        predictions_tsv.append({**predictions_tsv[0], "split": "train", "path": path})
+        manifest.append({"path": path, "label": truth[0], "width": 5000, "height": 4000})
     paths.split_dir.mkdir(parents=True)
     paths.download_dir.mkdir(parents=True)
     paths.evaluate_dir.mkdir(parents=True)
     write_tsv(paths.split_manifest("test"), test, ("path", "label", "group", "sha256"))
     write_tsv(paths.download_manifest, manifest, ("path", "label", "sha256", "width", "height"))
-    write_tsv(paths.predictions, evaluated, ("split", "path", "label", "probability"))
+    write_tsv(paths.predictions, predictions_tsv, columns)
     return root
+
+
+def evaluated_cells(
+    probabilities: np.ndarray, classes: Sequence[str], threshold: float = 0.5
+) -> list[dict[str, object]]:
+    """Evaluate's predictions.tsv cells for K classes: predicted, confidence, p_<class> (and
+    `probability`, P(second class), for two)."""
+    cells = []
+    for row in probabilities:
+        decision = decide(row, classes, threshold)
+        cells.append(
+            {
+                **({"probability": row[1]} if len(classes) == 2 else {}),
+                "predicted": decision.label,
+                "confidence": decision.confidence,
+                **{f"p_{c}": p for c, p in zip(classes, row, strict=True)},
+            }
+        )
+    return cells
+
+
+def evaluated_columns(classes: Sequence[str]) -> tuple[str, ...]:
+    binary = ("probability",) if len(classes) == 2 else ()
+    probabilities = (f"p_{c}" for c in classes)
+    return ("split", "path", "label", *binary, "predicted", "confidence", *probabilities)
+
+
+@pytest.fixture(scope="module")
+def project_three(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-class project's reference, predictions.tsv as evaluate writes it for K classes
+    (params.yaml still lists two: the classes are the evaluation's); test accuracy 95 %."""
+    probabilities, width, height = draw_three(REFERENCE_ROWS, seed=0)
+    labels = [THREE[i] for i in probabilities.argmax(axis=1)]
+    wrong = [THREE[(THREE.index(label) + 1) % 3] for label in labels[:REFERENCE_WRONG]]
+    evaluated = evaluated_cells(probabilities, THREE)
+    root = tmp_path_factory.mktemp("project_three")
+    truth = wrong + labels[REFERENCE_WRONG:]
+    return write_project(root, evaluated, evaluated_columns(THREE), truth, width, height)
 
 
 def log_rows(
@@ -121,6 +201,23 @@ def log_rows(
                 "true_label": truth,
                 "feedback_at": NOW if truth else None,
             }
+        )
+    return rows
+
+
+def log_rows_three(
+    probabilities: np.ndarray, width: np.ndarray, height: np.ndarray, **window: float
+) -> list[dict[str, object]]:
+    """Rows as the service logs a three-class answer: `label` the top class, `probability` and
+    `confidence` its probability, `probabilities` the JSON of all three."""
+    rows = log_rows(probabilities[:, 1], width, height, **window)
+    for row, p in zip(rows, probabilities, strict=True):
+        top = int(p.argmax())
+        row.update(
+            label=THREE[top],
+            probability=float(p[top]),
+            confidence=float(p[top]),
+            probabilities=json.dumps(dict(zip(THREE, p.tolist(), strict=True))),
         )
     return rows
 
@@ -340,19 +437,99 @@ def test_a_log_from_before_feedback_columns_is_read(tmp_path: Path) -> None:
     assert all(t.tzinfo == dt.UTC for t in live.timestamp)
 
 
+def reference(project: Path, threshold: float, classes: Sequence[str] = CLASSES):
+    paths = Paths(project)
+    return load_reference(
+        paths.split_manifest("test"), paths.download_manifest, paths.predictions, classes, threshold
+    )
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.99])
 def test_the_reference_is_labelled_by_the_decision_rule(project: Path, threshold: float) -> None:
     """The test split's labels and confidences are the service's: imgclf/model/decision.py."""
-    paths = Paths(project)
-    reference = load_reference(
-        paths.split_manifest("test"),
-        paths.download_manifest,
-        paths.predictions,
-        CLASSES,
-        threshold,
-    )
-    decisions = [decide([1 - p, p], CLASSES, threshold) for p in reference.probability]
-    assert reference.label.tolist() == [d.label for d in decisions]
-    np.testing.assert_allclose(reference.confidence, [d.confidence for d in decisions])
+    test, classes = reference(project, threshold)
+    assert classes == CLASSES  # a file from before class lists: the params' two
+    evaluated = [r for r in read_tsv(Paths(project).predictions) if r["split"] == "test"]
+    decisions = [decide([1 - p, p], CLASSES, threshold) for p in probabilities(evaluated)]
+    assert test.label.tolist() == [d.label for d in decisions]
+    np.testing.assert_allclose(test.confidence, [d.confidence for d in decisions])
     if threshold == 0.99:  # some dogs by P >= 0.5 are cats by this rule, with confidence < 0.5
-        assert (reference.confidence < 0.5).any()
+        assert (test.confidence < 0.5).any()
+
+
+def probabilities(rows: list[dict[str, str]], column: str = "probability") -> list[float]:
+    return [float(r[column]) for r in rows]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.99])
+def test_evaluates_k_class_file_reads_as_todays_for_two_classes(
+    project: Path, tmp_path: Path, threshold: float
+) -> None:
+    """The same two-class evaluation written with p_<class> columns (and other class names, to
+    show they come from the file): the same labels and confidences."""
+    rows = [r for r in read_tsv(Paths(project).predictions) if r["split"] == "test"]
+    p = np.array(probabilities(rows))
+    evaluated = evaluated_cells(np.stack([1 - p, p], axis=1), ["defect", "ok"], threshold)
+    columns = evaluated_columns(["defect", "ok"])
+    width, height = np.full(len(rows), 400), np.full(len(rows), 300)
+    truth = [r["label"] for r in rows]
+    k_class = write_project(tmp_path, evaluated, columns, truth, width, height)
+    (old, _), (new, classes) = reference(project, threshold), reference(k_class, threshold)
+    assert classes == ["defect", "ok"]
+    assert new.label.tolist() == [{"cat": "defect", "dog": "ok"}[c] for c in old.label]
+    np.testing.assert_array_equal(new.confidence, old.confidence)
+
+
+def test_a_two_class_file_with_more_classes_is_bad_input(project: Path) -> None:
+    with pytest.raises(DriftInputError, match="two-class probabilities but there are 3 classes"):
+        reference(project, 0.5, THREE)
+
+
+def test_logged_confidence_is_read_and_older_rows_get_the_binary_rule(tmp_path: Path) -> None:
+    """A row logged before the service logged `confidence` (NULL) has it from P(second class) by
+    the binary rule; a logged one is read as it is."""
+    rows = log_rows(np.array([0.6, 0.2, 0.9]), np.full(3, 400), np.full(3, 300))  # newest first
+    # Not derivable from `probability`: read, not recomputed.
+    for row, confidence in zip(rows, [0.123, None, None], strict=True):
+        row["confidence"] = confidence
+    url = write_log(tmp_path / "log.db", rows)
+    live = load_live(url, *window(NOW, 7), threshold=0.7)
+    np.testing.assert_allclose(live.confidence, [0.9, 0.8, 0.123])  # oldest first
+
+
+SHIFTS_THREE = {
+    "class mix": {"shares": (0.6, 0.3, 0.1)},
+    "confidence": {"low_confidence": 0.3},
+    "image size": {"scale": 2.5},
+}
+
+
+def test_three_classes_unshifted_flag_nothing(project_three: Path, tmp_path: Path) -> None:
+    url = write_log(tmp_path / "log.db", log_rows_three(*draw_three(1000, seed=1)))
+    out = tmp_path / "out"
+    code, report, verdicts, stdout = run(project_three, url, out)
+    assert code == 0 and report["status"] == "ok", stdout
+    assert {verdicts[c] for c in ("class mix", "confidence", "image size")} == {"ok"}
+    mix = next(c for c in report["checks"] if c["name"] == "class mix")["statistics"]
+    assert list(mix["live_shares"]) == THREE and mix["never_predicted"] == []
+    assert "warning" not in stdout
+    assert "10 equal-width bins of [0.333, 1] for confidence" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("check", list(SHIFTS_THREE))
+def test_three_classes_shifted_are_flagged(check: str, project_three: Path, tmp_path: Path) -> None:
+    """60/30/10 vs a third each; 30 % of answers at confidence 0.35-0.5 (below two classes'
+    0.5 floor); 2.5x larger images: that check, and only it, is flagged."""
+    rows = log_rows_three(*draw_three(1000, seed=2, **SHIFTS_THREE[check]))
+    code, report, _, stdout = run(project_three, write_log(tmp_path / "log.db", rows), tmp_path)
+    assert code == 1 and report["flagged"] == [check], stdout
+
+
+def test_a_class_never_predicted_is_called_out(project_three: Path, tmp_path: Path) -> None:
+    rows = log_rows_three(*draw_three(1000, seed=3, shares=(0.5, 0.0, 0.5)))
+    code, report, _, stdout = run(project_three, write_log(tmp_path / "log.db", rows), tmp_path)
+    assert code == 1 and report["flagged"] == ["class mix"]
+    assert "  warning: never predicted in the window: cat\n" in stdout
+    mix = next(c for c in report["checks"] if c["name"] == "class mix")["statistics"]
+    assert mix["never_predicted"] == ["cat"] and mix["live_shares"]["cat"] == 0
+    assert "never predicted in the window: cat" in (tmp_path / "report.html").read_text()

@@ -1,9 +1,11 @@
 """The drift checks: the live window against the reference, one verdict per check.
 
 Checks (thresholds in params.yaml `monitor:`):
-    class mix    predicted-class shares: PSI and a chi-square test of homogeneity
+    class mix    predicted-class shares over the K classes: PSI and a chi-square test of
+                 homogeneity; a class never predicted in the window is named
     confidence   probability of the predicted class: PSI over `bins` equal-width bins of
-                 [0.5, 1] and a two-sample KS
+                 [1/K, 1] (it is never below 1/K under argmax; [0.5, 1] for two classes) and a
+                 two-sample KS
     image size   megapixels: PSI over the test split's `bins`-quantiles and a two-sample KS
     accuracy     predictions whose true label came back (feedback) against the test accuracy
     volume       predictions per UTC day (information)
@@ -47,9 +49,10 @@ def bin_counts(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
     return np.bincount(index, minlength=len(inner_edges) + 1)
 
 
-def confidence_edges(bins: int) -> np.ndarray:
-    """Inner edges of `bins` equal-width bins over [0.5, 1]."""
-    return np.linspace(0.5, 1.0, bins + 1)[1:-1]
+def confidence_edges(bins: int, n_classes: int) -> np.ndarray:
+    """Every edge of `bins` equal-width bins over [1/K, 1]: the most probable of K classes has
+    at least 1/K (a two-class threshold above 0.5 can go lower: the first bin takes those)."""
+    return np.linspace(1 / n_classes, 1.0, bins + 1)
 
 
 def quantile_edges(reference: np.ndarray, bins: int) -> np.ndarray:
@@ -121,11 +124,15 @@ def class_counts(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
 def check_class_mix(
     live: Predictions, reference: Predictions, classes: Sequence[str], params: MonitorParams
 ) -> Check:
-    """Predicted-class shares: PSI and scipy's chi-square test of homogeneity (2 x k table)."""
+    """Predicted-class shares: PSI and scipy's chi-square test of homogeneity (2 x k table; a
+    class neither side predicted is left out of the test). `never_predicted`: the classes no
+    live prediction names."""
     from scipy.stats import chi2_contingency
 
     if not len(live):
-        return _shift_check("class mix", 0, "no live predictions", math.nan, math.nan, params)
+        return _shift_check(
+            "class mix", 0, "no live predictions", math.nan, math.nan, params, never_predicted=[]
+        )
     names = categories(live, classes)
     a, e = class_counts(live.label, names), class_counts(reference.label, names)
     table = np.array([a, e])[:, (a + e) > 0]
@@ -137,8 +144,16 @@ def check_class_mix(
     )
     value = f"{shares}; PSI {psi_value:.3f}, χ² p {p_value:.2g}"
     live_shares = {c: x / a.sum() for c, x in zip(names, a, strict=True)}
+    never_predicted = [c for c in classes if not live_shares[c]]
     return _shift_check(
-        "class mix", len(live), value, psi_value, p_value, params, live_shares=live_shares
+        "class mix",
+        len(live),
+        value,
+        psi_value,
+        p_value,
+        params,
+        live_shares=live_shares,
+        never_predicted=never_predicted,
     )
 
 
@@ -232,6 +247,12 @@ class Report:
     model_versions: dict[str, int]
     checks: tuple[Check, ...]
     params: MonitorParams
+    classes: tuple[str, ...]  # the model's, in order (the reference's evaluation names them)
+
+    @property
+    def never_predicted(self) -> list[str]:
+        """The classes no live prediction in the window names."""
+        return next(c for c in self.checks if c.name == "class mix").statistics["never_predicted"]
 
     @property
     def flagged(self) -> list[str]:
@@ -259,7 +280,7 @@ def compare(
             "confidence",
             live.confidence,
             reference.confidence,
-            confidence_edges(params.bins),
+            confidence_edges(params.bins, len(classes))[1:-1],
             params,
         ),
         check_distribution(
@@ -283,4 +304,5 @@ def compare(
         model_versions=dict(sorted(Counter(live.model_version).items())),
         checks=checks,
         params=params,
+        classes=tuple(classes),
     )

@@ -3,8 +3,13 @@
 The live side is the service's prediction log (`imgclf.monitoring.schema.predictions`), rows
 with `start <= timestamp < end`. The reference is the test split as the pipeline saw it: test.tsv
 (true labels) joined by path with the download manifest (image sizes) and evaluate's
-predictions.tsv (P(class 1)), turned into labels by the decision rule (imgclf/model/decision.py).
-Both sides' confidence is that rule's: the probability of the predicted class.
+predictions.tsv (class probabilities), turned into labels by the decision rule
+(imgclf/model/decision.py). Both sides' confidence is that rule's: the probability of the
+predicted class.
+
+Older files stay readable: a predictions.tsv written before class lists has only `probability`
+(P(second class) of a two-class model), and a log row written before the service logged
+`confidence` is a two-class answer whose confidence follows from its `probability`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ class Predictions:
     reference; `true_label` holds None where no ground truth is known."""
 
     label: np.ndarray  # predicted class name (object)
-    probability: np.ndarray  # P(class 1)
     confidence: np.ndarray  # probability of the predicted class
     width: np.ndarray
     height: np.ndarray
@@ -61,18 +65,15 @@ class Predictions:
 
 def _predictions(
     label: Sequence[str],
-    probability: Sequence[float],
+    confidence: np.ndarray,
     width: Sequence[int],
     height: Sequence[int],
     true_label: Sequence[str | None],
-    threshold: float,
     **live: Any,
 ) -> Predictions:
-    probability = np.asarray(probability, dtype=float)
     return Predictions(
         label=np.array(label, dtype=object),
-        probability=probability,
-        confidence=confidences(class_probabilities(probability), threshold),
+        confidence=confidence,
         width=np.asarray(width, dtype=float),
         height=np.asarray(height, dtype=float),
         true_label=np.array(true_label, dtype=object),
@@ -106,6 +107,7 @@ LIVE_COLUMNS = (
     "timestamp",
     "label",
     "probability",
+    "confidence",
     "width",
     "height",
     "true_label",
@@ -129,7 +131,8 @@ def load_live(
     """Logged predictions with start <= timestamp < end (aware datetimes), oldest first; only
     those of `model_version` when given. `threshold` is the decision rule's (evaluate.threshold).
 
-    A log written by an older release may lack the nullable feedback columns: read as NULL."""
+    A log written by an older release may lack the nullable feedback and confidence columns:
+    read as NULL."""
     engine = _engine(url)
     c = predictions.c
     try:
@@ -159,15 +162,24 @@ def load_live(
         engine.dispose()
     return _predictions(
         [r.label for r in rows],
-        [r.probability for r in rows],
+        _live_confidence([r.probability for r in rows], [r.confidence for r in rows], threshold),
         [r.width for r in rows],
         [r.height for r in rows],
         [r.true_label for r in rows],
-        threshold,
         timestamp=tuple(_utc(r.timestamp) for r in rows),
         latency_ms=np.array([r.latency_ms for r in rows], dtype=float),
         model_version=tuple(r.model_version for r in rows),
     )
+
+
+def _live_confidence(
+    probability: Sequence[float], confidence: Sequence[float | None], threshold: float
+) -> np.ndarray:
+    """The logged confidence; where it is NULL (a two-class answer logged before the service
+    logged it) the binary rule's, from P(second class)."""
+    binary = confidences(class_probabilities(np.asarray(probability, dtype=float)), threshold)
+    logged = np.array([np.nan if c is None else c for c in confidence], dtype=float)
+    return np.where(np.isnan(logged), binary, logged)
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -182,14 +194,15 @@ def load_reference(
     predictions_tsv: Path,
     classes: Sequence[str],
     threshold: float,
-) -> Predictions:
-    """The test split: true labels (test.tsv), sizes (download manifest), probabilities
-    (evaluate's predictions.tsv, split == "test"), joined by path."""
+) -> tuple[Predictions, list[str]]:
+    """The test split: true labels (test.tsv), sizes (download manifest), class probabilities
+    (evaluate's predictions.tsv, split == "test"), joined by path; and the evaluated classes,
+    in order: those of the `p_<class>` columns, or `classes` for a file from before them."""
     test = _read(test_tsv)
     sizes = {r["path"]: r for r in _read(manifest_tsv)}
-    probabilities = {
-        r["path"]: float(r["probability"]) for r in _read(predictions_tsv) if r["split"] == "test"
-    }
+    evaluated = [r for r in _read(predictions_tsv) if r["split"] == "test"]
+    columns, classes = _probability_columns(evaluated[0] if evaluated else {}, classes)
+    probabilities = {r["path"]: [float(r[c]) for c in columns] for r in evaluated}
     if not test:
         raise DriftInputError(f"no reference: {test_tsv} has no rows")
     for name, table in (("the download manifest", sizes), (predictions_tsv.name, probabilities)):
@@ -199,12 +212,31 @@ def load_reference(
                 f"reference out of date: {len(missing)} test images are not in {name} "
                 f"(e.g. {missing[0]}; run `dvc repro`)"
             )
-    p = np.array([probabilities[r["path"]] for r in test])
-    return _predictions(
-        [classes[i] for i in predicted_indices(class_probabilities(p), threshold)],
-        p,
+    p = class_probabilities(np.array([probabilities[r["path"]] for r in test]))
+    if p.shape[1] != len(classes):
+        raise DriftInputError(
+            f"reference out of date: {predictions_tsv.name} holds two-class probabilities but "
+            f"there are {len(classes)} classes (run `dvc repro evaluate`)"
+        )
+    reference = _predictions(
+        [classes[i] for i in predicted_indices(p, threshold)],
+        confidences(p, threshold),
         [int(sizes[r["path"]]["width"]) for r in test],
         [int(sizes[r["path"]]["height"]) for r in test],
         [r["label"] for r in test],
-        threshold,
     )
+    return reference, classes
+
+
+PROBABILITY_PREFIX = "p_"  # predictions.tsv: p_<class>, one column per class in class order
+
+
+def _probability_columns(
+    row: dict[str, str], classes: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The columns holding a predictions.tsv row's class probabilities, and the classes they
+    name; a file from before class lists holds `probability` alone, P(second class)."""
+    columns = [name for name in row if name.startswith(PROBABILITY_PREFIX)]
+    if not columns:
+        return ["probability"], list(classes)
+    return columns, [name.removeprefix(PROBABILITY_PREFIX) for name in columns]

@@ -26,6 +26,7 @@ from imgclf.monitoring.drift.checks import (
     categories,
     class_counts,
     compare,
+    confidence_edges,
     daily_volume,
 )
 from imgclf.monitoring.drift.inputs import Predictions, load_live, load_reference, window
@@ -49,6 +50,8 @@ def summary_lines(report: Report) -> list[str]:
                      "compare one with --model-version")  # fmt: skip
     elif versions:
         lines.append(f"  model version {versions}")
+    if report.never_predicted:
+        lines.append(f"  warning: {_never_predicted(report)}")
     for check in report.checks:
         note = f"  [{check.note}]" if check.note else ""
         lines.append(f"  {check.name:<11} {check.verdict:<17} {check.value}{note}")
@@ -59,6 +62,11 @@ def summary_lines(report: Report) -> list[str]:
     else:
         lines.append("no drift flagged")
     return lines
+
+
+def _never_predicted(report: Report) -> str:
+    names = ", ".join(report.never_predicted)
+    return f"never predicted in the window: {names}"
 
 
 def report_dict(report: Report, database: str) -> dict[str, Any]:
@@ -107,14 +115,17 @@ def plot_drift(
 
     names = categories(live, classes)
     x = np.arange(len(names))
+    many = len(names) > 8  # names would overlap: turn them
     for offset, side, style in ((-0.2, live, live_style), (0.2, reference, ref_style)):
         shares = _shares(class_counts(side.label, names))
         bars = ax_mix.bar(x + offset, shares, width=0.4, **style)
-        ax_mix.bar_label(bars, labels=[f"{s:.1%}" for s in shares], fontsize=9)
-    ax_mix.set(xticks=x, xticklabels=names, ylabel="share of predictions", ylim=(0, 1.1))
+        if not many:
+            ax_mix.bar_label(bars, labels=[f"{s:.1%}" for s in shares], fontsize=9)
+    ax_mix.set_xticks(x, names, rotation=90 if many else 0)
+    ax_mix.set(ylabel="share of predictions", ylim=(0, 1.1))
     title(ax_mix, "Predicted class mix", "class mix")
 
-    edges = np.linspace(0.5, 1.0, report.params.bins + 1)
+    edges = confidence_edges(report.params.bins, len(report.classes))
     for side, style in ((reference, ref_style), (live, live_style)):
         shares = _shares(bin_counts(side.confidence, edges[1:-1]))
         ax_conf.stairs(np.maximum(shares, 1e-4), edges, lw=2, **style)
@@ -174,6 +185,10 @@ def render_html(report: Report, database: str, png: bytes) -> str:
     )
     versions = ", ".join(f"{v} ({n})" for v, n in report.model_versions.items()) or "none"
     status_colour = VERDICT_COLOURS[report.status]
+    floor = f"{1 / len(report.classes):.3g}"  # the lowest confidence argmax gives: 1/K
+    warning = (
+        f"\n<p><b>Warning:</b> {e(_never_predicted(report))}</p>" if report.never_predicted else ""
+    )
     outcome = f"drift: {', '.join(report.flagged)}" if report.flagged else report.status
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Drift report {report.end:%Y-%m-%d}</title>
@@ -183,7 +198,7 @@ def render_html(report: Report, database: str, png: bytes) -> str:
 <p><span class="status" style="background:{status_colour}">{e(outcome)}</span></p>
 <p>Live: <b>{report.live_rows}</b> predictions ({report.labelled_rows} with a true label),
 {e(_period(report))}, from <code>{e(redact(database))}</code>; model versions: {e(versions)}.
-<br>Reference: the test split, <b>{report.reference_rows}</b> images.</p>
+<br>Reference: the test split, <b>{report.reference_rows}</b> images.</p>{warning}
 <table>
 <tr><th>check</th><th>verdict</th><th>value</th><th>flagged when</th><th>note</th></tr>
 {rows}
@@ -193,7 +208,7 @@ stability index, PSI) and significant (chi-square test for the class mix, two-sa
 Kolmogorov-Smirnov for confidence and size). With fewer than {report.params.min_rows} live
 predictions ({report.params.min_labelled} labelled for accuracy) the verdict is
 "insufficient data". Confidence = the probability of the predicted class; PSI bins:
-{report.params.bins} equal-width bins of [0.5, 1] for confidence, {report.params.bins} bins of
+{report.params.bins} equal-width bins of [{floor}, 1] for confidence, {report.params.bins} bins of
 equal test-split mass for size.
 </p>
 <img alt="class mix, confidence, image size and daily volume, live vs test"
@@ -235,13 +250,13 @@ def run_monitor(
 
     Raises DriftInputError, before writing anything, when an input is missing or unreadable."""
     monitor = params.monitor if days is None else params.monitor.model_copy(update={"days": days})
-    classes, threshold = params.download.classes, params.evaluate.threshold
+    threshold = params.evaluate.threshold
     start, end = window(now, monitor.days)
-    reference = load_reference(
+    reference, classes = load_reference(
         paths.split_manifest("test"),
         paths.download_manifest,
         paths.predictions,
-        classes,
+        params.download.classes,
         threshold,
     )
     live = load_live(database_url, start, end, threshold, model_version)
