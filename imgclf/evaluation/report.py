@@ -20,9 +20,9 @@ Outputs of `run_evaluate` (all under Paths().evaluate_dir, built atomically):
 and reports/metrics.json: {"test": {...}, "val": {...}, "train": {...}}, each split's scalars
 top-level (`compute_metrics`: the registry gate can compare any of them) and, for a split with
 images, its `per_class` table {class: {precision, recall, f1, support}}, which `flat_metrics`
-leaves out of MLflow's metrics. Curves and calibration are
-of the second class for two classes; for more, the curves are the one-vs-rest micro average and
-calibration is of the top class.
+leaves out of MLflow's metrics. Curves and calibration are of the second class for two
+classes; for more, the curves are the one-vs-rest micro average and calibration is of the top
+class.
 """
 
 from __future__ import annotations
