@@ -34,6 +34,16 @@ from tests.support.service import (
     token,
 )
 
+# A two-class answer: `probability` (P(second class)) is kept beside the K-class fields.
+BINARY_ANSWER = {
+    "label",
+    "probability",
+    "confidence",
+    "probabilities",
+    "model_version",
+    "request_id",
+}
+
 
 def post(service: LiveService | Server, path: str, **kwargs) -> requests.Response:
     kwargs.setdefault("headers", auth())
@@ -78,12 +88,14 @@ def test_predict_matches_evaluate_probability(
     bodies = [a.json() for a in answers]
     version = bodies[0]["model_version"]
     expected = live_service.registry.expected(version, photos)
-    for body, p, answer in zip(bodies, expected, answers, strict=True):
-        assert set(body) == {"label", "probability", "confidence", "model_version", "request_id"}
+    for body, (cat, p), answer in zip(bodies, expected, answers, strict=True):
+        assert set(body) == BINARY_ANSWER
         assert body["model_version"] == version
-        assert body["probability"] == pytest.approx(float(p), abs=1e-5)
+        assert body["probability"] == pytest.approx(float(p), abs=1e-5)  # P(second class)
         assert body["label"] == ("dog" if p >= 0.5 else "cat")
         assert body["confidence"] == pytest.approx(max(p, 1 - p), abs=1e-5)
+        assert list(body["probabilities"]) == ["cat", "dog"]  # the model's order
+        assert list(body["probabilities"].values()) == pytest.approx([cat, p], abs=1e-5)
         assert answer.headers["X-Request-ID"] == body["request_id"]
     # The same photo as a raw body gives the same answer.
     raw = post(
@@ -103,7 +115,7 @@ def test_predict_batch(live_service: LiveService, photos: list[Path]) -> None:
     assert [row["index"] for row in body] == list(range(5))
     assert len({row["request_id"] for row in body}) == 1
     expected = live_service.registry.expected(body[0]["model_version"], photos[:5])
-    assert [row["probability"] for row in body] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert [row["probability"] for row in body] == pytest.approx(expected[:, 1], abs=1e-5)
     for count in (MAX_IMAGES + 1, MAX_IMAGES + 2):
         too_many = [("images", (p.name, p.read_bytes())) for p in (photos * 2)[:count]]
         refused = post(live_service, "/predict_batch", files=too_many)
@@ -115,7 +127,7 @@ def test_other_formats_and_exif_rotation_are_standardised(
 ) -> None:
     def expected(answer: requests.Response, reference: Path) -> float:
         version = answer.json()["model_version"]
-        return float(live_service.registry.expected(version, [reference])[0])
+        return float(live_service.registry.expected(version, [reference])[0, 1])
 
     photo = Image.open(photos[0]).convert("RGB")
     reference = tmp_path / "reference.png"
@@ -356,7 +368,7 @@ def test_alias_move_switches_version_without_dropping_requests(
     switch = versions.index(new_version)
     assert set(versions[switch:]) == {new_version}  # no flapping back after the swap
     body = post(live_service, "/predict", files=upload(photos[2])).json()
-    expected = float(registry.expected(new_version, [photos[2]])[0])
+    expected = float(registry.expected(new_version, [photos[2]])[0, 1])
     assert body["probability"] == pytest.approx(expected, abs=1e-5)
 
 

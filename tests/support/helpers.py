@@ -1,6 +1,6 @@
 """Builders shared by several test modules (and benchmarks/serving_latency.py): generated images,
-a tiny Keras model, a free loopback port, a real `bentoml serve` process, and a registry that
-promotes tiny models in a real MLflow server.
+a tiny Keras model (two classes or more), a free loopback port, a real `bentoml serve` process,
+and a registry that promotes tiny models in a real MLflow server.
 
 Plain functions and classes, not fixtures: each module wraps them in fixtures of its own scope.
 """
@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,6 +28,7 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
+BINARY = ("cat", "dog")
 
 
 def textured_image(seed: int, width: int = 320, height: int = 240) -> Image.Image:
@@ -46,16 +48,18 @@ def textured_image(seed: int, width: int = 320, height: int = 240) -> Image.Imag
     return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
 
 
-def tiny_model(size: int = 32, seed: int = 0):
-    """Input(S, S, 3) -> Conv -> GAP -> Dense(1, sigmoid), with weights big enough to spread
-    the probabilities. Seeded: the same (size, seed) gives the same weights."""
+def tiny_model(size: int = 32, seed: int = 0, classes: int = 2):
+    """Input(S, S, 3) -> Conv -> GAP -> Dense(1, sigmoid) for two classes, Dense(K, softmax) for
+    more, with weights big enough to spread the probabilities. Seeded: the same (size, seed,
+    classes) gives the same weights."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="he_normal")(x)
+    units, activation = (1, "sigmoid") if classes == 2 else (classes, "softmax")
+    outputs = keras.layers.Dense(units, activation=activation, kernel_initializer="he_normal")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -212,24 +216,56 @@ class Registry:
         )
         self.models: dict[str, object] = {}
 
-    def promote(self, seed: int, tags: Mapping[str, str] | None = None) -> str:
+    def promote(
+        self,
+        seed: int,
+        tags: Mapping[str, str] | None = None,
+        classes: Sequence[str] = BINARY,
+        carries_classes: bool = True,
+    ) -> str:
+        """A tiny model for `classes` (carrying them, as training logs them, unless
+        `carries_classes` is False: logged as before models carried their classes), registered
+        with `tags` and made champion; its version."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
         from imgclf.tracking import log_classifier, open_run
 
-        model = tiny_model(self.image_size, seed)
+        model = tiny_model(self.image_size, seed, len(classes))
+        example = np.zeros((1, self.image_size, self.image_size, 3), "float32")
         with open_run(self.params, self.root) as run:
-            log_classifier(model, np.zeros((1, self.image_size, self.image_size, 3), "float32"))
+            if carries_classes:
+                log_classifier(model, example, classes)
+            else:
+                _log_without_classes(model)
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", self.model_name).version
         client = MlflowClient(self.uri, self.uri)
         for key, value in (tags or {}).items():
             client.set_model_version_tag(self.model_name, version, key, value)
-        client.set_registered_model_alias(self.model_name, "champion", version)
+        self.point_alias(str(version))
         self.models[str(version)] = model
         return str(version)
 
+    def point_alias(self, version: str) -> None:
+        """Move @champion to a version registered before (a rollback, as `imgclf rollback`)."""
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(self.uri, self.uri).set_registered_model_alias(
+            self.model_name, "champion", version
+        )
+
     def expected(self, version: str, files: list[Path]) -> np.ndarray:
+        """(n, K) class probabilities of `files` by batch prediction's path, the model's order."""
         from imgclf.model.inference import predict_probabilities
 
-        return predict_probabilities(self.models[version], files, batch_size=8, desc="")[:, 1]
+        return predict_probabilities(self.models[version], files, batch_size=8, desc="")
+
+
+def _log_without_classes(model: object) -> None:
+    """The run's `model` artifact as models were logged before they carried their classes."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        mlflow.keras.save_model(model, str(folder), pip_requirements=["tensorflow-cpu", "keras"])
+        mlflow.log_artifacts(str(folder), "model")

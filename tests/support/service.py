@@ -5,10 +5,12 @@ registered-model name of its own in the session's `mlflow server` (tests/support
 It starts before any champion exists; the fixture records that it was not ready then, registers
 a champion and waits for /readyz, so whichever module comes first, the facts are the same.
 
-A pytest plugin (tests/conftest.py lists it). One service per session, shared by both modules: a
-test must only count what it sent itself, and may move the alias only to a version it compares
-with the answers' own `model_version`. `own_server` starts a second server on the same registry
-for a test that stops it.
+A pytest plugin (tests/conftest.py lists it). One service per session, shared by
+test_service.py, test_service_classes.py and test_service_fuzz.py: a test must only count what it
+sent itself, and may move the alias only to a version it compares with the answers' own
+`model_version`; a module that serves a model with other classes (test_service_classes.py) puts
+the previous champion back before it ends. `own_server` starts a second server on the same
+registry for a test that stops it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -76,9 +79,9 @@ class ServiceRegistry(Registry):
     """A Registry whose promotions point this process's MLflow at it only while they run: a
     session-long setting would leak into every later module."""
 
-    def promote(self, seed: int, tags: Mapping[str, str] | None = None) -> str:
+    def promote(self, seed: int, **options: Any) -> str:
         with mlflow_uris(self.uri):
-            return super().promote(seed, tags)
+            return super().promote(seed, **options)
 
 
 @dataclass(frozen=True)
