@@ -1,5 +1,6 @@
-"""DVC stage `register` (after evaluate): register train's run in the model registry, run the
-promotion gate, write reports/register.json.
+"""DVC stage `register` (after evaluate): register train's run in the model registry with the
+split's class list (artifacts/split/classes.json: the version's `classes` tag), run the promotion
+gate, write reports/register.json.
 
 python -m stages.register
 
