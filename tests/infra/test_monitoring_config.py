@@ -50,6 +50,7 @@ EXPORTED_METRICS = frozenset(
         "imgclf_feedback_total",
         "imgclf_live_accuracy",
         "imgclf_live_accuracy_samples",
+        "imgclf_live_recall",
         "imgclf_champion_test_accuracy",
         "imgclf_process_cpu_seconds_total",
         "imgclf_process_resident_memory_bytes",
@@ -324,6 +325,14 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in EXPORTED_METRICS}
     shown = {re.sub(r"_(bucket|count|sum)$", "", name) for name in used}
     assert families - shown == set(), "exported metrics no panel shows"
+
+
+def test_dashboard_shows_the_per_class_metrics() -> None:
+    """Class mix, live recall and feedback, each per class (the `label` label)."""
+    exprs = dashboard_exprs(load_dashboard())
+    for metric in ("imgclf_predictions_total", "imgclf_feedback_total"):
+        assert any(metric in e and re.search(r"by \(label\b", e) for e in exprs), metric
+    assert any(e.startswith("imgclf_live_recall{") for e in exprs)
 
 
 def test_dashboard_queries_parse_as_promql(promtool: str, tmp_path: Path) -> None:
