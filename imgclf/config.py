@@ -121,6 +121,13 @@ class EvaluateParams(_Section):
     top_k: int = Field(default=3, ge=1)  # top_{k}_accuracy, reported when there are more classes
 
 
+class ExportParams(_Section):
+    engine: Literal["litert", "onnx"] = "litert"  # what evaluate, batch prediction and serving run
+    check_images: int = Field(default=200, ge=1)  # real photos compared with Keras
+    tolerance: float = Field(default=1e-5, gt=0)  # largest |p_engine - p_keras| accepted
+    threads: int = Field(default=0, ge=0)  # engine threads; 0 = all cores
+
+
 class MlflowParams(_Section):
     """Where runs go. $MLFLOW_TRACKING_URI wins over tracking_uri; neither reruns a stage."""
 
@@ -181,6 +188,7 @@ with warnings.catch_warnings():
         dedupe: DedupeParams
         split: SplitParams
         train: TrainParams
+        export: ExportParams = ExportParams()
         evaluate: EvaluateParams
         mlflow: MlflowParams
         register: RegisterParams = RegisterParams()
@@ -231,6 +239,9 @@ class Paths:
         self.model = self.train_dir / "model.keras"
         self.history = self.train_dir / "history.csv"
         self.mlflow_run = self.train_dir / "mlflow_run.json"
+
+        self.export_dir = self.artifacts / "export"  # the inference engine's file
+        self.export_report = self.reports / "export.json"  # its agreement with Keras
 
         self.evaluate_dir = self.artifacts / "evaluate"
         self.predictions = self.evaluate_dir / "predictions.tsv"  # every split, every file

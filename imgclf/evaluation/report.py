@@ -56,7 +56,8 @@ from imgclf.evaluation.metrics import (
 from imgclf.io import atomic_dir, read_json, write_json, write_tsv
 from imgclf.model.dataset import LabelledFiles, read_split
 from imgclf.model.decision import confidences, predicted_indices
-from imgclf.model.inference import load_model, predict_probabilities
+from imgclf.model.export import exported_engine
+from imgclf.model.inference import predict_probabilities
 
 SPLITS = ("train", "val", "test")
 PNG_NAMES = (
@@ -141,10 +142,11 @@ def run_evaluate(
     params: EvaluateParams,
     mlflow_params: MlflowParams | None = None,
 ) -> Evaluation:
-    """Predict every split with the trained model at paths.model, write artifacts/evaluate/ and
-    reports/metrics.json, and (given `mlflow_params`) log them into train's run when
-    artifacts/train/mlflow_run.json names one. `classes`: the model's classes, in its order."""
-    model = load_model(paths.model)
+    """Predict every split with the export stage's engine (what batch prediction and the service
+    run), write artifacts/evaluate/ and reports/metrics.json, and (given `mlflow_params`) log them
+    into train's run when artifacts/train/mlflow_run.json names one. `classes`: the model's
+    classes, in its order."""
+    model = exported_engine(paths)
     results = predict_splits(paths, classes, params, model)
     tables = {
         split: ClassTables.of(result, classes)
@@ -195,7 +197,7 @@ def predict_splits(
         )
         if probabilities.shape[1] != len(classes):
             raise ValueError(
-                f"{paths.model} gives {probabilities.shape[1]} class probabilities for "
+                f"the exported model gives {probabilities.shape[1]} class probabilities for "
                 f"{len(classes)} classes {list(classes)}"
             )
         results[split] = SplitPredictions.of(data, probabilities, params.threshold)

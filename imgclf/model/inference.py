@@ -4,8 +4,8 @@ probabilities (an (n, K) matrix, `imgclf.model.decision.class_probabilities`).
 `predict_probabilities` is THE way from image files to probabilities: evaluate calls it for the
 split manifests and batch prediction for a user's folder, so both see the same preprocessing
 (`imgclf.model.dataset.image_dataset` -> `imgclf.model.preprocess.preprocess_bytes`) and the same
-forward pass (`predict_batches`, which training also uses to extract features): one compiled
-graph per call, never `model.predict` per image.
+forward pass (`predict_batches`, which training also uses to extract features): an exported engine
+(`imgclf.model.engines`), or a Keras model through one compiled graph, never `model.predict`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from imgclf.model.dataset import image_dataset
 from imgclf.model.decision import class_probabilities
+from imgclf.model.engines import Engine, KerasEngine
 
 MLFLOW_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -59,40 +61,41 @@ def model_image_size(model) -> int:
     return int(shape[1])
 
 
+def as_engine(model: Engine | keras.Model) -> Engine:
+    """An exported engine as it is; a Keras model behind one compiled graph."""
+    return KerasEngine(model) if isinstance(model, keras.Model) else model
+
+
 def predict_batches(
-    model: tf.keras.Model | object,
+    model: Engine | keras.Model,
     dataset: tf.data.Dataset,
     total: int | None = None,
     desc: str = "",
 ) -> np.ndarray:
-    """Run `model` (training=False) over every batch of `dataset`; concatenate the outputs.
-
-    `total` is the number of batches, for the progress bar.
-    """
-    # One trace for every batch size: the signature leaves the batch dimension open.
-    forward = tf.function(
-        lambda batch: model(batch, training=False), input_signature=[dataset.element_spec]
-    )
+    """Run `model` (an engine, or a Keras model with training=False) over every batch of
+    `dataset`; concatenate the outputs. `total` is the number of batches, for the progress bar."""
+    engine = as_engine(model)
     outputs = [
-        forward(batch).numpy()
+        engine(batch.numpy())
         for batch in tqdm(dataset, total=total, desc=desc, unit="batch", disable=not desc)
     ]
     return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
 
 
 def predict_probabilities(
-    model, files: Sequence[str | Path], batch_size: int, desc: str = "predict"
+    model: Engine | keras.Model, files: Sequence[str | Path], batch_size: int, desc: str = "predict"
 ) -> np.ndarray:
     """(n, K) class probabilities, a row per file (float32, same order), batched through THE
-    preprocessing.
+    preprocessing and `model` (an exported engine or a Keras model).
 
     Every file must be decodable by TensorFlow: one that is not fails the whole call. Nothing is
     skipped here; a caller that may meet such files must handle them itself.
     """
+    engine = as_engine(model)
     files = [str(f) for f in files]
     if not files:
-        return np.zeros((0, max(int(model.output_shape[-1]), 2)), "float32")
-    dataset = image_dataset(files, model_image_size(model), batch_size)
+        return np.zeros((0, max(engine.outputs, 2)), "float32")
+    dataset = image_dataset(files, engine.image_size, batch_size)
     batches = math.ceil(len(files) / batch_size)
-    outputs = predict_batches(model, dataset, total=batches, desc=desc)
+    outputs = predict_batches(engine, dataset, total=batches, desc=desc)
     return class_probabilities(np.asarray(outputs, dtype="float32"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.config import EvaluateParams, MlflowParams, Paths
+from imgclf.config import EvaluateParams, ExportParams, MlflowParams, Paths
 from imgclf.evaluation.metrics import (
     MAX_CURVE_POINTS,
     calibration_table,
@@ -28,6 +28,7 @@ from imgclf.evaluation.plots import plot_misclassified
 from imgclf.evaluation.report import prediction_columns, run_evaluate
 from imgclf.io import read_json, read_tsv, write_json, write_tsv
 from imgclf.model.decision import class_probabilities
+from imgclf.model.export import run_export
 from imgclf.model.inference import load_model, predict_probabilities
 from tests.support.helpers import tiny_model
 
@@ -184,12 +185,17 @@ def make_project(root: Path, per_split: dict[str, int], classes: list[str] = CLA
     return paths
 
 
+def exported(paths: Paths, model, classes: list[str]) -> None:
+    """What train and export leave for evaluate: the Keras model and its LiteRT engine."""
+    model.save(paths.model)
+    run_export(paths, ExportParams(check_images=4), classes)
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Paths, dict]:
     root = tmp_path_factory.mktemp("project")
     paths = make_project(root, {"train": 8, "val": 6, "test": 10})
-    model = tiny_model()
-    model.save(paths.model)
+    exported(paths, tiny_model(), CLASSES)
     params = EvaluateParams(batch_size=4, misclassified_grid=3, calibration_bins=5)
     metrics = run_evaluate(paths, CLASSES, params).metrics
     return paths, metrics
@@ -292,7 +298,7 @@ def test_misclassified_grid_shows_the_worst(evaluated: tuple[Paths, dict]) -> No
 def evaluated_three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Paths, dict]:
     root = tmp_path_factory.mktemp("three")
     paths = make_project(root, {"train": 6, "val": 3, "test": 12}, THREE)
-    tiny_model(classes=3).save(paths.model)
+    exported(paths, tiny_model(classes=3), THREE)
     params = EvaluateParams(batch_size=4, misclassified_grid=4, calibration_bins=5, top_k=2)
     return paths, run_evaluate(paths, THREE, params).metrics
 
@@ -345,7 +351,7 @@ def test_three_classes_metrics_and_tables(evaluated_three: tuple[Paths, dict]) -
 
 def test_a_model_with_another_number_of_classes_is_refused(tmp_path: Path) -> None:
     paths = make_project(tmp_path, {"train": 2, "val": 2, "test": 2})
-    tiny_model(classes=3).save(paths.model)
+    exported(paths, tiny_model(classes=3), CLASSES)
     with pytest.raises(ValueError, match="gives 3 class probabilities for 2 classes"):
         run_evaluate(paths, CLASSES, EvaluateParams(batch_size=4))
     assert not paths.metrics.exists()

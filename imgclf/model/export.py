@@ -1,0 +1,85 @@
+"""The export stage: the trained Keras model converted to the inference engine (`export.engine`)
+and checked against Keras on real validation photos.
+
+Evaluate measures the exported engine, batch prediction and the service run it, and the register
+stage refuses a version whose check failed, so what was measured is what answers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from imgclf.config import ExportParams, Paths
+from imgclf.io import atomic_dir, read_json, write_json
+from imgclf.model.dataset import read_split
+from imgclf.model.decision import class_probabilities
+from imgclf.model.engines import (
+    ENGINE_FILES,
+    Engine,
+    KerasEngine,
+    agreement,
+    export_engine,
+    load_engine,
+)
+from imgclf.model.inference import load_model
+from imgclf.model.preprocess import load_images
+
+CHECK_THRESHOLD = 0.5  # the binary rule's default; a flip at any threshold shows in max_abs_diff
+
+
+def run_export(paths: Paths, params: ExportParams, classes: list[str]) -> dict[str, Any]:
+    """Export artifacts/train/model.keras to artifacts/export/<engine file> and write
+    reports/export.json: the engine, its file, and its agreement with Keras on the first
+    `check_images` validation photos."""
+    started = time.monotonic()
+    model = load_model(paths.model)
+    photos = read_split(paths.split_manifest("val"), classes, paths.root).files
+    with atomic_dir(paths.export_dir) as out:
+        path = export_engine(model, params.engine, out / ENGINE_FILES[params.engine])
+        engine = load_engine(path, params.threads)
+        images = load_images(photos[: params.check_images], engine.image_size)
+        check = agreement(
+            class_probabilities(KerasEngine(model)(images)),
+            class_probabilities(engine(images)),
+            CHECK_THRESHOLD,
+        )
+    report = {
+        "engine": params.engine,
+        "file": path.name,
+        "bytes": (paths.export_dir / path.name).stat().st_size,
+        "images": check.images,
+        "max_abs_diff": check.max_abs_diff,
+        "flipped": check.flipped,
+        "tolerance": params.tolerance,
+        "passed": check.within(params.tolerance),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    write_json(paths.export_report, report)
+    return report
+
+
+def exported_engine(paths: Paths, threads: int = 0) -> Engine:
+    """The engine the export stage wrote (the file its report names)."""
+    report = read_json(paths.export_report)
+    return load_engine(paths.export_dir / report["file"], threads)
+
+
+def exported_file(paths: Paths) -> Path:
+    return paths.export_dir / read_json(paths.export_report)["file"]
+
+
+def engine_problem(report: dict[str, Any]) -> str | None:
+    """Why an export report disqualifies its model from the registry, or None."""
+    if report["flipped"]:
+        return (
+            f"the {report['engine']} engine changes {report['flipped']} of {report['images']} "
+            f"labels against Keras"
+        )
+    if report["max_abs_diff"] > report["tolerance"]:
+        return (
+            f"the {report['engine']} engine differs from Keras by {report['max_abs_diff']:.2e} "
+            f"(> export.tolerance {report['tolerance']:.0e}) on {report['images']} photos"
+        )
+    return None
