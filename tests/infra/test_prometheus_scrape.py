@@ -99,6 +99,8 @@ def test_prometheus_scrapes_the_service(
     accuracy = prometheus.wait_for("imgclf_champion_test_accuracy")
     assert accuracy == pytest.approx(TEST_ACCURACY)
     assert prometheus.wait_for("imgclf_process_resident_memory_bytes") > 0
+    # one live-recall series per class of the served (two-class) champion, no other
+    assert prometheus.wait_for("count(imgclf_live_recall)") == 2
 
 
 def test_prometheus_counts_requests_it_saw(

@@ -1,8 +1,9 @@
 """Packaging the champion into a bento, offline: a tiny champion in the real `mlflow server`,
 `imgclf bento` as a user runs it (`make bento`) from this checkout with --params naming another
 project folder (its own registry and classes), then the bento must exist in a private BentoML
-store, carry the `imgclf-champion` model and that folder's params.yaml, and yield the Dockerfile
-`bentoml containerize` would use (written without Docker).
+store, carry the `imgclf-champion` model with the champion's own classes (not that folder's
+download.classes) and that folder's params.yaml, and yield the Dockerfile `bentoml containerize`
+would use (written without Docker).
 
 Everything touching the BentoML store runs in subprocesses with BENTOML_HOME set: the store's
 location is fixed once bentoml is configured in a process, so this process's store stays alone.
@@ -26,21 +27,22 @@ TIMEOUT_S = 300
 # What bentofile.yaml builds from; the other project folder holds its own copy.
 BUILD_INPUTS = ("bentofile.yaml", "service.py", "requirements.txt")
 # One interpreter (bentoml imports take seconds) to read the store at $BENTOML_HOME: the bentos,
-# the models the only bento carries, that model's labels, the params.yaml the bento packaged, and
-# its Dockerfile at argv[1].
+# the models the only bento carries, that model's labels and metadata, the params.yaml the bento
+# packaged, and its Dockerfile at argv[1].
 INSPECT = """
 import json, sys
 from pathlib import Path
 import bentoml
 bentos = bentoml.bentos.list()
 models = [str(m.tag) for m in bentos[0].info.models] if len(bentos) == 1 else []
-labels = dict(bentoml.models.get(models[0]).info.labels) if len(models) == 1 else {}
+info = bentoml.models.get(models[0]).info if len(models) == 1 else None
+labels, metadata = (dict(info.labels), dict(info.metadata)) if info else ({}, {})
 params = None
 if len(bentos) == 1:
     bentoml.container.get_containerfile(bentos[0].tag, output_path=sys.argv[1])
     params = Path(bentos[0].path_of("src/params.yaml")).read_text()
 print(json.dumps({"bentos": [str(b.tag) for b in bentos], "models": models, "labels": labels,
-                  "params": params}))
+                  "metadata": metadata, "params": params}))
 """
 
 
@@ -73,7 +75,7 @@ def test_build_bento_carries_the_champion_and_a_containerfile(
 ) -> None:
     with mlflow_uris(mlflow_server):
         registry = Registry(tmp_path / "registry", mlflow_server)
-        version = registry.promote(seed=3)
+        version = registry.promote(seed=3, classes=("scratch", "dent", "ok"))
     (tmp_path / "project").mkdir()
     params_file = other_project(tmp_path / "project", mlflow_server, registry.model_name)
     env = {
@@ -92,5 +94,6 @@ def test_build_bento_carries_the_champion_and_a_containerfile(
     assert [tag.split(":")[0] for tag in facts["models"]] == [BENTO_MODEL_NAME], facts
     assert facts["labels"]["registered_model"] == registry.model_name
     assert facts["labels"]["registered_version"] == version
+    assert facts["metadata"]["classes"] == ["scratch", "dent", "ok"]  # the model's, not params'
     assert facts["params"] == params_file.read_text()  # the champion's project's classes
     assert "IMGCLF_MODEL_SOURCE" in dockerfile.read_text()

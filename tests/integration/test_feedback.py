@@ -8,6 +8,8 @@ holds exactly what these tests labelled; predictions from other modules are neve
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -96,8 +98,15 @@ def test_live_accuracy_metric_follows_feedback(
     assert metrics["imgclf_live_accuracy"] == pytest.approx(0.5)
     assert metrics["imgclf_live_accuracy_samples"] == len(labelled) <= FEEDBACK_WINDOW
     assert metrics["imgclf_champion_test_accuracy"] == pytest.approx(TEST_ACCURACY)
-    assert metrics['imgclf_feedback_total{correct="true"}'] == 4
-    assert metrics['imgclf_feedback_total{correct="false"}'] == 4
+    # per true class: what was received, and the share of it the model had predicted
+    received = Counter((str(reply["correct"]).lower(), reply["label"]) for reply in labelled)
+    for (correct, label), count in received.items():
+        assert metrics[f'imgclf_feedback_total{{correct="{correct}",label="{label}"}}'] == count
+    assert sum(count for (correct, _), count in received.items() if correct == "true") == 4
+    for label in ("cat", "dog"):
+        truths = [reply["correct"] for reply in labelled if reply["label"] == label]
+        recall = metrics[f'imgclf_live_recall{{label="{label}"}}']
+        assert recall == pytest.approx(sum(truths) / len(truths)) if truths else math.isnan(recall)
 
 
 def test_feedback_is_stored_beside_the_prediction(
