@@ -8,7 +8,6 @@ stage refuses a version whose check failed, so what was measured is what answers
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from imgclf.config import ExportParams, Paths
@@ -64,22 +63,3 @@ def exported_engine(paths: Paths, threads: int = 0) -> Engine:
     """The engine the export stage wrote (the file its report names)."""
     report = read_json(paths.export_report)
     return load_engine(paths.export_dir / report["file"], threads)
-
-
-def exported_file(paths: Paths) -> Path:
-    return paths.export_dir / read_json(paths.export_report)["file"]
-
-
-def engine_problem(report: dict[str, Any]) -> str | None:
-    """Why an export report disqualifies its model from the registry, or None."""
-    if report["flipped"]:
-        return (
-            f"the {report['engine']} engine changes {report['flipped']} of {report['images']} "
-            f"labels against Keras"
-        )
-    if report["max_abs_diff"] > report["tolerance"]:
-        return (
-            f"the {report['engine']} engine differs from Keras by {report['max_abs_diff']:.2e} "
-            f"(> export.tolerance {report['tolerance']:.0e}) on {report['images']} photos"
-        )
-    return None

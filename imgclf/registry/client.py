@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CLASSES_TAG = "classes"  # a version's class list, a JSON list in label order
+ENGINE_TAG = "engine"  # the run artifact of its exported inference engine (engine/model.tflite)
+ENGINE_ARTIFACTS = "engine"  # the run's artifact folder holding it
 
 
 class RegistryError(Exception):
@@ -167,6 +169,12 @@ def classes_of(version: ModelVersion) -> list[str] | None:
     except (KeyError, ValueError):
         return None
     return [str(name) for name in classes] if isinstance(classes, list) else None
+
+
+def engine_artifact_of(version: ModelVersion) -> str | None:
+    """The run artifact path of a version's exported engine, or None (registered before export
+    existed: serve its Keras model)."""
+    return version.tags.get(ENGINE_TAG)
 
 
 def candidate_of(client: MlflowClient, version: ModelVersion, metric: str) -> Candidate:

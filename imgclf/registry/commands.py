@@ -14,6 +14,7 @@ from imgclf.config import MlflowParams, Params, Paths, RegisterParams
 from imgclf.io import read_json, write_json
 from imgclf.registry import history
 from imgclf.registry.client import RegistryError, connect, mlflow_errors
+from imgclf.registry.gate import engine_problem
 from imgclf.registry.registration import register_run
 
 if TYPE_CHECKING:
@@ -33,10 +34,16 @@ def _optional_json(path: Path) -> Any:
 def run_register(
     paths: Paths, params: RegisterParams, classes: Sequence[str], mlflow_params: MlflowParams
 ) -> dict[str, Any]:
-    """Register train's run (artifacts/train/mlflow_run.json), run the gate, write
-    reports/register.json; returns that report."""
+    """Register train's run (artifacts/train/mlflow_run.json) with its exported engine, run the
+    gate, write reports/register.json; returns that report. An engine that disagrees with Keras
+    (reports/export.json) is refused: nothing is registered."""
     if not paths.mlflow_run.is_file():
         raise RegistryError(f"{paths.mlflow_run} missing: run train and evaluate first")
+    if not paths.export_report.is_file():
+        raise RegistryError(f"{paths.export_report} missing: run the export stage first")
+    export = read_json(paths.export_report)
+    if problem := engine_problem(export):
+        raise RegistryError(f"not registered: {problem}")
     with mlflow_errors():
         report = register_run(
             _client(paths, mlflow_params),
@@ -45,6 +52,7 @@ def run_register(
             metrics=_optional_json(paths.metrics),
             split_counts=_optional_json(paths.split_report),
             classes=classes,
+            engine=(paths.export_dir / export["file"], export),
         )
     write_json(paths.register_report, report)
     return report

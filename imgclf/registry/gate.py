@@ -21,7 +21,9 @@ The gate (`register:` in params.yaml) decides whether a new version becomes cham
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from imgclf.config import RegisterParams
 
@@ -146,3 +148,19 @@ def _verdict(
         f"{key} {value:.4g} does not beat champion v{champion.version}'s "
         f"{champion.value:.4g} by more than min_delta {params.min_delta:g} ({better} is better)",
     )
+
+
+def engine_problem(report: Mapping[str, Any]) -> str | None:
+    """Why the export stage's report (reports/export.json) keeps its model out of the registry,
+    or None: the engine that would answer must say what Keras says."""
+    if report["flipped"]:
+        return (
+            f"the {report['engine']} engine changes {report['flipped']} of {report['images']} "
+            f"labels against Keras"
+        )
+    if report["max_abs_diff"] > report["tolerance"]:
+        return (
+            f"the {report['engine']} engine differs from Keras by {report['max_abs_diff']:.2e} "
+            f"(> export.tolerance {report['tolerance']:.0e}) on {report['images']} photos"
+        )
+    return None

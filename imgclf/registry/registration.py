@@ -1,7 +1,9 @@
 """Registering train's run as a model version: tags, model card, `challenger`, then the gate.
 
 Each version carries tags `data_version`, `git_commit`, `classes` (its class list, a JSON list in
-label order: the service and the gate read it), `test_<metric>` for every test metric of the run,
+label order: the service and the gate read it), `engine` (the run artifact of its exported inference
+engine, which the service runs) with `engine_max_abs_diff` (its distance from Keras on real photos),
+`test_<metric>` for every test metric of the run,
 and `gate_decision` / `gate_rule` / `gate_reason`; its description is the model card,
 also logged to the run as `model_card.md`. Registering a run that already has a version reuses
 that version (idempotent): the gate is not run again, so a later manual rollback is not undone.
@@ -13,6 +15,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclf.config import RegisterParams
@@ -20,6 +23,8 @@ from imgclf.registry.card import description_for, model_card, split_metrics
 from imgclf.registry.client import (
     CHALLENGER,
     CLASSES_TAG,
+    ENGINE_ARTIFACTS,
+    ENGINE_TAG,
     RegistryError,
     aliases_of,
     candidate_of,
@@ -127,6 +132,17 @@ def _create_or_retag(
     return str(existing.version)
 
 
+def _engine_tags(
+    client: MlflowClient, run_id: str, path: Path, report: Mapping[str, Any]
+) -> dict[str, str]:
+    """Log the exported engine into the run; the tags that point the service at it."""
+    client.log_artifact(run_id, str(path), ENGINE_ARTIFACTS)
+    return {
+        ENGINE_TAG: f"{ENGINE_ARTIFACTS}/{path.name}",
+        "engine_max_abs_diff": repr(float(report["max_abs_diff"])),
+    }
+
+
 def register_run(
     client: MlflowClient,
     run_id: str,
@@ -135,6 +151,7 @@ def register_run(
     metrics: Mapping[str, Mapping[str, Any]] | None = None,
     split_counts: Mapping[str, Any] | None = None,
     classes: Sequence[str] | None = None,
+    engine: tuple[Path, Mapping[str, Any]] | None = None,
     artifact_path: str = "model",
 ) -> dict[str, Any]:
     """Register `runs:/<run_id>/<artifact_path>` under params.model_name and run the gate.
@@ -142,8 +159,9 @@ def register_run(
     `metrics` ({"train": {...}, "val": {...}, "test": {...}}, reports/metrics.json) feeds the
     model card; without it the run's `<split>_<name>` metrics do. The gate always reads the
     run's `test_<metric>`. `classes` (the split's class list) becomes the version's `classes`
-    tag, shown on the card and compared with the champion's. Returns the report written to
-    reports/register.json.
+    tag, shown on the card and compared with the champion's. `engine` (the exported engine's file
+    and the export report, already checked) is logged into the run and named by the `engine` tag.
+    Returns the report written to reports/register.json.
     """
     name = params.model_name
     run = get_run(client, run_id)
@@ -160,6 +178,7 @@ def register_run(
         "git_commit": run.data.tags.get("git_commit", "unknown"),
         **({CLASSES_TAG: json.dumps(list(classes))} if classes else {}),
         **{k: repr(float(v)) for k, v in test_metrics.items()},
+        **(_engine_tags(client, run_id, *engine) if engine else {}),
     }
     number = _create_or_retag(client, name, run, existing, tags, artifact_path)
     card = model_card(

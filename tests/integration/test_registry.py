@@ -186,11 +186,23 @@ def test_auto_promote_false_leaves_champion_to_a_person(client, runs) -> None:
     assert "promote --version 1" in report["reason"]
 
 
+ENGINE_BYTES = b"an exported engine"  # the registry logs the file as it is
+
+
+def _export_report(root: Path, max_abs_diff: float = 2e-7, flipped: int = 0) -> None:
+    """artifacts/export and reports/export.json, as the export stage leaves them."""
+    (root / "artifacts" / "export").mkdir(parents=True, exist_ok=True)
+    (root / "artifacts" / "export" / "model.tflite").write_bytes(ENGINE_BYTES)
+    report = {"engine": "litert", "file": "model.tflite", "images": 200, "tolerance": 1e-5}
+    report |= {"max_abs_diff": max_abs_diff, "flipped": flipped}
+    (root / "reports" / "export.json").write_text(json.dumps(report))
+
+
 def _project(
     tmp_path: Path, run_id: str, model_name: str, classes: tuple[str, ...] = ("cat", "dog")
 ) -> Path:
-    """A project root with params.yaml, train's mlflow_run.json, the split's class list and the
-    evaluate/split reports."""
+    """A project root with params.yaml, train's mlflow_run.json, the split's class list, the
+    exported engine and the export/evaluate/split reports."""
     import yaml
 
     root = tmp_path / "project"
@@ -198,6 +210,7 @@ def _project(
     (root / "artifacts" / "split").mkdir()
     (root / "artifacts" / "split" / "classes.json").write_text(json.dumps(classes))
     (root / "reports").mkdir()
+    _export_report(root)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["register"] = {"model_name": model_name, "metric": "accuracy"}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -245,6 +258,9 @@ def test_stage_then_imgclf_promote_rollback_and_history(
     assert (report["version"], report["decision"]) == (1, "promoted")
     version = client.get_model_version("cli", "1")
     assert json.loads(version.tags["classes"]) == ["cat", "dog"]
+    assert version.tags["engine"] == "engine/model.tflite"
+    logged = client.download_artifacts(version.run_id, version.tags["engine"], str(tmp_path))
+    assert Path(logged).read_bytes() == ENGINE_BYTES
     card = version.description
     assert "| Classes | 0 = cat, 1 = dog |" in card
     assert "| split | images | groups | cat | dog |" in card
@@ -286,6 +302,33 @@ def test_stage_then_imgclf_promote_rollback_and_history(
 
     missing = imgclf(root, "promote", "--version", "9")
     assert missing.exit_code == 1 and missing.stderr == "Error: model 'cli' has no version 9\n"
+
+
+@pytest.mark.parametrize(
+    ("max_abs_diff", "flipped", "why"),
+    [
+        (3e-5, 0, "differs from Keras by 3.00e-05 (> export.tolerance 1e-05) on 200 photos"),
+        (2e-6, 1, "changes 1 of 200 labels against Keras"),
+    ],
+)
+def test_an_engine_that_disagrees_with_keras_is_not_registered(
+    client,
+    runs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    max_abs_diff: float,
+    flipped: int,
+    why: str,
+) -> None:
+    name = f"disagreeing-{flipped}"
+    root = _project(tmp_path, runs["base"][0], name)
+    _export_report(root, max_abs_diff, flipped)
+    capsys.readouterr()
+    assert run_stage(monkeypatch, root) == 1
+    assert capsys.readouterr().err == f"register: error: not registered: the litert engine {why}\n"
+    assert client.search_model_versions(f"name = '{name}'") == []
+    assert not (root / "reports" / "register.json").exists()
 
 
 def test_unreachable_server_is_one_clear_line(
