@@ -121,10 +121,11 @@ def predict(
     """Batch prediction: INPUT, a folder (searched recursively) or a .zip/.tar archive of images,
     to a CSV: a submission `id,label` for two classes, else `path,label,confidence`. A file that
     is not a usable image is reported and skipped."""
+    from imgclf.data.labels import ClassListError
     from imgclf.data.sources import SourceError
-    from imgclf.model.batch_predict import ClassListMismatch, run_predict
+    from imgclf.model.batch_predict import run_predict
 
-    with _reported(SourceError, OSError, ClassListMismatch):  # FileNotFoundError is an OSError
+    with _reported(SourceError, OSError, ClassListError):  # FileNotFoundError is an OSError
         summary = run_predict(
             project.paths,
             project.params,

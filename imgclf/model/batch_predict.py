@@ -38,10 +38,10 @@ import numpy as np
 import tensorflow as tf
 
 from imgclf.config import Params, Paths
+from imgclf.data.labels import ClassListError, read_classes
 from imgclf.data.listing import list_files
 from imgclf.data.sources import local_folder
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
-from imgclf.io import read_json
 from imgclf.model.decision import class_probabilities, predicted_indices
 from imgclf.model.inference import MLFLOW_URI_PREFIXES, load_model, predict_probabilities
 from imgclf.model.preprocess import decode_image
@@ -112,10 +112,6 @@ def standardised_inputs(
         yield usable, rejected
 
 
-class ClassListMismatch(ValueError):
-    """The model's probability columns and the class list it was given differ in number."""
-
-
 @dataclass(frozen=True)
 class Classifier:
     """A loaded model and its classes, in the order of its probability columns."""
@@ -128,20 +124,26 @@ def project_classes(paths: Paths, params: Params) -> list[str]:
     """The project's class list, for a model that carries none: the split stage's resolved list
     (what train, evaluate and register use) once the pipeline has run, else download.classes."""
     if paths.split_classes.is_file():
-        return read_json(paths.split_classes)
+        return read_classes(paths.split_classes)
+    if params.download.classes == "auto":
+        raise ClassListError(
+            "the model carries no class list and download.classes is auto: "
+            "run `dvc repro split` to resolve it, or predict with a model logged with its classes"
+        )
     return params.download.classes
 
 
-def load_classifier(ref: str, fallback: Sequence[str]) -> Classifier:
+def load_classifier(ref: str, paths: Paths, params: Params) -> Classifier:
     """The model at `ref` (a .keras file or an MLflow URI) with the classes it carries, else
-    `fallback`. A registry alias is resolved to its version once, so the weights and the
-    classes come from the same version even if the alias moves meanwhile."""
+    the project's. A registry alias is resolved to its version once, so the weights and the
+    classes come from the same version even if the alias moves meanwhile. Raises
+    ClassListError when the classes do not match the model's outputs in number."""
     uri, version_tags = _pinned(ref)
     model = load_model(uri)
-    classes = tuple(_carried_classes(uri, version_tags) or fallback)
+    classes = tuple(_carried_classes(uri, version_tags) or project_classes(paths, params))
     outputs = class_probabilities(np.zeros((0, model.output_shape[-1]), "float32")).shape[1]
     if outputs != len(classes):
-        raise ClassListMismatch(
+        raise ClassListError(
             f"{ref} gives {outputs} class probabilities but the class list has "
             f"{len(classes)}: {', '.join(classes)}"
         )
@@ -307,7 +309,7 @@ def run_predict(
     """Predict every usable image of `source` (a folder, searched recursively, or an archive) and
     write the CSV to `out`. `model`: a .keras file or an MLflow URI (default: train's model);
     `batch_size` default: evaluate.batch_size. A file that cannot be used is skipped with its
-    reason. Raises SourceError or OSError (a missing input or model), ClassListMismatch."""
+    reason. Raises SourceError or OSError (a missing input or model), ClassListError."""
     with local_folder(source) as folder:
         found, ignored = list_files(folder, IMAGE_SUFFIXES)
         candidates = [folder / rel for rel in found]
@@ -315,9 +317,7 @@ def run_predict(
         limits = Limits(params.download.max_pixels)
         with standardised_inputs(candidates, limits) as (good, rejected):
             if good:
-                classifier = load_classifier(
-                    str(model or paths.model), project_classes(paths, params)
-                )
+                classifier = load_classifier(str(model or paths.model), paths, params)
                 good, probabilities, refused = predict_decodable(
                     classifier.model, good, batch_size or params.evaluate.batch_size
                 )

@@ -21,6 +21,7 @@ from PIL import Image
 
 from imgclf.cli import cli
 from imgclf.config import PARAMS_FILE, MonitorParams, Paths
+from imgclf.evaluation.report import prediction_columns
 from imgclf.io import read_tsv, write_tsv
 from imgclf.model.decision import decide
 from imgclf.monitoring.drift.inputs import DriftInputError, load_live, load_reference, window
@@ -150,12 +151,6 @@ def evaluated_cells(
     return cells
 
 
-def evaluated_columns(classes: Sequence[str]) -> tuple[str, ...]:
-    binary = ("probability",) if len(classes) == 2 else ()
-    probabilities = (f"p_{c}" for c in classes)
-    return ("split", "path", "label", *binary, "predicted", "confidence", *probabilities)
-
-
 @pytest.fixture(scope="module")
 def project_three(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A three-class project's reference, predictions.tsv as evaluate writes it for K classes
@@ -166,7 +161,7 @@ def project_three(tmp_path_factory: pytest.TempPathFactory) -> Path:
     evaluated = evaluated_cells(probabilities, THREE)
     root = tmp_path_factory.mktemp("project_three")
     truth = wrong + labels[REFERENCE_WRONG:]
-    return write_project(root, evaluated, evaluated_columns(THREE), truth, width, height)
+    return write_project(root, evaluated, prediction_columns(THREE), truth, width, height)
 
 
 def log_rows(
@@ -470,7 +465,7 @@ def test_evaluates_k_class_file_reads_as_todays_for_two_classes(
     rows = [r for r in read_tsv(Paths(project).predictions) if r["split"] == "test"]
     p = np.array(probabilities(rows))
     evaluated = evaluated_cells(np.stack([1 - p, p], axis=1), ["defect", "ok"], threshold)
-    columns = evaluated_columns(["defect", "ok"])
+    columns = prediction_columns(["defect", "ok"])
     width, height = np.full(len(rows), 400), np.full(len(rows), 300)
     truth = [r["label"] for r in rows]
     k_class = write_project(tmp_path, evaluated, columns, truth, width, height)
@@ -480,9 +475,11 @@ def test_evaluates_k_class_file_reads_as_todays_for_two_classes(
     np.testing.assert_array_equal(new.confidence, old.confidence)
 
 
-def test_a_two_class_file_with_more_classes_is_bad_input(project: Path) -> None:
+def test_a_file_from_before_class_lists_needs_two_listed_classes(project: Path) -> None:
     with pytest.raises(DriftInputError, match="two-class probabilities but there are 3 classes"):
         reference(project, 0.5, THREE)
+    with pytest.raises(DriftInputError, match=r"predictions\.tsv names no classes"):
+        reference(project, 0.5, None)  # download.classes: auto
 
 
 def test_logged_confidence_is_read_and_older_rows_get_the_binary_rule(tmp_path: Path) -> None:

@@ -19,11 +19,12 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from imgclf.cli import cli
-from imgclf.config import PARAMS_FILE, EvaluateParams, Paths
+from imgclf.config import PARAMS_FILE, EvaluateParams, ExportParams, Paths
 from imgclf.data.standardise import Limits, standardise
 from imgclf.evaluation.report import run_evaluate
 from imgclf.io import read_tsv, write_json, write_tsv
 from imgclf.model.batch_predict import standardised_inputs, submission_id
+from imgclf.model.export import run_export
 from imgclf.model.inference import load_model, predict_probabilities
 from imgclf.model.preprocess import decode_image
 from tests.support.helpers import Registry, imgclf_command, mlflow_uris, tiny_model
@@ -240,7 +241,9 @@ def test_the_installed_command_reads_paths_from_the_callers_folder(
 def test_evaluate_and_predict_give_the_same_probabilities(
     sample_data_dir: Path, tmp_path: Path
 ) -> None:
-    """THE equality test: predictions.tsv and `predict --proba` agree on real photos."""
+    """THE equality test: predictions.tsv and `predict --proba` agree on real photos (evaluate
+    runs the export stage's engine, batch prediction the Keras model: within the tolerance the
+    export stage checks)."""
     root = tmp_path / "project"
     paths = Paths(root)
     paths.split_dir.mkdir(parents=True)
@@ -265,6 +268,8 @@ def test_evaluate_and_predict_give_the_same_probabilities(
         write_tsv(paths.split_manifest(split), rows, ("path", "label", "group", "sha256"))
     paths.train_dir.mkdir(parents=True)
     tiny_model(size=96, seed=3).save(paths.model)
+    export = ExportParams(check_images=2)
+    assert run_export(paths, export, CLASSES)["passed"]
 
     run_evaluate(paths, CLASSES, EvaluateParams(batch_size=4))
     evaluated = {Path(r["path"]).name: float(r["probability"]) for r in read_tsv(paths.predictions)}
@@ -279,7 +284,8 @@ def test_evaluate_and_predict_give_the_same_probabilities(
     assert len(predicted) == len(evaluated) == 9
     assert len(set(predicted.values())) > 1  # the model does tell the photos apart
     for name, probability in evaluated.items():
-        assert predicted[submission_id(name)] == pytest.approx(probability, abs=1e-6), name
+        expected = pytest.approx(probability, abs=export.tolerance)
+        assert predicted[submission_id(name)] == expected, name
 
 
 def test_two_classes_keep_todays_submission_byte_for_byte(
@@ -372,22 +378,25 @@ def test_an_older_model_is_named_by_its_version_tag(
 
 
 def test_a_model_without_classes_gets_the_projects(folder: Path, tmp_path: Path) -> None:
-    """A .keras file carries no classes: the split stage's resolved list names them; the binary
-    params.yaml's two classes for three outputs is one line and exit status 1."""
+    """A .keras file carries no classes: params.yaml's list names them, or the split stage's
+    resolved one once it exists; a list that does not fit the outputs, or `auto` with no split
+    yet, is one line and exit status 1."""
     model = tmp_path / "three.keras"
     tiny_model(size=32, seed=3, classes=3).save(model)
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(PARAMS_FILE, project / "params.yaml")
+    params = project / "params.yaml"
+    shutil.copy(PARAMS_FILE, params)
     out = tmp_path / "out.csv"
-    result = predict(folder, "--out", out, "--model", model, params=project / "params.yaml")
+    result = predict(folder, "--out", out, "--model", model, params=params)
     assert result.exit_code == 1 and not out.exists()
     assert result.stderr == (
         f"Error: {model} gives 3 class probabilities but the class list has 2: cat, dog\n"
     )
+    params.write_text(PARAMS_FILE.read_text().replace("classes: [cat, dog]", "classes: auto"))
+    result = predict(folder, "--out", out, "--model", model, params=params)
+    assert result.exit_code == 1 and not out.exists()
+    assert "the model carries no class list and download.classes is auto" in result.stderr
     write_json(Paths(project).split_classes, THREE)
-    result = predict(
-        folder, "--out", out, "--model", model, "--proba", params=project / "params.yaml"
-    )
-    assert result.exit_code == 0
+    assert predict(folder, "--out", out, "--model", model, "--proba", params=params).exit_code == 0
     read_class_csv(out, folder, THREE)

@@ -192,12 +192,13 @@ def load_reference(
     test_tsv: Path,
     manifest_tsv: Path,
     predictions_tsv: Path,
-    classes: Sequence[str],
+    classes: Sequence[str] | None,
     threshold: float,
 ) -> tuple[Predictions, list[str]]:
     """The test split: true labels (test.tsv), sizes (download manifest), class probabilities
     (evaluate's predictions.tsv, split == "test"), joined by path; and the evaluated classes,
-    in order: those of the `p_<class>` columns, or `classes` for a file from before them."""
+    in order: those of the `p_<class>` columns, or for a file from before them `classes` (the
+    params' list; None: `auto`, which such a file cannot be)."""
     test = _read(test_tsv)
     sizes = {r["path"]: r for r in _read(manifest_tsv)}
     evaluated = [r for r in _read(predictions_tsv) if r["split"] == "test"]
@@ -232,11 +233,15 @@ PROBABILITY_PREFIX = "p_"  # predictions.tsv: p_<class>, one column per class in
 
 
 def _probability_columns(
-    row: dict[str, str], classes: Sequence[str]
+    row: dict[str, str], classes: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
     """The columns holding a predictions.tsv row's class probabilities, and the classes they
     name; a file from before class lists holds `probability` alone, P(second class)."""
     columns = [name for name in row if name.startswith(PROBABILITY_PREFIX)]
-    if not columns:
-        return ["probability"], list(classes)
-    return columns, [name.removeprefix(PROBABILITY_PREFIX) for name in columns]
+    if columns:
+        return columns, [name.removeprefix(PROBABILITY_PREFIX) for name in columns]
+    if classes is None:
+        raise DriftInputError(
+            "reference out of date: predictions.tsv names no classes (run `dvc repro`)"
+        )
+    return ["probability"], list(classes)

@@ -251,12 +251,13 @@ def run_monitor(
     Raises DriftInputError, before writing anything, when an input is missing or unreadable."""
     monitor = params.monitor if days is None else params.monitor.model_copy(update={"days": days})
     threshold = params.evaluate.threshold
+    listed = params.download.classes  # read only for a predictions.tsv that names no classes
     start, end = window(now, monitor.days)
     reference, classes = load_reference(
         paths.split_manifest("test"),
         paths.download_manifest,
         paths.predictions,
-        params.download.classes,
+        None if listed == "auto" else listed,
         threshold,
     )
     live = load_live(database_url, start, end, threshold, model_version)
