@@ -33,6 +33,7 @@ class DownloadParams(_Section):
     jpeg_quality: int = Field(default=95, ge=50, le=100)
     max_pixels: int = Field(default=40_000_000, ge=1)
     min_side: int = Field(default=32, ge=1)
+    max_image_bytes: int = Field(default=50_000_000, ge=1)  # one file, read no further
     workers: int = Field(default=0, ge=0)
     # Caps on what one source's archives (nested ones counted together) may extract to.
     max_archive_bytes: int = Field(default=10_000_000_000, ge=1)  # uncompressed

@@ -30,13 +30,14 @@ from tqdm import tqdm
 from imgclf.config import DownloadParams, Paths, resolve_workers
 from imgclf.data.labels import infer_label, resolve_classes
 from imgclf.data.listing import list_files
-from imgclf.data.sources import open_source
+from imgclf.data.sources import ArchiveLimits, open_source
 from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
 from imgclf.io import atomic_dir, write_json, write_tsv
 
 MANIFEST_COLUMNS = ("path", "label", "sha256", "width", "height", "bytes", "source", "converted")
 QUARANTINE_COLUMNS = ("source", "reason", "detail")
 UNREADABLE = "unreadable"  # the file itself cannot be read (a dangling link, permissions)
+TOO_LARGE = "too_large"  # more bytes than download.max_image_bytes
 UNLABELLED = "unlabelled"  # no class in its path
 # Every reason the download's limits can give (the report lists each, zeros included).
 QUARANTINE_REASONS = (
@@ -45,6 +46,7 @@ QUARANTINE_REASONS = (
     Reason.NOT_AN_IMAGE,
     Reason.CORRUPT,
     UNREADABLE,
+    TOO_LARGE,
     Reason.TOO_MANY_PIXELS,
     Reason.TOO_SMALL,
     UNLABELLED,
@@ -108,13 +110,24 @@ def _reject(reason: str, detail: object) -> ImageResult:
     return ImageResult(reason=str(reason), detail=" ".join(str(detail).split())[:300])
 
 
-def ingest_file(src: Path, dest: Path, *, limits: Limits, jpeg_quality: int) -> ImageResult:
-    """Standardise `src` into a clean RGB JPEG at `dest`, or say why not. Never raises for a bad
-    file."""
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """At most `max_bytes` + 1 bytes of `path`: one more than the cap says it is over, without
+    reading a huge file (or a device) whole."""
+    with open(path, "rb") as fh:
+        return fh.read(max_bytes + 1)
+
+
+def ingest_file(
+    src: Path, dest: Path, *, limits: Limits, jpeg_quality: int, max_bytes: int
+) -> ImageResult:
+    """Standardise `src` (at most `max_bytes`) into a clean RGB JPEG at `dest`, or say why not.
+    Never raises for a bad file."""
     try:
-        data = Path(src).read_bytes()
+        data = read_bounded(Path(src), max_bytes)
     except OSError as exc:
         return _reject(UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}")
+    if len(data) > max_bytes:
+        return _reject(TOO_LARGE, f"over download.max_image_bytes ({max_bytes} bytes)")
     try:
         clean = standardise(data, limits, jpeg_quality=jpeg_quality)
     except ImageRejected as exc:
@@ -231,6 +244,7 @@ def run_download(paths: Paths, params: DownloadParams, *, progress: bool = True)
         cache_dir=paths.resolve(params.cache_dir),
         sha256=params.sha256,
         s3_endpoint_url=params.s3_endpoint_url,
+        limits=ArchiveLimits.of(params),
         progress=progress,
     ) as source_dir:
         summary = build_dataset(
@@ -240,6 +254,7 @@ def run_download(paths: Paths, params: DownloadParams, *, progress: bool = True)
             max_per_class=params.max_per_class,
             seed=params.seed,
             jpeg_quality=params.jpeg_quality,
+            max_image_bytes=params.max_image_bytes,
             max_pixels=params.max_pixels,
             min_side=params.min_side,
             workers=params.workers,
@@ -259,6 +274,7 @@ def build_dataset(
     seed: int = 42,
     jpeg_quality: int = 95,
     max_pixels: int = 40_000_000,
+    max_image_bytes: int = 50_000_000,
     min_side: int = 32,
     workers: int = 0,
     progress: bool = True,
@@ -294,7 +310,11 @@ def build_dataset(
     wanted = {c: len(q) if max_per_class is None else max_per_class for c, q in queues.items()}
     images_rel = Path(os.path.relpath(paths.images, paths.root)).as_posix()
     manifest: list[dict[str, Any]] = []
-    options = {"limits": Limits(max_pixels, min_side), "jpeg_quality": jpeg_quality}
+    options = {
+        "limits": Limits(max_pixels, min_side),
+        "jpeg_quality": jpeg_quality,
+        "max_bytes": max_image_bytes,
+    }
 
     with atomic_dir(paths.download_dir) as scratch, _Decoder(workers, progress, **options) as dec:
         images = scratch / paths.images.relative_to(paths.download_dir)

@@ -17,6 +17,7 @@ import pytest
 from imgclf.data.sources import Extractor
 from imgclf.data.sources.archive import DEFAULT_LIMITS, ArchiveLimits, copy_within
 from imgclf.data.sources.errors import SourceError, UnsafeArchiveError
+from imgclf.io import read_tsv
 from tests.data.test_download_stage import download_params, run_stage
 from tests.data.test_sources import add_tar_member, assert_one_line, jpeg
 
@@ -157,3 +158,21 @@ def test_download_stage_refuses_a_bomb_in_one_line(
     assert err.startswith("download: ") and err.count("\n") == 1, err
     assert "pets.zip" in err and "max_ratio" in err and "Traceback" not in err
     assert not (tmp_path / "project" / "artifacts").exists()
+
+
+def test_the_caps_are_params_and_a_big_member_is_never_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trusting the archive (max_ratio raised) extracts it; the 30 MB member is then over
+    download.max_image_bytes and is quarantined unread."""
+    bomb = zeros_zip(tmp_path / "pets.zip", {"cat/1.jpg": 30 * MB, "dog/1.jpg": 1000})
+    params = download_params(
+        source=str(bomb), workers=1, max_ratio=1e6, max_image_bytes=MB, classes=["cat", "dog"]
+    )
+    code, _, err = run_stage(monkeypatch, capsys, params, tmp_path / "project")
+    assert code == 0, err
+    quarantine = read_tsv(tmp_path / "project" / "artifacts" / "download" / "quarantine.tsv")
+    assert {(row["source"], row["reason"]) for row in quarantine} == {
+        ("cat/1.jpg", "too_large"),
+        ("dog/1.jpg", "not_an_image"),
+    }

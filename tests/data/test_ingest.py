@@ -61,8 +61,9 @@ def png_header_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
-def ingest(src: Path, dest: Path, max_pixels: int = MAX_PIXELS):
-    return ingest_file(src, dest, limits=Limits(max_pixels, MIN_SIDE), jpeg_quality=JPEG_QUALITY)
+def ingest(src: Path, dest: Path, max_pixels: int = MAX_PIXELS, max_bytes: int = 10**8):
+    limits = Limits(max_pixels, MIN_SIDE)
+    return ingest_file(src, dest, limits=limits, jpeg_quality=JPEG_QUALITY, max_bytes=max_bytes)
 
 
 def run_one(tmp_path: Path, name: str, data: bytes, max_pixels: int = MAX_PIXELS):
@@ -138,6 +139,22 @@ def test_pixel_limit_applies_to_header_before_decoding(tmp_path: Path) -> None:
     assert result.reason == "too_many_pixels" and "max_pixels" in result.detail
     result, _ = run_one(tmp_path, "wide.png", buffer.getvalue(), max_pixels=2_000_000)
     assert result.kept and result.converted == ("png",)
+
+
+def test_a_file_over_the_byte_cap_is_quarantined_without_being_read_whole(tmp_path: Path) -> None:
+    photo = tmp_path / "big.jpg"
+    photo.write_bytes(jpeg_bytes(noise()))
+    size = photo.stat().st_size
+    assert ingest(photo, tmp_path / "kept.jpg", max_bytes=size).kept
+    result = ingest(photo, tmp_path / "refused.jpg", max_bytes=size - 1)
+    assert (result.reason, result.detail) == (
+        "too_large",
+        f"over download.max_image_bytes ({size - 1} bytes)",
+    )
+    assert not (tmp_path / "refused.jpg").exists()
+    # a device never ends: the cap is what stops the read
+    endless = ingest(Path("/dev/zero"), tmp_path / "zero.jpg", max_bytes=1000)
+    assert endless.reason == "too_large"
 
 
 def test_animated_gif_is_quarantined(tmp_path: Path) -> None:
