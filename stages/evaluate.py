@@ -21,10 +21,11 @@ def main() -> None:
         print(f"evaluate: {paths.mlflow_run} missing, nothing logged to MLflow", file=sys.stderr)
     test, val = result.metrics["test"], result.metrics["val"]
     auc = "n/a" if test.get("roc_auc") is None else f"{test['roc_auc']:.4f}"
+    f1 = "F1" if len(classes) == 2 else "macro F1"  # two classes: F1 of the second
     print(
         f"evaluate: test n={test['n']} accuracy {test.get('accuracy', float('nan')):.4f} "
-        f"F1 {test.get('f1', float('nan')):.4f} AUC {auc} "
-        f"(val accuracy {val.get('accuracy', float('nan')):.4f}) -> {paths.metrics}"
+        f"{f1} {test.get('f1' if len(classes) == 2 else 'macro_f1', float('nan')):.4f} "
+        f"AUC {auc} (val accuracy {val.get('accuracy', float('nan')):.4f}) -> {paths.metrics}"
     )
 
 
