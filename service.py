@@ -20,6 +20,13 @@ settings = load_settings()
 app = build_app(settings, lambda: bentoml.get_current_service().runtime)
 
 
+# Timeouts. BentoML's `traffic.timeout` bounds a request from its head to its answer, reading
+# the body included, and answers 504 past it (deploy/nginx/imgclf.conf's proxy_read_timeout
+# waits 5 s longer). The pinned BentoML (1.4.40) runs uvicorn with no header timeout and a 5 s
+# keep-alive (uvicorn's default; only `bentoml serve --timeout-keep-alive N` changes it, no service
+# setting does); nginx's upstream keep-alive stays under it. Exposed directly, a slow client would
+# hold a worker connection until that 504 (a server error for a client fault): the service listens
+# on 127.0.0.1 behind nginx, which times clients out (408) and hands over whole requests only.
 @bentoml.service(name="imgclf", workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:
