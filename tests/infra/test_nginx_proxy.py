@@ -5,7 +5,9 @@ here; every HTTPS request verifies the server against that CA.
 The config is rendered into tmp_path by replacing its listen lines and paths (certificates,
 upstream include, ACME root, access log): a path the rendering no longer finds fails the test,
 so the config and this test cannot drift apart silently. Missing nginx skips the module, except
-in CI (`CI` set), where it fails.
+in CI (`CI` set), where it fails. The body limits and the token check are tested in
+test_nginx_limits.py, the client timeouts in tests/integration/test_slow_clients.py, both with
+the helpers here (`running`, `http1`, `read_answer`).
 """
 
 from __future__ import annotations
