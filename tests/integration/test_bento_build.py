@@ -27,22 +27,24 @@ TIMEOUT_S = 300
 # What bentofile.yaml builds from; the other project folder holds its own copy.
 BUILD_INPUTS = ("bentofile.yaml", "service.py", "requirements.txt")
 # One interpreter (bentoml imports take seconds) to read the store at $BENTOML_HOME: the bentos,
-# the models the only bento carries, that model's labels and metadata, the params.yaml the bento
-# packaged, and its Dockerfile at argv[1].
+# the models the only bento carries, that model's labels and metadata, the classes the service
+# loads it with (no fallback), the params.yaml the bento packaged, and its Dockerfile at argv[1].
 INSPECT = """
 import json, sys
 from pathlib import Path
 import bentoml
+from imgclf.serving.holder import load_bento_model
 bentos = bentoml.bentos.list()
 models = [str(m.tag) for m in bentos[0].info.models] if len(bentos) == 1 else []
 info = bentoml.models.get(models[0]).info if len(models) == 1 else None
 labels, metadata = (dict(info.labels), dict(info.metadata)) if info else ({}, {})
+served = list(load_bento_model(models[0], None).classes) if info else None
 params = None
 if len(bentos) == 1:
     bentoml.container.get_containerfile(bentos[0].tag, output_path=sys.argv[1])
     params = Path(bentos[0].path_of("src/params.yaml")).read_text()
 print(json.dumps({"bentos": [str(b.tag) for b in bentos], "models": models, "labels": labels,
-                  "metadata": metadata, "params": params}))
+                  "metadata": metadata, "served": served, "params": params}))
 """
 
 
@@ -95,5 +97,6 @@ def test_build_bento_carries_the_champion_and_a_containerfile(
     assert facts["labels"]["registered_model"] == registry.model_name
     assert facts["labels"]["registered_version"] == version
     assert facts["metadata"]["classes"] == ["scratch", "dent", "ok"]  # the model's, not params'
+    assert facts["served"] == facts["metadata"]["classes"]
     assert facts["params"] == params_file.read_text()  # the champion's project's classes
     assert "IMGCLF_MODEL_SOURCE" in dockerfile.read_text()
