@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.config import EvaluateParams, Paths, load_params
+from imgclf.config import EvaluateParams, ExportParams, Paths, load_params
 from imgclf.data.ingest import build_dataset
 from imgclf.evaluation.report import run_evaluate
 from imgclf.io import read_tsv, write_tsv
 from imgclf.model.batch_predict import run_predict, submission_id
+from imgclf.model.export import run_export
 from tests.support.helpers import tiny_model
 from tests.support.photos import (
     PHONE_JPEG,
@@ -113,6 +114,7 @@ def test_predict_equals_evaluate_on_the_download_stage_output(
     paths.train_dir.mkdir(parents=True)
     paths.model.write_bytes(model_file.read_bytes())
 
+    run_export(paths, ExportParams(check_images=3), CLASSES)
     run_evaluate(paths, CLASSES, EvaluateParams(batch_size=3))
     evaluated = {Path(r["path"]).name: float(r["probability"]) for r in read_tsv(paths.predictions)}
     out = tmp_path / "submission.csv"
