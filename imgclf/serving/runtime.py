@@ -96,8 +96,7 @@ class ServingRuntime:
             self.metrics.model_version.set(float(model.version))
         except ValueError:  # a bento of an unregistered model: serving, but no number
             self.metrics.model_version.set(-1)
-        accuracy = model.test_accuracy
-        self.metrics.champion_test_accuracy.set(math.nan if accuracy is None else accuracy)
+        self.metrics.champion_test_accuracy.set(_gauge_value(model.test_accuracy))
         try:  # a restarted or newly promoted server picks up the feedback already logged
             self.refresh_live_scores()
         except Exception:
@@ -182,7 +181,7 @@ class ServingRuntime:
         images: list[ValidatedImage],
         request_id: str,
         started: float,
-        top_k: int | None = None,
+        top_k: int | None,
     ) -> list[Prediction]:
         """Preprocess (THE preprocessing) and batch-predict validated images on one snapshot of
         the model; count and log every answer. `top_k`: answer the k most probable classes."""
@@ -252,6 +251,7 @@ def _most_probable(by_class: dict[str, float], top_k: int | None) -> dict[str, f
 
 
 def _gauge_value(share: float | None) -> float:
+    """A share for a gauge: NaN for none (not 0, which would read as a real, bad score)."""
     return math.nan if share is None else share
 
 
