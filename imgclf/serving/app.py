@@ -391,7 +391,8 @@ async def _validated(
 class ServedDocument:
     """`app.openapi`: FastAPI's document with the served model's classes written in (the
     description, label enums, the keys of `probabilities`, top_k's maximum), rebuilt when they
-    change; before a model is loaded it names none."""
+    change; before a model is loaded (or without a runtime: documenting the API offline) it
+    names none."""
 
     def __init__(self, app: FastAPI, settings: ServeSettings) -> None:
         self.app = app
@@ -400,7 +401,8 @@ class ServedDocument:
         self.document: dict[str, Any] | None = None
 
     def __call__(self) -> dict[str, Any]:
-        classes = self.app.state.runtime().classes
+        runtime = self.app.state.runtime()
+        classes = None if runtime is None else runtime.classes
         if self.document is None or classes != self.classes:
             document = copy.deepcopy(FastAPI.openapi(self.app))  # FastAPI caches the original
             _write_classes(document, self.settings, classes)

@@ -481,6 +481,8 @@ def test_openapi_document_follows_the_served_models_classes() -> None:
     unloaded = app.openapi()
     validate(unloaded)
     assert feedback_labels(unloaded) is None and "no model is loaded yet" in str(unloaded)
+    offline = build_app(load_settings(), lambda: None).openapi()  # no runtime at all
+    assert offline["paths"] == unloaded["paths"]
 
 
 def test_openapi_lists_every_error_code_under_its_status() -> None:
