@@ -150,6 +150,9 @@ def test_metrics_count_the_served_models_classes(
     }
     assert set(counted) <= set(CLASSES)  # a series per class the model answered, no other
     assert all(counted[label] >= labels.count(label) for label in labels)
+    # confidence is at least 1/3 here, not 1/2: the histogram resolves it below 0.5 too
+    buckets = samples(live_service, "imgclf_prediction_confidence_bucket")
+    assert {"0.3", "0.4", "0.5"} <= {dict(key)["le"] for key in buckets}
 
 
 def test_openapi_document_lists_the_served_models_classes(
