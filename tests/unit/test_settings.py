@@ -68,6 +68,16 @@ def test_derived_values_come_from_the_rest_of_params_yaml(tmp_path: Path) -> Non
     assert settings.model_source == "registry"  # not inside a built bento
 
 
+def test_classes_auto_leaves_no_fallback(tmp_path: Path) -> None:
+    """`download.classes: auto` names no classes before the data is read: a model that carries
+    none then has nothing to fall back on (holder.model_classes refuses to load it)."""
+    params = params_with_serve(tmp_path, "  alias: champion\n")
+    text = params.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("  classes:"))
+    params.write_text(text.replace(line, "  classes: auto"))
+    assert load_settings(params).fallback_classes is None
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
