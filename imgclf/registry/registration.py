@@ -132,7 +132,7 @@ def _create_or_retag(
     return str(existing.version)
 
 
-def _engine_tags(
+def engine_tags(
     client: MlflowClient, run_id: str, path: Path, report: Mapping[str, Any]
 ) -> dict[str, str]:
     """Log the exported engine into the run; the tags that point the service at it."""
@@ -178,7 +178,7 @@ def register_run(
         "git_commit": run.data.tags.get("git_commit", "unknown"),
         **({CLASSES_TAG: json.dumps(list(classes))} if classes else {}),
         **{k: repr(float(v)) for k, v in test_metrics.items()},
-        **(_engine_tags(client, run_id, *engine) if engine else {}),
+        **(engine_tags(client, run_id, *engine) if engine else {}),
     }
     number = _create_or_retag(client, name, run, existing, tags, artifact_path)
     card = model_card(

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,26 +80,21 @@ def build_loaded_model(
     classes: Sequence[str],
     test_accuracy: float | None = None,
 ) -> LoadedModel:
-    """Check the model's output against its classes, trace one forward function with an open
-    batch dimension and warm it up."""
-    import tensorflow as tf
+    """Check the model's output against its classes and warm up its forward pass. `model` is the
+    version's exported engine, or a Keras model (one compiled graph with an open batch
+    dimension) for a version registered before engines were exported."""
+    from imgclf.model.inference import as_engine
 
-    from imgclf.model.inference import model_image_size
-
-    size = model_image_size(model)
-    columns = max(int(model.output_shape[-1]), 2)  # a sigmoid head's one column: two classes
+    engine = as_engine(model)
+    columns = max(engine.outputs, 2)  # a sigmoid head's one column: two classes
     if columns != len(classes):
         raise ValueError(f"{source} gives {columns} probabilities for the classes {classes}")
-    traced = tf.function(
-        lambda batch: model(batch, training=False),
-        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
-    )
 
     def forward(batch: np.ndarray) -> np.ndarray:
         # float64 before 1 - p: a sigmoid's two columns then sum to 1 as exactly as they can
-        outputs = np.asarray(traced(tf.convert_to_tensor(batch, tf.float32)), dtype=np.float64)
-        return class_probabilities(outputs)
+        return class_probabilities(np.asarray(engine(batch), dtype=np.float64))
 
+    size = engine.image_size
     forward(np.zeros((1, size, size, 3), "float32"))  # trace + warm up before serving
     return LoadedModel(
         version=version,
@@ -142,15 +139,29 @@ class RegistryChampion:
     def load(self, version: str) -> LoadedModel:
         import mlflow
 
-        from imgclf.model.inference import load_model
-
         uri = self.uri(version)
         mlflow.set_registry_uri(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
         classes = self.classes(version)
         return build_loaded_model(
-            load_model(uri), version, uri, classes, self.test_accuracy(version)
+            self.model(version), version, uri, classes, self.test_accuracy(version)
         )
+
+    def model(self, version: str) -> Any:
+        """The version's exported engine (tag `engine`), or its Keras model when it has none."""
+        from imgclf.model.engines import load_engine
+        from imgclf.model.inference import load_model
+        from imgclf.registry.client import engine_artifact_of
+
+        registered = self.client.get_model_version(self.name, version)
+        artifact = engine_artifact_of(registered)
+        if artifact is None:
+            return load_model(self.uri(version))
+        # The engine reads its file while loading (LiteRT maps it, and a mapping outlives the
+        # unlinked file), so the download need not outlive this call.
+        with tempfile.TemporaryDirectory(prefix="imgclf-engine-") as scratch:
+            path = self.client.download_artifacts(registered.run_id, artifact, scratch)
+            return load_engine(Path(path))
 
     def uri(self, version: str) -> str:
         return f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile

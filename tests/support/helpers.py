@@ -223,9 +223,9 @@ class Registry:
         classes: Sequence[str] = BINARY,
         carries_classes: bool = True,
     ) -> str:
-        """A tiny model for `classes` (carrying them, as training logs them, unless
-        `carries_classes` is False: logged as before models carried their classes), registered
-        with `tags` and made champion; its version."""
+        """A tiny model for `classes` (carrying them and its exported LiteRT engine, as training
+        and the register stage log them, unless `carries_classes` is False: logged as before
+        models carried either), registered with `tags` and made champion; its version."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -240,11 +240,25 @@ class Registry:
                 _log_without_classes(model)
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", self.model_name).version
         client = MlflowClient(self.uri, self.uri)
+        answers = model
+        if carries_classes:
+            answers, engine_tags = self._exported(client, run.info.run_id, model, str(version))
+            tags = {**engine_tags, **(tags or {})}
         for key, value in (tags or {}).items():
             client.set_model_version_tag(self.model_name, version, key, value)
         self.point_alias(str(version))
-        self.models[str(version)] = model
+        self.models[str(version)] = answers
         return str(version)
+
+    def _exported(self, client, run_id: str, model, version: str) -> tuple[object, dict]:
+        """The model's LiteRT engine (what the service will run) and its registry tags."""
+        from imgclf.model.engines import ENGINE_FILES, export_engine, load_engine
+        from imgclf.registry.registration import engine_tags
+
+        path = self.root / f"v{version}" / ENGINE_FILES["litert"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_engine(model, "litert", path)
+        return load_engine(path), engine_tags(client, run_id, path, {"max_abs_diff": 0.0})
 
     def point_alias(self, version: str) -> None:
         """Move @champion to a version registered before (a rollback, as `imgclf rollback`)."""
@@ -255,7 +269,8 @@ class Registry:
         )
 
     def expected(self, version: str, files: list[Path]) -> np.ndarray:
-        """(n, K) class probabilities of `files` by batch prediction's path, the model's order."""
+        """(n, K) class probabilities of `files` by batch prediction's path and the engine the
+        service runs for that version, in the model's order."""
         from imgclf.model.inference import predict_probabilities
 
         return predict_probabilities(self.models[version], files, batch_size=8, desc="")
