@@ -13,11 +13,12 @@ version's tag `classes`; a model that carries neither (a .keras file, or one log
 recorded their classes) gets the project's list (`project_classes`).
 
 Every file goes through `imgclf.data.standardise`, the standardisation the download stage and the
-service use (EXIF rotation applied, CMYK/palette/alpha converted), so a phone photo reaches the
-model upright here too; a file that cannot be standardised, or that the model's decoder
-refuses, is reported and skipped. The probabilities come from
-`imgclf.model.inference.predict_probabilities`, the function evaluate uses, so a file gets the
-same probability in both; labels come from THE decision rule (`imgclf.model.decision`).
+service use (EXIF rotation applied, CMYK/palette/alpha converted, damaged JPEGs refused), so a
+phone photo reaches the model upright here too; a file that cannot be standardised is reported
+and skipped. The probabilities come from `imgclf.model.inference.predict_probabilities`, the
+function evaluate uses, through the same exported engine (the export stage's for train's model,
+the version's `engine` for a registered one), so a file gets the same probability in both;
+labels come from THE decision rule (`imgclf.model.decision`).
 """
 
 from __future__ import annotations
@@ -35,16 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from imgclf.config import Params, Paths
 from imgclf.data.labels import ClassListError, read_classes
 from imgclf.data.listing import list_files
 from imgclf.data.sources import local_folder
-from imgclf.data.standardise import ImageRejected, Limits, Reason, standardise
+from imgclf.data.standardise import ImageRejected, Limits, standardise
 from imgclf.model.decision import class_probabilities, predicted_indices
-from imgclf.model.inference import MLFLOW_URI_PREFIXES, load_model, predict_probabilities
-from imgclf.model.preprocess import decode_image
+from imgclf.model.engines import ENGINE_TAG, Engine, load_engine
+from imgclf.model.export import exported_engine
+from imgclf.model.inference import (
+    MLFLOW_URI_PREFIXES,
+    as_engine,
+    load_model,
+    predict_probabilities,
+)
 
 # Files with these suffixes are candidates (and reported if unusable); others are ignored.
 IMAGE_SUFFIXES = (
@@ -116,7 +122,7 @@ def standardised_inputs(
 class Classifier:
     """A loaded model and its classes, in the order of its probability columns."""
 
-    model: object
+    model: Engine
     classes: tuple[str, ...]
 
 
@@ -139,15 +145,35 @@ def load_classifier(ref: str, paths: Paths, params: Params) -> Classifier:
     classes come from the same version even if the alias moves meanwhile. Raises
     ClassListError when the classes do not match the model's outputs in number."""
     uri, version_tags = _pinned(ref)
-    model = load_model(uri)
+    model = _forward_pass(ref, uri, version_tags, paths, params.export.threads)
     classes = tuple(_carried_classes(uri, version_tags) or project_classes(paths, params))
-    outputs = class_probabilities(np.zeros((0, model.output_shape[-1]), "float32")).shape[1]
+    outputs = class_probabilities(np.zeros((0, model.outputs), "float32")).shape[1]
     if outputs != len(classes):
         raise ClassListError(
             f"{ref} gives {outputs} class probabilities but the class list has "
             f"{len(classes)}: {', '.join(classes)}"
         )
     return Classifier(model, classes)
+
+
+def _forward_pass(
+    ref: str, uri: str, version_tags: dict[str, str], paths: Paths, threads: int
+) -> Engine:
+    """The engine that answers for `ref`: train's model -> the export stage's engine; a
+    registered version -> its `engine` artifact; otherwise (a .keras file, a version registered
+    before engines were exported) the Keras model itself."""
+    if ref == str(paths.model) and paths.export_report.is_file():
+        return exported_engine(paths, threads)
+    if ENGINE_TAG in version_tags:
+        from mlflow import MlflowClient
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        client = MlflowClient()
+        registered = client.get_model_version(*get_model_name_and_version(client, uri))
+        with tempfile.TemporaryDirectory(prefix="imgclf-engine-") as scratch:
+            path = client.download_artifacts(registered.run_id, version_tags[ENGINE_TAG], scratch)
+            return load_engine(Path(path), threads)  # read while loading: the file may go
+    return as_engine(load_model(uri))
 
 
 def _pinned(ref: str) -> tuple[str, dict[str, str]]:
@@ -178,39 +204,11 @@ def _carried_classes(uri: str, version_tags: dict[str, str]) -> list[str] | None
     return json.loads(version_tags["classes"]) if "classes" in version_tags else None
 
 
-def predict_decodable(
-    model, images: Sequence[ModelInput], batch_size: int
-) -> tuple[list[ModelInput], np.ndarray, list[tuple[Path, str]]]:
-    """The images THE preprocessing can decode with their (n, K) class probabilities (float64,
-    as the service's decision reads them), and (source, reason) for the rest. Pillow has read
-    every file, but TensorFlow's JPEG decoder refuses some damaged JPEGs that Pillow reads and
-    `standardise` passes on as they are. Only after a failed run is each file decoded on its
-    own, so a clean folder costs nothing more."""
+def probabilities_of(model: Engine, images: Sequence[ModelInput], batch_size: int) -> np.ndarray:
+    """(n, K) class probabilities (float64, as the service's decision reads them) of standardised
+    images: strictly decoded by `standardise`, so THE preprocessing's decoder takes them all."""
     files = [image.file for image in images]
-    try:
-        return list(images), _probabilities(model, files, batch_size), []
-    except tf.errors.InvalidArgumentError:
-        refused = [(image.source, _decoder_refuses(image.file)) for image in images]
-        refused = [(source, reason) for source, reason in refused if reason]
-        if not refused:
-            raise
-    sources = {source for source, _ in refused}
-    usable = [image for image in images if image.source not in sources]
-    files = [image.file for image in usable]
-    return usable, _probabilities(model, files, batch_size), refused
-
-
-def _probabilities(model, files: Sequence[Path], batch_size: int) -> np.ndarray:
     return predict_probabilities(model, files, batch_size).astype(np.float64)
-
-
-def _decoder_refuses(file: Path) -> str:
-    """Why THE preprocessing's decoder refuses `file`; empty when it decodes it."""
-    try:
-        decode_image(tf.io.read_file(str(file)))
-    except tf.errors.InvalidArgumentError:
-        return f"{Reason.CORRUPT}: the model's decoder (TensorFlow) refuses it"
-    return ""
 
 
 def submission_id(path: Path | str) -> int | str:
@@ -318,10 +316,9 @@ def run_predict(
         with standardised_inputs(candidates, limits) as (good, rejected):
             if good:
                 classifier = load_classifier(str(model or paths.model), paths, params)
-                good, probabilities, refused = predict_decodable(
+                probabilities = probabilities_of(
                     classifier.model, good, batch_size or params.evaluate.batch_size
                 )
-                rejected = sorted([*rejected, *refused])
         skipped = tuple((path.relative_to(folder), reason) for path, reason in rejected)
         if not good:
             return PredictSummary((), (), skipped, ignored, ())

@@ -19,6 +19,7 @@ import numpy as np
 
 EngineKind = Literal["litert", "onnx", "keras"]
 ENGINE_FILES: dict[str, str] = {"litert": "model.tflite", "onnx": "model.onnx"}
+ENGINE_TAG = "engine"  # a registry version's tag: the run artifact of its exported engine
 ONNX_OPSET = 17
 
 

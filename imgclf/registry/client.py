@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from imgclf.io import redact
+from imgclf.model.engines import ENGINE_TAG
 from imgclf.registry.gate import Candidate
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CLASSES_TAG = "classes"  # a version's class list, a JSON list in label order
-ENGINE_TAG = "engine"  # the run artifact of its exported inference engine (engine/model.tflite)
 ENGINE_ARTIFACTS = "engine"  # the run's artifact folder holding it
 
 
