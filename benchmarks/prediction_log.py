@@ -89,7 +89,8 @@ def main() -> None:
             conn.execute(sa.insert(predictions), rows(args.rows, args.labelled))
 
         def query() -> tuple[float | None, int]:
-            return log.live_accuracy("7", WINDOW)
+            scores = log.live_scores("7", WINDOW)
+            return scores.accuracy, scores.count
 
         accuracy, count = query()
         indexed = best_rate(query, 1, repeats=20)
