@@ -287,14 +287,14 @@ def train_classifier(
                     class_weight=weights, initial_epoch=initial_epoch)  # fmt: skip
 
     backbone, head = classifier.backbone, classifier.head
-    val_features = None  # (views, n, d) of the final backbone, when phase 1 extracted them
+    val_features = None  # of the final backbone, when phase 1 extracted them
     if not classifier.pretrained:
         history = fit_images(params.lr, params.epochs)
     else:
         backbone.trainable = False
         if params.cache_features:
             train_features, val_features = _frozen_features(backbone, (train, val), params)
-            history = _fit_head(head, (train_features, train), (val_features, val), params)
+            history = _fit_head(head, train_features, val_features, params)
         else:
             history = fit_images(params.lr, params.epochs)
         tune = params.fine_tune
@@ -306,7 +306,7 @@ def train_classifier(
     if params.calibration == "temperature":
         if val_features is None:
             [val_features] = _frozen_features(backbone, (val,), params)
-        calibration = _calibrate(head, val_features, val.labels)
+        calibration = _calibrate(head, val_features)
     model = inference_model(classifier, calibration.temperature, params.tta == "flip")
     return Trained(model, history, calibration)
 
@@ -322,7 +322,8 @@ def _feature_engine(backbone: keras.Model, kind: str) -> Iterator[Engine]:
         yield KerasEngine(backbone)
         return
     with tempfile.TemporaryDirectory() as scratch:
-        yield load_engine(export_engine(backbone, "litert", Path(scratch) / ENGINE_FILES[kind]))
+        path = Path(scratch) / ENGINE_FILES["litert"]
+        yield load_engine(export_engine(backbone, "litert", path))
 
 
 def _views(batch: np.ndarray, tta: str) -> list[np.ndarray]:
@@ -331,10 +332,23 @@ def _views(batch: np.ndarray, tta: str) -> list[np.ndarray]:
     return [batch, batch[:, :, ::-1]] if tta == "flip" else [batch]
 
 
+@dataclass(frozen=True)
+class Features:
+    """A split's backbone features for every view, (views, n, d) in file order, and its labels."""
+
+    values: np.ndarray
+    labels: np.ndarray
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """One row per view of each image, with its label: what a head trains on."""
+        views, _, dim = self.values.shape
+        return self.values.reshape(-1, dim), np.tile(self.labels, views)
+
+
 def _frozen_features(
     backbone: keras.Model, splits: Sequence[LabelledFiles], params: TrainParams
-) -> list[np.ndarray]:
-    """Per split, the frozen backbone's features of every view, (views, n, d), in file order."""
+) -> list[Features]:
+    """Per split, the frozen backbone's features of every view (`_views`)."""
     found = []
     with _feature_engine(backbone, params.feature_engine) as engine:
         for split in splits:
@@ -346,45 +360,34 @@ def _frozen_features(
                 per_view = per_view or [[] for _ in views]
                 for chunks, features in zip(per_view, views, strict=True):
                     chunks.append(features)
-            found.append(np.stack([np.concatenate(chunks) for chunks in per_view]))
+            values = np.stack([np.concatenate(chunks) for chunks in per_view])
+            found.append(Features(values, split.labels))
     return found
 
 
-def _rows(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(views, n, d) features and n labels -> one training row per view of each image."""
-    views, _, dim = features.shape
-    return features.reshape(-1, dim), np.tile(labels, views)
-
-
 def _fit_head(
-    head: keras.Model,
-    train: tuple[np.ndarray, LabelledFiles],
-    val: tuple[np.ndarray, LabelledFiles],
-    params: TrainParams,
+    head: keras.Model, train: Features, val: Features, params: TrainParams
 ) -> list[dict[str, float]]:
     """Phase 1 on cached features: Adam epochs, or the linear head's regularisation path."""
     if params.linear_head.enabled:
         return _fit_linear_head(head, train, val, params)
     units = head.output_shape[-1]
-    (train_x, train_y), (val_x, val_y) = (
-        _rows(train[0], train[1].labels),
-        _rows(*val[0:1], val[1].labels),
-    )
 
-    def dataset(x: np.ndarray, y: np.ndarray, seed: int | None) -> tf.data.Dataset:
-        data = tf.data.Dataset.from_tensor_slices((x, loss_targets(y, units)))
+    def dataset(split: Features, seed: int | None) -> tf.data.Dataset:
+        features, labels = split.rows()
+        data = tf.data.Dataset.from_tensor_slices((features, loss_targets(labels, units)))
         if seed is not None:
-            data = data.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+            data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         return data.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
 
     return _fit(
         head,
-        dataset(train_x, train_y, params.seed),
-        dataset(val_x, val_y, None),
+        dataset(train, params.seed),
+        dataset(val, None),
         lr=params.lr,
         epochs=params.epochs,
         params=params,
-        class_weight=class_weights(train[1].labels, params.class_weights),
+        class_weight=class_weights(train.labels, params.class_weights),
     )
 
 
@@ -399,21 +402,18 @@ def head_probabilities(
 
 
 def _fit_linear_head(
-    head: keras.Model,
-    train: tuple[np.ndarray, LabelledFiles],
-    val: tuple[np.ndarray, LabelledFiles],
-    params: TrainParams,
+    head: keras.Model, train: Features, val: Features, params: TrainParams
 ) -> list[dict[str, float]]:
     """L2-regularised logistic regression on standardised features, one fit per strength in
     `linear_head.c` (weakest regularisation last, warm-started); the lowest validation log loss
     wins and goes into the head's Dense. One history row per strength."""
     dense = head.get_layer(HEAD_OUTPUT)
-    x, y = _rows(train[0], train[1].labels)
+    x, y = train.rows()
     scaler = StandardScaler().fit(x)
     regression = LogisticRegression(
         max_iter=2000,
         warm_start=True,
-        class_weight=class_weights(train[1].labels, params.class_weights),
+        class_weight=class_weights(train.labels, params.class_weights),
     )
     rows, fitted = [], []
     for index, c in enumerate(sorted(params.linear_head.c)):
@@ -422,8 +422,8 @@ def _fit_linear_head(
         fitted.append((kernel, bias))
         rows.append(
             {"epoch": index, "c": c}
-            | _scores("", head_probabilities(train[0], kernel, bias), train[1].labels)
-            | _scores("val_", head_probabilities(val[0], kernel, bias), val[1].labels)
+            | _scores("", head_probabilities(train.values, kernel, bias), train.labels)
+            | _scores("val_", head_probabilities(val.values, kernel, bias), val.labels)
         )
     best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     dense.set_weights(list(fitted[best]))
@@ -459,7 +459,7 @@ def _scores(prefix: str, probabilities: np.ndarray, labels: np.ndarray) -> dict[
 # ---------------------------------------------------------------- calibration
 
 
-def _calibrate(head: keras.Model, val_features: np.ndarray, labels: np.ndarray) -> Calibration:
+def _calibrate(head: keras.Model, val: Features) -> Calibration:
     """Temperature scaling: the T that minimises the validation log loss of the saved model's
     probabilities (logits / T, mirror averaged in); one parameter, so accuracy cannot change for
     one view and barely for two."""
@@ -467,8 +467,8 @@ def _calibrate(head: keras.Model, val_features: np.ndarray, labels: np.ndarray) 
     classes = list(range(max(kernel.shape[1], 2)))
 
     def val_loss(temperature: float) -> float:
-        probabilities = head_probabilities(val_features, kernel, bias, temperature)
-        return float(log_loss(labels, probabilities, labels=classes))
+        probabilities = head_probabilities(val.values, kernel, bias, temperature)
+        return float(log_loss(val.labels, probabilities, labels=classes))
 
     found = minimize_scalar(
         lambda log_t: val_loss(math.exp(log_t)), bounds=(-3, 3), method="bounded"

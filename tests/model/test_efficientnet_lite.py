@@ -52,3 +52,35 @@ def test_top_block_helpers():
     assert {layer.name for layer in unfrozen} >= {"block15_dw_bn", "top_bn"}
     with pytest.raises(ValueError):
         effl.top_block_layers(model, 17)
+
+
+def test_width_rounding_follows_the_reference():
+    # tensorflow/tpu round_filters: nearest multiple of 8, bumped when more than 10% below.
+    assert [effl.round_filters(f, 1.1) for f in (16, 24, 40, 80, 112, 192, 320)] == [
+        16, 24, 48, 88, 120, 208, 352,
+    ]  # fmt: skip
+    assert [effl.round_filters(f, 1.0) for f in (16, 24, 40)] == [16, 24, 40]
+
+
+@pytest.mark.parametrize(
+    ("variant", "blocks", "last_width", "parameters"),
+    [("efficientnet_lite1", 21, 320, 5_470_344), ("efficientnet_lite2", 21, 352, 6_150_168)],
+)
+def test_scaled_variants_keep_stem_head_and_outer_stages(
+    variant: str, blocks: int, last_width: int, parameters: int
+):
+    size = effl.VARIANTS[variant].resolution
+    full = effl.efficientnet_lite(variant, True, (size, size, 3))
+    assert full.count_params() == parameters
+    assert effl.block_count(full) == blocks
+    assert full.get_layer("stem_conv").filters == effl.STEM_FILTERS  # stem not scaled
+    assert full.get_layer("top_conv").filters == effl.HEAD_FILTERS  # head not scaled
+    assert full.get_layer(f"block{blocks - 1:02d}_project_conv").filters == last_width
+    # First and last stage keep one block each: block 00 has no expand conv, block 01 does.
+    assert "block00_expand_conv" not in {layer.name for layer in full.layers}
+    assert full.get_layer(f"block{blocks - 2:02d}_project_conv").filters != last_width
+    backbone = effl.efficientnet_lite(variant, False, (64, 64, 3))
+    assert backbone.output_shape == (None, effl.FEATURE_DIM)
+    assert backbone.name == f"{variant}_backbone"
+    top = {layer.name[:7] for layer in effl.top_block_layers(backbone, 1)}
+    assert top - {name[:7] for name in effl.HEAD_LAYER_NAMES} == {f"block{blocks - 1:02d}"}

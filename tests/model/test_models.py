@@ -17,6 +17,7 @@ from imgclf.model.architectures.factory import (
     Output,
     build_classifier,
     classifier_output,
+    inference_model,
     load_classifier,
     unfreeze_top,
 )
@@ -122,3 +123,60 @@ def test_saved_classifier_gives_identical_outputs(tmp_path: Path) -> None:
     model.save(tmp_path / "model.keras")
     restored = load_classifier(tmp_path / "model.keras")
     np.testing.assert_allclose(restored(images), model(images, training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_inference_model_divides_logits_by_the_temperature_and_averages_the_mirror(
+    tmp_path: Path, n_classes: int
+) -> None:
+    classifier = build_classifier(_params(), n_classes)
+    assert inference_model(classifier, 1.0, tta=False) is classifier.model  # nothing to add
+    images = _images()
+    mirrored = images[:, :, ::-1]
+    features = keras.Model(classifier.model.input, classifier.backbone(classifier.model.input))
+    kernel, bias = classifier.head.get_layer("probability").get_weights()
+
+    def expected(batch: np.ndarray, temperature: float) -> np.ndarray:
+        z = (np.asarray(features(batch)) @ kernel + bias) / temperature
+        return 1 / (1 + np.exp(-z)) if n_classes == 2 else keras.ops.softmax(z).numpy()
+
+    model = inference_model(classifier, 2.5, tta=True)
+    both = (expected(images, 2.5) + expected(mirrored, 2.5)) / 2
+    np.testing.assert_allclose(model(images), both, atol=1e-6)
+    np.testing.assert_allclose(model(mirrored), model(images), atol=1e-6)  # mirror-invariant
+    np.testing.assert_allclose(inference_model(classifier, 2.5, tta=False)(images),
+                               expected(images, 2.5), atol=1e-6)  # fmt: skip
+    model.save(tmp_path / "model.keras")  # the mirror layer saves and loads by its registered name
+    np.testing.assert_array_equal(load_classifier(tmp_path / "model.keras")(images), model(images))
+
+
+def test_concatenated_backbones_feed_one_head_and_fine_tune_each() -> None:
+    params = _params(arch=["efficientnet_lite0", "mobilenet_v2"], image_size=32)
+    classifier = build_classifier(params, 2)
+    members = [classifier.backbone.get_layer(f"{arch}_backbone") for arch in params.backbones]
+    assert classifier.backbone.output_shape == (None, 1280 + 1280)
+    assert classifier.model.name == "efficientnet_lite0-mobilenet_v2_classifier"
+    classifier.backbone.trainable = False
+    unfreeze_top(classifier.backbone, params.backbones, blocks=2)
+    for member in members:
+        trainable = [layer for layer in _all_layers(member) if layer.trainable_weights]
+        assert 0 < len(trainable) < len(_all_layers(member)) / 10, member.name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"arch": ["efficientnet_lite0", "efficientnet_lite0"]}, "twice"),
+        ({"arch": ["efficientnet_lite0", "small_cnn"]}, "arch"),
+        ({"arch": "seed_cnn", "tta": "flip"}, "seed_cnn"),
+        ({"arch": "small_cnn", "linear_head": {"enabled": True}}, "linear_head"),
+        ({"arch": "efficientnet_lite2", "linear_head": {"enabled": True, "c": []}}, "c"),
+    ],
+)
+def test_train_params_refuse_options_the_arch_cannot_take(overrides: dict, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        TrainParams(**overrides)
+    assert TrainParams(arch=["efficientnet_lite0", "efficientnet_lite2"]).backbones == (
+        "efficientnet_lite0",
+        "efficientnet_lite2",
+    )

@@ -25,6 +25,7 @@ from imgclf.model.dataset import LabelledFiles
 from imgclf.model.inference import predict_probabilities
 from imgclf.model.training import (
     class_weights,
+    head_probabilities,
     loss_and_accuracy,
     loss_targets,
     run_train,
@@ -167,6 +168,86 @@ def test_fine_tuning_changes_only_the_top_of_the_backbone(splits) -> None:
     top_conv = [layer.name for layer in layers if isinstance(layer, keras.layers.Conv2D)][-1]
     assert top_conv in changed
     assert layers[0].name not in changed  # the stem stays frozen
+
+
+def _frozen_pretrained_params(**overrides: object) -> TrainParams:
+    """Params of a frozen pretrained backbone (what the linear head requires); the tests hand
+    `train_classifier` a small stand-in built by `_pretrained_like`."""
+    return _params(arch="efficientnet_lite0", weights="imagenet", **overrides)
+
+
+def _val_log_loss(model: keras.Model, val: LabelledFiles) -> float:
+    from sklearn.metrics import log_loss
+
+    from imgclf.model.decision import class_probabilities
+
+    probabilities = class_probabilities(predict_probabilities(model, val.files, 8, desc=""))
+    return log_loss(val.labels, probabilities, labels=list(range(probabilities.shape[1])))
+
+
+def test_linear_head_keeps_the_strength_with_the_lowest_validation_loss(splits) -> None:
+    train, val = splits
+    strengths = [1e-4, 0.1, 10.0]
+    params = _frozen_pretrained_params(linear_head={"enabled": True, "c": strengths})
+    classifier = _pretrained_like(params, _n_classes(train))
+    before = _backbone_weights(classifier)
+    trained = train_classifier(classifier, train, val, params)
+    assert [row["c"] for row in trained.history] == strengths
+    assert [row["epoch"] for row in trained.history] == [0, 1, 2]
+    best = min(trained.history, key=lambda row: row["val_loss"])
+    assert best["val_loss"] < trained.history[0]["val_loss"]  # 1e-4 is far too strong
+    assert best["val_accuracy"] >= 0.9
+    # The saved model is the chosen fit: its validation loss is the history's best row.
+    assert _val_log_loss(trained.model, val) == pytest.approx(best["val_loss"], rel=1e-3)
+    for old, new in zip(before, _backbone_weights(classifier), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_calibration_and_flip_tta_live_in_the_saved_model(splits, tmp_path: Path) -> None:
+    train, val = splits
+    params = _frozen_pretrained_params(tta="flip", calibration="temperature",
+                                       linear_head={"enabled": True, "c": [100.0]})  # fmt: skip
+    classifier = _pretrained_like(params, _n_classes(train))
+    trained = train_classifier(classifier, train, val, params)
+    calibration = trained.calibration
+    # Fitted, not left at 1: the validation loss it reaches is at most the uncalibrated one.
+    assert calibration.temperature != pytest.approx(1.0, abs=1e-3)
+    assert calibration.val_log_loss_after <= calibration.val_log_loss_before
+    assert _val_log_loss(trained.model, val) == pytest.approx(
+        calibration.val_log_loss_after, rel=1e-3
+    )
+    layer_names = {layer.name for layer in trained.model.layers}
+    assert {"mirror", "tta_mean"} <= layer_names
+    images = np.stack([np.asarray(Image.open(f), "float32") / 255 for f in val.files[:4]])
+    np.testing.assert_allclose(
+        trained.model(images[:, :, ::-1]), trained.model(images), rtol=1e-5, atol=1e-6
+    )
+    trained.model.save(tmp_path / "model.keras")
+    restored = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(restored(images), trained.model(images))
+
+
+def test_head_probabilities_average_views_like_the_model() -> None:
+    features = np.random.default_rng(0).normal(size=(2, 5, 3))  # 2 views, 5 images, 3 features
+    kernel, bias = np.ones((3, 1)), np.zeros(1)
+    probabilities = head_probabilities(features, kernel, bias, temperature=2.0)
+    positive = (1 / (1 + np.exp(-features.sum(axis=2) / 2))).mean(axis=0)
+    np.testing.assert_allclose(probabilities, np.stack([1 - positive, positive], axis=1))
+    three = head_probabilities(features, np.eye(3), np.zeros(3))
+    assert three.shape == (5, 3)
+    np.testing.assert_allclose(three.sum(axis=1), 1.0)
+
+
+def test_read_once_datasets_run_without_autotune(splits) -> None:
+    """Inference and feature extraction read a dataset once; autotune would stall its end."""
+    from imgclf.model.dataset import image_dataset
+
+    train, _ = splits
+    inference = image_dataset(train.files, SIZE, 8)
+    training = image_dataset(train.files, SIZE, 8, loss_targets(train.labels, 1), shuffle_seed=0)
+    assert inference.options().autotune.enabled is False
+    assert training.options().autotune.enabled is not False
+    assert sum(len(batch) for batch in inference) == len(train)
 
 
 def _write_manifests(paths: Paths, classes: list[str]) -> None:
