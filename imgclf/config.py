@@ -186,6 +186,12 @@ class ServeParams(_Section):
     max_bytes: int = Field(default=10_000_000, ge=1)  # per uploaded image
     max_pixels: int = Field(default=25_000_000, ge=1)  # width x height, checked from the header
     max_images_per_request: int = Field(default=32, ge=1)  # /predict_batch
+    max_batch_bytes: int = Field(default=32_000_000, ge=1)  # a whole /predict_batch body
+    max_decoded_pixels: int = Field(default=100_000_000, ge=1)  # one request's images, decoded
+    max_in_flight: int = Field(default=32, ge=1)  # requests one worker handles at once; 503 past
+    body_timeout_seconds: float = Field(default=30.0, gt=0)  # a request body must arrive by then
+    max_token_lifetime_seconds: int = Field(default=86_400, ge=1)  # JWT exp - iat (or exp - now)
+    registry_timeout_seconds: int = Field(default=10, ge=1)  # each HTTP call to the registry
     max_batch_size: int = Field(default=32, ge=1)  # adaptive batching: images per forward pass
     prediction_db: str = "predictions.db"  # prediction log: SQLAlchemy URL or SQLite file (cwd)
     feedback_window: int = Field(default=500, ge=1)  # live accuracy: last N labelled predictions

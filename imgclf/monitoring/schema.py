@@ -47,6 +47,9 @@ predictions = sa.Table(
         nullable=True,
         comment="JSON object class -> probability, every class in the model's order",
     ),
+    # Who asked (NULL: auth off, a token without `sub`, or logged before subjects were kept):
+    # only that subject may label the prediction, unless its token has the feedback:any scope.
+    sa.Column("subject", sa.String(255), nullable=True, comment="the bearer token's `sub`"),
 )
 labelled = predictions.c.true_label.is_not(None)
 # Live accuracy reads a version's latest labels: a partial index holds only labelled rows, so
@@ -76,6 +79,7 @@ class PredictionRecord:
     timestamp: dt.datetime | None = None
     confidence: float | None = None
     probabilities: Mapping[str, float] | None = None  # class -> probability, the model's order
+    subject: str | None = None  # the caller's token `sub`
 
     def row(self) -> dict[str, Any]:
         row = asdict(self)

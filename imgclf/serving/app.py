@@ -4,10 +4,12 @@ The running service documents itself: Swagger UI at /docs (try an upload from th
 Authorize button takes the JWT) and the OpenAPI document at /openapi.json, generated from the
 routes below, the bodies in schemas.py and the error codes in errors.py.
 
-The routes read the request themselves, so that the body is read under a byte limit before
-anything parses it, every bad upload keeps its own status and reason code (FastAPI's 422 never
-answers), and BentoML's multipart parser (which fetches a URL given in a file field) is never
-involved; `openapi_extra` documents the bodies and the query they take.
+The routes read the request themselves (uploads.py), so that the body is read under byte limits
+and a deadline as it arrives, every bad upload keeps its own status and reason code (FastAPI's
+422 never answers), and BentoML's multipart parser (which fetches a URL given in a file field) is
+never involved; `openapi_extra` documents the bodies and the query they take. A worker handles
+at most serve.max_in_flight requests at once: one more is answered 503 `overloaded` at once,
+with Retry-After, before its body is read.
 
 The classes are the served model's, so the document is FastAPI's with the loaded model's class
 list written in (`ServedDocument`), rewritten when a swap brings other classes.
@@ -16,6 +18,7 @@ list written in (`ServedDocument`), rewritten when a swap brings other classes.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 import time
@@ -33,10 +36,11 @@ from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from imgclf.serving.caller import caller_of
 from imgclf.serving.errors import (
     CLASSIFY_ERRORS,
     FEEDBACK_ERRORS,
@@ -50,13 +54,16 @@ from imgclf.serving.formats import FORMAT_NAMES, STANDARD_MEDIA_TYPES, UNDECLARE
 from imgclf.serving.runtime import ServingRuntime
 from imgclf.serving.schemas import BatchPrediction, Feedback, FeedbackAnswer, Prediction
 from imgclf.serving.settings import ServeSettings
-from imgclf.serving.validation import ValidatedImage, validate_image
+from imgclf.serving.uploads import BodyLimits, media_type, read_body, read_uploads
 
 logger = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024  # per image, on top of max_bytes (nginx's body limit uses it)
 MAX_FEEDBACK_BYTES = 4096
-BENTOML_PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})  # served by BentoML
+RETRY_AFTER_SECONDS = 1  # an overloaded worker: in-flight requests take about this long
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client gone before its answer (metrics only)
+READYZ = "/readyz"
+BENTOML_PROBES = frozenset({"/livez", READYZ, "/healthz", "/metrics"})  # served by BentoML
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
 DOCS_ASSETS_PATH = "/docs/assets"
@@ -67,13 +74,17 @@ DOCS_ASSETS = {  # the page's files, as Swagger UI's static folder names them
 }
 # Open without a token (auth.OPEN_PATHS): a browser cannot send one to load the docs page.
 DOCS_OPEN_PATHS = frozenset({DOCS_PATH, OPENAPI_PATH, *DOCS_ASSETS.values()})
-# The "too many files" of Starlette's multipart parser (a 400 otherwise indistinguishable).
-TOO_MANY_FILES = "Too many files"
 TOP_K = "top_k"  # query parameter of the classify routes
 REQUEST_ID_HEADER = {
     "X-Request-ID": {
         "description": "this request's id (a prediction's is also in its body and the log)",
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
+}
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "`overloaded` only: seconds to wait before sending it again",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
     }
 }
 # Documents the bearer JWT (the Authorize button); JWTAuthMiddleware checks it on every route.
@@ -101,6 +112,25 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
 
 
+class InFlight:
+    """The requests a worker is handling, at most `limit`: one more is refused, never queued
+    (its body is not even read). Touched from the event loop only: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        """Take a place; False when all `limit` are taken."""
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
+
+
 def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) -> FastAPI:
     """The app for a service with these settings; `runtime` gives the worker's runtime."""
     app = FastAPI(
@@ -116,6 +146,7 @@ def build_app(settings: ServeSettings, runtime: Callable[[], ServingRuntime]) ->
         },
     )
     app.state.runtime = runtime
+    app.state.in_flight = InFlight(settings.max_in_flight)
     app.openapi = ServedDocument(app, settings)  # type: ignore[method-assign]
     app.include_router(_router(settings))
     app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=_swagger_ui_dir()), name="docs-assets")
@@ -169,9 +200,29 @@ class ServedPaths:
         return any(route.matches(scope)[0] != Match.NONE for route in self.api.routes)
 
 
+class ReadinessReason:
+    """ASGI middleware (service.py adds it): while the worker has no model, /readyz answers 503
+    with why (an ErrorBody `not_ready`: e.g. the registry unreachable since when, its last
+    error) instead of BentoML's bare "not ready"; once it has one, BentoML's /readyz answers."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], api: FastAPI) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"] == READYZ:
+            runtime = self.api.state.runtime()
+            reason = None if runtime is None else runtime.not_ready_reason
+            if reason is not None:
+                response = JSONResponse(error_json(ErrorCode.NOT_READY, reason), 503)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _router(settings: ServeSettings) -> APIRouter:
     router = APIRouter(dependencies=[Security(bearer_jwt)])
-    classify_responses = error_responses(CLASSIFY_ERRORS) | {200: {"headers": REQUEST_ID_HEADER}}
+    classify_responses = _responses(CLASSIFY_ERRORS)
 
     @router.post(
         "/predict",
@@ -184,8 +235,8 @@ def _router(settings: ServeSettings) -> APIRouter:
     )
     async def predict(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
-        work = _classify(request, runtime, call, batch=False)
-        return await _answer(runtime, "predict", call, work)
+        work = functools.partial(_classify, request, runtime, call, batch=False)
+        return await _answer(request, runtime, "predict", call, work)
 
     @router.post(
         "/predict_batch",
@@ -198,8 +249,8 @@ def _router(settings: ServeSettings) -> APIRouter:
     )
     async def predict_batch(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
-        work = _classify(request, runtime, call, batch=True)
-        return await _answer(runtime, "predict_batch", call, work)
+        work = functools.partial(_classify, request, runtime, call, batch=True)
+        return await _answer(request, runtime, "predict_batch", call, work)
 
     @router.post(
         "/feedback",
@@ -212,48 +263,82 @@ def _router(settings: ServeSettings) -> APIRouter:
             f"{settings.feedback_window} labelled predictions)."
         ),
         response_model=FeedbackAnswer,
-        responses=error_responses(FEEDBACK_ERRORS) | {200: {"headers": REQUEST_ID_HEADER}},
+        responses=_responses(FEEDBACK_ERRORS),
         openapi_extra=_feedback_body(),
     )
     async def feedback(request: Request, runtime: Runtime) -> JSONResponse:
         call = Call()
-        work = _record_feedback(request, runtime)
-        return await _answer(runtime, "feedback", call, work)
+        work = functools.partial(_record_feedback, request, runtime)
+        return await _answer(request, runtime, "feedback", call, work)
 
     return router
+
+
+def _responses(codes: tuple[ErrorCode, ...]) -> dict[int | str, dict[str, Any]]:
+    """A route's documented answers: its error codes, the request id of a 200, the Retry-After
+    of an `overloaded` 503."""
+    responses = error_responses(codes) | {200: {"headers": REQUEST_ID_HEADER}}
+    responses[ErrorCode.OVERLOADED.status]["headers"] = RETRY_AFTER_HEADER
+    return responses
 
 
 # ------------------------------------------------------------------------------ handling
 
 
 async def _answer(
-    runtime: ServingRuntime, endpoint: str, call: Call, work: Awaitable[Any]
+    request: Request,
+    runtime: ServingRuntime,
+    endpoint: str,
+    call: Call,
+    work: Callable[[], Awaitable[Any]],
 ) -> JSONResponse:
-    """Await the route's work and answer it, or the error it raised; count and time both."""
-    try:
-        # exclude_none: a field that does not apply (`probability` past two classes) is absent
-        status, content = 200, jsonable_encoder(await work, exclude_none=True)
-    except ServiceError as exc:
-        status = exc.code.status
-        content = error_json(exc.code, exc.detail, call.request_id, exc.index)
-    except Exception:
-        logger.exception("request %s failed", call.request_id)
-        status = ErrorCode.INTERNAL.status
-        content = error_json(ErrorCode.INTERNAL, "see the server log", call.request_id)
+    """Start the route's `work` if the worker has room for one more request (else 503
+    `overloaded`, nothing read), and answer what it returns or the error it raises; count and
+    time both."""
+    headers = {"X-Request-ID": call.request_id}
+    in_flight: InFlight = request.app.state.in_flight
+    if in_flight.enter():
+        try:
+            status, content = await _outcome(work(), call)
+        finally:
+            in_flight.leave()
+    else:
+        runtime.metrics.overloaded.labels(endpoint=endpoint).inc()
+        detail = f"{in_flight.limit} requests in flight already (serve.max_in_flight)"
+        status, content = _refusal(ServiceError(ErrorCode.OVERLOADED, detail), call)
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     runtime.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
     runtime.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - call.started)
-    return JSONResponse(content, status_code=status, headers={"X-Request-ID": call.request_id})
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+async def _outcome(work: Awaitable[Any], call: Call) -> tuple[int, Any]:
+    try:
+        # exclude_none: a field that does not apply (`probability` past two classes) is absent
+        return 200, jsonable_encoder(await work, exclude_none=True)
+    except ServiceError as exc:
+        return _refusal(exc, call)
+    except ClientDisconnect:  # nobody to answer: counted, not a server error
+        logger.info("request %s: the client left before its body was read", call.request_id)
+        return CLIENT_CLOSED_REQUEST, {}
+    except Exception:
+        logger.exception("request %s failed", call.request_id)
+        return _refusal(ServiceError(ErrorCode.INTERNAL, "see the server log"), call)
+
+
+def _refusal(exc: ServiceError, call: Call) -> tuple[int, dict[str, Any]]:
+    return exc.code.status, error_json(exc.code, exc.detail, call.request_id, exc.index)
 
 
 async def _classify(
     request: Request, runtime: ServingRuntime, call: Call, batch: bool
 ) -> Prediction | list[BatchPrediction]:
     settings = runtime.settings
-    max_count = settings.max_images_per_request if batch else 1
     top_k = _top_k(request)
     try:
-        images = await _validated(await _uploads(request, settings, max_count), settings)
-        predictions = await runtime.classify(images, call.request_id, call.started, top_k)
+        uploads = await read_uploads(request, _body_limits(settings, batch))
+        subject = caller_of(request.scope).subject
+        predictions = await runtime.classify(uploads, call.request_id, call.started, top_k, subject)
     except ServiceError as exc:
         if batch or exc.index is None:
             raise
@@ -261,6 +346,16 @@ async def _classify(
     if not batch:
         return predictions[0]
     return [BatchPrediction(index=i, **p.model_dump()) for i, p in enumerate(predictions)]
+
+
+def _body_limits(settings: ServeSettings, batch: bool) -> BodyLimits:
+    """/predict: one image and its form's overhead; /predict_batch: serve.max_batch_bytes."""
+    return BodyLimits(
+        body_bytes=settings.max_batch_bytes if batch else settings.max_bytes + MULTIPART_OVERHEAD,
+        file_bytes=settings.max_bytes,
+        files=settings.max_images_per_request if batch else 1,
+        seconds=settings.body_timeout_seconds,
+    )
 
 
 def _top_k(request: Request) -> int | None:
@@ -275,11 +370,11 @@ def _top_k(request: Request) -> int | None:
 
 
 async def _record_feedback(request: Request, runtime: ServingRuntime) -> FeedbackAnswer:
-    if _media_type(request) != "application/json":
+    if media_type(request) != "application/json":
         raise ServiceError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send the feedback as application/json"
         )
-    body = await _read_body(request, MAX_FEEDBACK_BYTES)
+    body = await read_body(request, MAX_FEEDBACK_BYTES, runtime.settings.body_timeout_seconds)
     try:
         feedback = Feedback.model_validate_json(body)
     except ValidationError as exc:
@@ -287,7 +382,8 @@ async def _record_feedback(request: Request, runtime: ServingRuntime) -> Feedbac
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise ServiceError(ErrorCode.INVALID_FEEDBACK, problems) from exc
-    labelled = await run_in_threadpool(runtime.record_feedback, feedback)
+    caller = caller_of(request.scope)
+    labelled = await run_in_threadpool(runtime.record_feedback, feedback, caller)
     return FeedbackAnswer(
         request_id=labelled.request_id,
         index=labelled.item,
@@ -297,92 +393,6 @@ async def _record_feedback(request: Request, runtime: ServingRuntime) -> Feedbac
         model_version=labelled.model_version,
         recorded=labelled.recorded,
     )
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServiceError(
-            ErrorCode.TOO_MANY_BYTES, f"request body {declared} bytes > limit {limit}"
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(ErrorCode.TOO_MANY_BYTES, f"request body over the limit of {limit}")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _uploads(
-    request: Request, settings: ServeSettings, max_count: int
-) -> list[tuple[bytes, str | None]]:
-    """[(bytes, declared content type)] from a multipart form or a raw image body."""
-    media = _media_type(request)
-    if media == "multipart/form-data":
-        return await _form_files(request, max_count, settings.max_bytes)
-    if max_count == 1 and (media.startswith("image/") or media == UNDECLARED):
-        return [(await _read_body(request, settings.max_bytes), media)]
-    raise ServiceError(
-        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-        f"content type {media or 'none'!r}: send multipart/form-data"
-        + (" or a raw image body" if max_count == 1 else ""),
-    )
-
-
-async def _form_files(
-    request: Request, max_count: int, max_bytes: int
-) -> list[tuple[bytes, str | None]]:
-    """The file fields of a multipart body, read whole under the limit and parsed from memory."""
-    body = await _read_body(request, max_count * (max_bytes + MULTIPART_OVERHEAD))
-
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        # The parser stops at the first file over max_count: a flood of tiny parts never piles up.
-        form = await Request(request.scope, replay).form(
-            max_files=max_count, max_fields=max_count + 8
-        )
-    except HTTPException as exc:
-        if str(exc.detail).startswith(TOO_MANY_FILES):
-            detail = f"over the limit of {max_count} images per request"
-            raise ServiceError(ErrorCode.TOO_MANY_IMAGES, detail) from exc
-        raise ServiceError(ErrorCode.BAD_MULTIPART, str(exc.detail)) from exc
-    except Exception as exc:
-        raise ServiceError(ErrorCode.BAD_MULTIPART, f"cannot parse the form: {exc}") from exc
-    try:
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not files:
-            raise ServiceError(ErrorCode.NO_FILE, "the form holds no file field (e.g. `image`)")
-        return [(await f.read(), f.content_type) for f in files]
-    finally:
-        await form.close()
-
-
-async def _validated(
-    uploads: list[tuple[bytes, str | None]], settings: ServeSettings
-) -> list[ValidatedImage]:
-    """Each upload validated; a refusal names the image's position."""
-    images = []
-    for index, (data, content_type) in enumerate(uploads):
-        try:
-            image = await run_in_threadpool(
-                validate_image,
-                data,
-                max_bytes=settings.max_bytes,
-                max_pixels=settings.max_pixels,
-                content_type=content_type,
-            )
-        except ServiceError as exc:
-            raise ServiceError(exc.code, exc.detail, index) from exc
-        images.append(image)
-    return images
 
 
 # ------------------------------------------------------------------------------ OpenAPI

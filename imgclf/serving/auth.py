@@ -8,15 +8,20 @@ Environment:
     IMGCLF_JWT_ISSUER       required `iss`, when set
     IMGCLF_JWT_LEEWAY       seconds of clock skew allowed on exp/nbf (default 0)
 
-Every token must carry `exp` and `aud`; exactly one algorithm is accepted (no alg confusion).
-Health and metrics paths, the API docs page (/docs) and the OpenAPI document stay open; every
-other path needs a valid token: missing, malformed, badly signed, expired or wrong-audience tokens
-get a 401 JSON answer (`ErrorCode.UNAUTHORIZED`).
+Every token must carry `aud` and a numeric `exp`, and live at most `max_lifetime` seconds
+(serve.max_token_lifetime_seconds: `exp - iat`, or `exp - now` without `iat`), so a leaked token
+stays usable for a bounded time; exactly one algorithm is accepted (no alg confusion). Health and
+metrics paths, the API docs page (/docs) and the OpenAPI document stay open; every other path
+needs exactly one `Authorization` header with a valid token: missing, repeated, malformed, badly
+signed, expired, too long-lived or wrong-audience tokens get a 401 JSON answer
+(`ErrorCode.UNAUTHORIZED`). The verified token's subject and scopes travel with the request
+(caller.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +29,7 @@ import jwt
 from starlette.responses import JSONResponse
 
 from imgclf.serving.app import BENTOML_PROBES, DOCS_OPEN_PATHS
+from imgclf.serving.caller import Caller, with_caller
 from imgclf.serving.errors import ErrorCode, error_json
 from imgclf.serving.settings import AuthSettings
 
@@ -43,9 +49,15 @@ class JWTVerifier:
     audience: str
     issuer: str | None = None
     leeway: float = 0.0
+    max_lifetime: float | None = None  # seconds; None: any
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or AuthError."""
+        claims = self._decoded(token)
+        self._check_lifetime(claims)
+        return claims
+
+    def _decoded(self, token: str) -> dict[str, Any]:
         try:
             return jwt.decode(
                 token,
@@ -65,6 +77,21 @@ class JWTVerifier:
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token ({type(exc).__name__})") from exc
 
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """`exp` (and `iat`, when present) must be numbers (PyJWT takes anything int() takes,
+        a string of digits too), and the token may live at most `max_lifetime` seconds."""
+        for name in ("exp", "iat"):
+            value = claims.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise AuthError(f"token `{name}` is not a number")
+        if self.max_lifetime is None:
+            return
+        lifetime = claims["exp"] - claims.get("iat", time.time())
+        if lifetime > self.max_lifetime + self.leeway:
+            raise AuthError(
+                f"token lifetime {lifetime:.0f} s over the limit of {self.max_lifetime:g} s"
+            )
+
     def verify_header(self, authorization: str | None) -> dict[str, Any]:
         if not authorization:
             raise AuthError("missing bearer token (Authorization: Bearer <JWT>)")
@@ -74,10 +101,10 @@ class JWTVerifier:
         return self.verify(token.strip())
 
 
-def verifier_from_env() -> JWTVerifier | None:
-    """The configured verifier (AuthSettings from the environment), or None when
-    IMGCLF_AUTH=disabled. Raises ValueError when auth is on but no key is configured: the service
-    refuses to start open by accident."""
+def verifier_from_env(max_lifetime: float | None = None) -> JWTVerifier | None:
+    """The configured verifier (AuthSettings from the environment; tokens living at most
+    `max_lifetime` seconds), or None when IMGCLF_AUTH=disabled. Raises ValueError when auth is
+    on but no key is configured: the service refuses to start open by accident."""
     settings = AuthSettings()
     if settings.auth == "disabled":
         return None
@@ -87,6 +114,7 @@ def verifier_from_env() -> JWTVerifier | None:
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway=settings.jwt_leeway,
+        max_lifetime=max_lifetime,
     )
 
 
@@ -108,25 +136,38 @@ class JWTAuthMiddleware:
         self.open_paths = frozenset(open_paths)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        verifier = self.verifier
         if (
-            self.verifier is None
+            verifier is None
             or scope["type"] not in ("http", "websocket")
             or scope.get("method") == "OPTIONS"
             or scope.get("path", "").rstrip("/") in self.open_paths
         ):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            claims = self.verifier.verify_header(headers.get("authorization"))
+            caller = _proven_caller(verifier, scope["headers"])
         except AuthError as exc:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             else:
                 await _unauthorized(scope, receive, send, str(exc))
             return
-        scope.setdefault("state", {})["jwt_claims"] = claims
+        with_caller(scope, caller)
         await self.app(scope, receive, send)
+
+
+def _proven_caller(verifier: JWTVerifier, headers: list[tuple[bytes, bytes]]) -> Caller:
+    """The caller the request's one Authorization header proves, or AuthError. Two headers are
+    refused: proxies and frameworks disagree on which one counts."""
+    values = [v.decode("latin-1") for k, v in headers if k.lower() == b"authorization"]
+    if len(values) > 1:
+        raise AuthError(f"{len(values)} Authorization headers: send one")
+    claims = verifier.verify_header(values[0] if values else None)
+    try:
+        return Caller.from_claims(claims)
+    except ValueError as exc:
+        raise AuthError(f"invalid token ({exc})") from exc
 
 
 async def _unauthorized(scope: dict[str, Any], receive: Callable, send: Callable, why: str) -> None:

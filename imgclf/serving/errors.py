@@ -42,8 +42,16 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = (
         "unauthorized",
         401,
-        "missing, malformed, badly signed, expired or wrong-audience bearer token",
+        "missing, repeated, malformed, badly signed, expired, too long-lived or wrong-audience "
+        "bearer token",
         Routes.ALL,
+    )
+    FORBIDDEN = (
+        "forbidden",
+        403,
+        "the prediction was made under another token subject (a `feedback:any` scope may label "
+        "any)",
+        Routes.FEEDBACK,
     )
     NOT_FOUND = "not_found", 404, "no such path", Routes.NONE
     UNKNOWN_PREDICTION = (
@@ -53,6 +61,12 @@ class ErrorCode(StrEnum):
         Routes.FEEDBACK,
     )
     METHOD_NOT_ALLOWED = "method_not_allowed", 405, "the path takes another method", Routes.NONE
+    REQUEST_TIMEOUT = (
+        "request_timeout",
+        408,
+        "the request body did not arrive within the deadline",
+        Routes.ALL,
+    )
     CONFLICTING_LABEL = (
         "conflicting_label",
         409,
@@ -68,7 +82,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_PIXELS = (
         "too_many_pixels",
         413,
-        "over the pixel limit (read before decoding)",
+        "over the pixel limit (per image, read before decoding; or decoded per request)",
         Routes.CLASSIFY,
     )
     TOO_MANY_IMAGES = (
@@ -109,7 +123,13 @@ class ErrorCode(StrEnum):
         "unexpected server error: see the server log for the request id",
         Routes.ALL,
     )
-    NOT_READY = "not_ready", 503, "no model loaded yet", Routes.ALL
+    NOT_READY = "not_ready", 503, "no model loaded yet (the detail says why)", Routes.ALL
+    OVERLOADED = (
+        "overloaded",
+        503,
+        "too many requests in flight: retry after the Retry-After header's seconds",
+        Routes.ALL,
+    )
 
 
 class ServiceError(Exception):

@@ -11,16 +11,25 @@ that computed it.
 Classes come from the model, never from params.yaml: its MLflow model metadata `classes` (logged
 by training), else its model-version tag `classes` (set at registration); only a model registered
 before models carried them falls back to the settings' classes.
+
+Outages: every registry call is bounded (`bound_registry_calls`) and never retried by MLflow, so
+a poll fails fast and the next poll, `poll_seconds` later, is the retry: a registry back up is
+used within one interval. The holder keeps the current `Problem` (what fails, since when, the
+latest error), which /readyz and every 503 answer; the log gets one line when a problem starts or
+changes, and one when it is over, not one per poll. Stopping never waits for a poll in progress.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,29 @@ class LoadedModel:
 
 class ModelNotReady(Exception):
     """No model is loaded yet (no champion in the registry, or it failed to load)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why no model (or not the newest) is served: what fails, since when, its latest error."""
+
+    what: str
+    since: dt.datetime
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        text = f"{self.what} since {self.since:%Y-%m-%dT%H:%M:%SZ}"
+        return f"{text} ({self.error})" if self.error else text
+
+
+def bound_registry_calls(timeout_seconds: int) -> None:
+    """Bound every MLflow HTTP call of this process: at most `timeout_seconds` to connect and
+    between reads, and no retries (MLflow's default retries 7 times with backoff, minutes on a
+    registry that is down). MlflowClient has no per-client setting: MLflow's REST layer reads
+    these variables on every call; when the deployment sets them itself, its values stand."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_seconds))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 
 def model_classes(
@@ -209,7 +241,8 @@ def load_bento_model(tag: str, fallback_classes: Sequence[str] | None) -> Loaded
 
 
 class ChampionHolder:
-    """The current model (an atomically replaced reference) and the alias poller."""
+    """The current model (an atomically replaced reference), the alias poller and the current
+    `Problem`."""
 
     def __init__(
         self,
@@ -223,16 +256,19 @@ class ChampionHolder:
         self._current: LoadedModel | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
+        self.problem: Problem | None = None
 
     @property
     def current(self) -> LoadedModel | None:
         return self._current
 
+    def not_ready_reason(self) -> str:
+        return str(self.problem) if self.problem else "no model loaded yet"
+
     def require(self) -> LoadedModel:
         model = self._current
         if model is None:
-            raise ModelNotReady(self.last_error or "no model loaded yet")
+            raise ModelNotReady(self.not_ready_reason())
         return model
 
     def set(self, model: LoadedModel) -> None:
@@ -241,23 +277,51 @@ class ChampionHolder:
         if self.on_swap is not None:
             self.on_swap(model)
 
+    def failed(self, what: str, exc: BaseException | None = None) -> None:
+        """Record a problem. A new one (another `what`) is logged once, with the traceback when
+        it is not a registry that cannot be reached; the same one again only updates its error."""
+        error = None if exc is None else f"{type(exc).__name__}: {exc}"
+        if self.problem is not None and self.problem.what == what:
+            self.problem = replace(self.problem, error=error)
+            return
+        self.problem = Problem(what, dt.datetime.now(dt.UTC), error)
+        serving = self._current.version if self._current else "none"
+        level = logging.WARNING if exc is None else logging.ERROR
+        trace = exc if exc is not None and not _unreachable(exc) else None
+        logger.log(level, "%s; serving version %s", self.problem, serving, exc_info=trace)
+
+    def _recovered(self) -> None:
+        if self.problem is not None:
+            seconds = time.monotonic() - self.problem.started
+            logger.info("%s: over after %.0f s", self.problem.what, seconds)
+            self.problem = None
+
     def refresh(self) -> bool:
         """Resolve the alias once; load and swap when it moved. True when swapped."""
-        if self.registry is None:
+        registry = self.registry
+        if registry is None:
             return False
         try:
-            version = self.registry.resolve()
-            current = self._current
-            if version is None or (current is not None and current.version == version):
-                self.last_error = None if version else "no model has the alias yet"
-                return False
-            self.set(self.registry.load(version))
-            self.last_error = None
-            return True
-        except Exception as exc:  # keep serving the old model; try again next poll
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("champion refresh failed; still serving %s", self._current)
+            version = registry.resolve()
+        except Exception as exc:  # keep serving the old model; the next poll tries again
+            state = "unreachable" if _unreachable(exc) else "failing"
+            self.failed(f"registry {registry.tracking_uri} {state}", exc)
             return False
+        if version is None:
+            self.failed(f"no version of {registry.name} has the alias {registry.alias} yet")
+            return False
+        current = self._current
+        if current is None or current.version != version:
+            try:
+                model = registry.load(version)
+            except Exception as exc:
+                self.failed(f"loading {registry.name} version {version} failed", exc)
+                return False
+            if self._stop.is_set():  # stopped meanwhile: never swap in after close
+                return False
+            self.set(model)
+        self._recovered()
+        return current is not self._current
 
     def start_polling(self) -> None:
         if self.registry is None or self._thread is not None:
@@ -276,6 +340,19 @@ class ChampionHolder:
             self.refresh()
 
     def stop(self) -> None:
+        """Stop polling, without waiting for a poll in progress (a daemon thread: it ends at its
+        next look at the stop flag, and never swaps after it)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that failed or timed out. MLflow raises its own exception for it, with
+    requests' error as the cause or the context it was raised in."""
+    import requests
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, requests.ConnectionError | requests.Timeout):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

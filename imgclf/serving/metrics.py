@@ -25,6 +25,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 @dataclass(frozen=True)
 class ServiceMetrics:
     requests: Any  # Counter{endpoint, status}
+    overloaded: Any  # Counter{endpoint}: refused with 503 `overloaded` (serve.max_in_flight)
     latency: Any  # Histogram{endpoint}
     predictions: Any  # Counter{label, model_version}
     confidence: Any  # Histogram{label}
@@ -50,6 +51,12 @@ def service_metrics() -> ServiceMetrics:
             name="imgclf_requests_total",
             documentation="Classification requests by endpoint and HTTP status",
             labelnames=["endpoint", "status"],
+        ),
+        overloaded=m.Counter(
+            name="imgclf_overloaded_total",
+            documentation="Requests refused (503 overloaded, with Retry-After) because the "
+            "worker already had serve.max_in_flight requests in flight",
+            labelnames=["endpoint"],
         ),
         latency=m.Histogram(
             name="imgclf_request_latency_seconds",

@@ -30,6 +30,10 @@ class UnknownPrediction(LookupError):
     """No logged prediction has this request id and index."""
 
 
+class OtherSubject(PermissionError):
+    """The prediction was asked for under another token subject."""
+
+
 class ConflictingLabel(ValueError):
     """The prediction already carries a different true label."""
 
@@ -166,25 +170,42 @@ class PredictionLog:
                 self._drop(len(chunk))
 
     def record_label(
-        self, request_id: str, item: int, true_label: str, now: dt.datetime | None = None
+        self,
+        request_id: str,
+        item: int,
+        true_label: str,
+        now: dt.datetime | None = None,
+        owner: str | None = None,
     ) -> LabelledPrediction:
-        """Store the ground truth beside a logged prediction. The same label again is a no-op
-        (recorded=False); a different one raises ConflictingLabel: the first answer stands."""
+        """Store the ground truth beside a logged prediction; with an `owner`, only on a
+        prediction that subject asked for (OtherSubject otherwise, before anything else about
+        it is told). The same label again is a no-op (recorded=False); a different one raises
+        ConflictingLabel: the first answer stands."""
         key = (predictions.c.request_id == request_id) & (predictions.c.item == item)
+        unlabelled = key & predictions.c.true_label.is_(None)
+        if owner is not None:
+            unlabelled &= predictions.c.subject == owner
         with self.engine.begin() as conn:
             # Conditional update first: of two concurrent labellers exactly one gets rowcount 1.
             recorded = (
                 conn.execute(
                     sa.update(predictions)
-                    .where(key & predictions.c.true_label.is_(None))
+                    .where(unlabelled)
                     .values(true_label=true_label, feedback_at=now or dt.datetime.now(dt.UTC))
                 ).rowcount
                 > 0
             )
-            columns = (predictions.c.label, predictions.c.model_version, predictions.c.true_label)
+            columns = (
+                predictions.c.label,
+                predictions.c.model_version,
+                predictions.c.true_label,
+                predictions.c.subject,
+            )
             row = conn.execute(sa.select(*columns).where(key)).first()
         if row is None:
             raise UnknownPrediction(f"no logged prediction {request_id} (index {item})")
+        if owner is not None and row.subject != owner:
+            raise OtherSubject(f"{request_id} (index {item}) was asked for by another subject")
         if row.true_label != true_label:
             raise ConflictingLabel(
                 f"{request_id} (index {item}) is already labelled {row.true_label}"

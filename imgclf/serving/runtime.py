@@ -19,24 +19,27 @@ from starlette.concurrency import run_in_threadpool
 from imgclf.model.decision import decide
 from imgclf.monitoring.schema import PredictionRecord
 from imgclf.serving.batcher import Batcher
+from imgclf.serving.caller import Caller
 from imgclf.serving.errors import ErrorCode, ServiceError
 from imgclf.serving.holder import (
     ChampionHolder,
     LoadedModel,
     ModelNotReady,
     RegistryChampion,
+    bound_registry_calls,
     load_bento_model,
 )
 from imgclf.serving.metrics import Periodic, ProcessSampler, service_metrics
 from imgclf.serving.prediction_log import (
     ConflictingLabel,
     LabelledPrediction,
+    OtherSubject,
     PredictionLog,
     UnknownPrediction,
 )
 from imgclf.serving.schemas import Feedback, Prediction
 from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, bento_tag
-from imgclf.serving.validation import ValidatedImage
+from imgclf.serving.validation import Upload, UploadLimits, ValidatedImage, decoded_uploads
 
 logger = logging.getLogger(__name__)
 _PROCESS_SAMPLE_SECONDS = 5.0
@@ -51,6 +54,7 @@ class ServingRuntime:
         self.metrics = service_metrics()
         registry = None
         if settings.model_source == "registry":
+            bound_registry_calls(settings.registry_timeout_seconds)
             registry = RegistryChampion(
                 settings.tracking_uri,
                 settings.model_name,
@@ -59,6 +63,9 @@ class ServingRuntime:
             )
         self.holder = ChampionHolder(registry, settings.poll_seconds, on_swap=self._swapped)
         self.batcher = Batcher(settings.max_batch_size, on_batch=self.metrics.batch_size.observe)
+        self.upload_limits = UploadLimits(
+            settings.max_bytes, settings.max_pixels, settings.max_decoded_pixels
+        )
         self.log = PredictionLog(
             settings.prediction_db_url, on_drop=lambda n: self.metrics.log_dropped.inc(n)
         )
@@ -84,12 +91,11 @@ class ServingRuntime:
                 bento_tag() or f"{BENTO_MODEL_NAME}:latest", self.settings.fallback_classes
             )
             if model is None:
-                self.holder.last_error = f"no {BENTO_MODEL_NAME} model in this bento"
+                self.holder.failed(f"no {BENTO_MODEL_NAME} model in this bento")
             else:
                 self.holder.set(model)
         except Exception as exc:
-            self.holder.last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("loading the packaged model failed")
+            self.holder.failed("loading the packaged model failed", exc)
 
     def _swapped(self, model: LoadedModel) -> None:
         try:
@@ -127,9 +133,14 @@ class ServingRuntime:
                 self.metrics.live_recall.labels(label=label).set(_gauge_value(scores.recall(label)))
             self._recall_labels |= set(model.classes)
 
-    def record_feedback(self, feedback: Feedback) -> LabelledPrediction:
+    def record_feedback(self, feedback: Feedback, caller: Caller) -> LabelledPrediction:
         """Store a true label, one of the served model's classes, beside its prediction and
-        update the live scores."""
+        update the live scores. Only the subject that asked for the prediction may label it,
+        or a caller with the `feedback:any` scope."""
+        if not caller.labels_any and caller.subject is None:
+            raise ServiceError(
+                ErrorCode.FORBIDDEN, "a token without `sub` labels nothing without feedback:any"
+            )
         classes = self.classes
         if classes is None:
             raise ServiceError(
@@ -141,9 +152,11 @@ class ServingRuntime:
                 f"label {feedback.label!r} is not one of {', '.join(classes)}",
             )
         try:
-            labelled = self._record_label(feedback)
+            labelled = self._record_label(feedback, None if caller.labels_any else caller.subject)
         except UnknownPrediction as exc:
             raise ServiceError(ErrorCode.UNKNOWN_PREDICTION, str(exc)) from exc
+        except OtherSubject as exc:
+            raise ServiceError(ErrorCode.FORBIDDEN, str(exc)) from exc
         except ConflictingLabel as exc:
             raise ServiceError(ErrorCode.CONFLICTING_LABEL, str(exc)) from exc
         if labelled.recorded:
@@ -155,9 +168,9 @@ class ServingRuntime:
                 logger.exception("live scores: reading the prediction log failed")
         return labelled
 
-    def _record_label(self, feedback: Feedback) -> LabelledPrediction:
+    def _record_label(self, feedback: Feedback, owner: str | None) -> LabelledPrediction:
         record = functools.partial(
-            self.log.record_label, feedback.request_id, feedback.index, feedback.label
+            self.log.record_label, feedback.request_id, feedback.index, feedback.label, owner=owner
         )
         try:
             return record()
@@ -169,6 +182,11 @@ class ServingRuntime:
     def ready(self) -> bool:
         return self.holder.current is not None
 
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why no model is served (None: one is): for /readyz."""
+        return None if self.ready else self.holder.not_ready_reason()
+
     def close(self) -> None:
         for ticker in self.tickers:
             ticker.stop()
@@ -178,13 +196,15 @@ class ServingRuntime:
 
     async def classify(
         self,
-        images: list[ValidatedImage],
+        uploads: list[Upload],
         request_id: str,
         started: float,
         top_k: int | None,
+        subject: str | None = None,
     ) -> list[Prediction]:
-        """Preprocess (THE preprocessing) and batch-predict validated images on one snapshot of
-        the model; count and log every answer. `top_k`: answer the k most probable classes."""
+        """Validate and decode the uploads for one snapshot of the model, then THE resize and
+        a batched forward pass; count and log every answer (with the caller's `subject`).
+        `top_k`: answer the k most probable classes."""
         try:
             model = self.holder.require()
         except ModelNotReady as exc:
@@ -192,14 +212,26 @@ class ServingRuntime:
         if top_k is not None and top_k > len(model.classes):
             detail = f"top_k {top_k} > {len(model.classes)} classes ({', '.join(model.classes)})"
             raise ServiceError(ErrorCode.INVALID_TOP_K, detail)
-        inputs = await run_in_threadpool(_preprocess, [i.model_bytes for i in images], model)
+        images, inputs = await run_in_threadpool(self._model_inputs, uploads, model)
         futures = self.batcher.submit_many(inputs, model)
         rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         latency_ms = (time.perf_counter() - started) * 1000.0
         return [
-            self._answered(image, index, row, model, request_id, latency_ms, top_k)
+            self._answered(image, index, row, model, request_id, latency_ms, top_k, subject)
             for index, (image, row) in enumerate(zip(images, rows, strict=True))
         ]
+
+    def _model_inputs(
+        self, uploads: list[Upload], model: LoadedModel
+    ) -> tuple[list[ValidatedImage], list[np.ndarray]]:
+        """Each upload decoded and through THE resize, one at a time: a request holds only its
+        model inputs, never every decoded image at once."""
+        resize = _traced_resize(model.image_size)
+        images, inputs = [], []
+        for image, pixels in decoded_uploads(uploads, self.upload_limits, model.image_size):
+            images.append(image)
+            inputs.append(resize(pixels).numpy())
+        return images, inputs
 
     def _answered(
         self,
@@ -210,6 +242,7 @@ class ServingRuntime:
         request_id: str,
         latency_ms: float,
         top_k: int | None,
+        subject: str | None,
     ) -> Prediction:
         decision = decide(row, model.classes, self.settings.threshold)
         by_class = dict(zip(model.classes, row.tolist(), strict=True))
@@ -230,6 +263,7 @@ class ServingRuntime:
                 latency_ms=latency_ms,
                 confidence=decision.confidence,
                 probabilities=by_class,
+                subject=subject,
             )
         )
         return Prediction(
@@ -255,30 +289,17 @@ def _gauge_value(share: float | None) -> float:
     return math.nan if share is None else share
 
 
-def _preprocess(encoded: list[bytes], model: LoadedModel) -> list[np.ndarray]:
-    """The model inputs; an image TensorFlow cannot decode (though Pillow could) is `corrupt`,
-    named by its position."""
-    import tensorflow as tf
-
-    preprocess = _traced_preprocess(model.image_size)
-    inputs = []
-    for index, data in enumerate(encoded):
-        try:
-            inputs.append(preprocess(tf.constant(data)).numpy())
-        except tf.errors.InvalidArgumentError as exc:
-            raise ServiceError(ErrorCode.CORRUPT, "the image cannot be decoded", index) from exc
-    return inputs
-
-
 @functools.cache
-def _traced_preprocess(image_size: int) -> Callable[[Any], Any]:
-    """THE preprocessing (imgclf.model.preprocess.preprocess_bytes, unchanged) as one graph, traced
-    once per image size for a scalar string: eager op-by-op dispatch costs more per image."""
+def _traced_resize(image_size: int) -> Callable[[np.ndarray], Any]:
+    """THE resize (imgclf.model.preprocess.resize_and_scale, unchanged: the pipeline's, after its
+    decode) as one graph, traced once per model size for uint8 RGB pixels of any shape: eager
+    op-by-op dispatch costs more per image."""
     import tensorflow as tf
 
-    from imgclf.model.preprocess import preprocess_bytes
+    from imgclf.model.preprocess import resize_and_scale
 
-    def preprocess(data: tf.Tensor) -> tf.Tensor:
-        return preprocess_bytes(data, image_size)
+    def resize(pixels: tf.Tensor) -> tf.Tensor:
+        return resize_and_scale(pixels, image_size)
 
-    return tf.function(preprocess, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    signature = [tf.TensorSpec([None, None, 3], tf.uint8)]
+    return tf.function(resize, input_signature=signature, autograph=False)

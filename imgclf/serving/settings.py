@@ -22,12 +22,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, FilePath, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from imgclf.config import PARAMS_FILE, PROJECT_ROOT, Params, ServeParams, load_params
 
 BENTO_MODEL_NAME = "imgclf-champion"  # the champion packaged into a bento (bento_model.py)
+# BentoML's `traffic.timeout` (service.py): past it BentoML answers 504 itself, so everything
+# the service bounds on its own (the body's deadline) must end before.
+REQUEST_TIMEOUT_SECONDS = 60
 
 
 class ServeSettings(ServeParams):
@@ -40,6 +43,16 @@ class ServeSettings(ServeParams):
     tracking_uri: str
     model_source: Literal["registry", "bento"]
     prediction_db_url: str  # prediction_db as a SQLAlchemy URL
+
+    @field_validator("body_timeout_seconds")
+    @classmethod
+    def _before_the_request_timeout(cls, seconds: float) -> float:
+        if seconds >= REQUEST_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"must be under the request timeout ({REQUEST_TIMEOUT_SECONDS} s), or a slow "
+                "body gets BentoML's 504 instead of a 408"
+            )
+        return seconds
 
 
 class _ServeKeys(ServeParams, BaseSettings):
