@@ -40,6 +40,9 @@ class DownloadParams(_Section):
     max_members: int = Field(default=200_000, ge=1)
     max_ratio: float = Field(default=100.0, ge=1)  # uncompressed / compressed, per member and all
     max_depth: int = Field(default=32, ge=1)  # path components of a member's name
+    # Who decodes: this machine's processes, or a Ray cluster (data.cluster_download); same output.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # the cluster's head, host:port; None: $RAY_ADDRESS, or local
 
 
 class DedupeParams(_Section):
@@ -49,6 +52,9 @@ class DedupeParams(_Section):
     workers: int = Field(default=0, ge=0)
     contact_sheet_groups: int = Field(default=12, ge=0)
     decode_size: int = Field(default=128, ge=0)  # JPEG draft decode: both sides >= this; 0 = full
+    # Who hashes: local processes, or a Ray cluster (data.cluster_dedupe); the same hashes.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # the cluster's head, host:port; None: $RAY_ADDRESS, or local
 
 
 class SplitParams(_Section):
