@@ -146,7 +146,7 @@ def load_classifier(ref: str, paths: Paths, params: Params) -> Classifier:
     ClassListError when the classes do not match the model's outputs in number."""
     uri, version_tags = _pinned(ref)
     model = _forward_pass(ref, uri, version_tags, paths, params.export.threads)
-    classes = tuple(_carried_classes(uri, version_tags) or project_classes(paths, params))
+    classes = _classes_of(uri, version_tags, paths, params)
     outputs = class_probabilities(np.zeros((0, model.outputs), "float32")).shape[1]
     if outputs != len(classes):
         raise ClassListError(
@@ -154,6 +154,21 @@ def load_classifier(ref: str, paths: Paths, params: Params) -> Classifier:
             f"{len(classes)}: {', '.join(classes)}"
         )
     return Classifier(model, classes)
+
+
+def model_reference(ref: str, paths: Paths, params: Params) -> tuple[str, tuple[str, ...]]:
+    """`ref` pinned (a registry alias resolved to its version) and its classes, nothing loaded:
+    imgclf.model.cluster_predict hands them to Ray actors, each of which then
+    `load_classifier`s the pinned reference."""
+    uri, version_tags = _pinned(ref)
+    return uri, _classes_of(uri, version_tags, paths, params)
+
+
+def _classes_of(
+    uri: str, version_tags: dict[str, str], paths: Paths, params: Params
+) -> tuple[str, ...]:
+    """The classes the model at `uri` carries, else the project's."""
+    return tuple(_carried_classes(uri, version_tags) or project_classes(paths, params))
 
 
 def _forward_pass(
@@ -323,8 +338,24 @@ def run_predict(
         if not good:
             return PredictSummary((), (), skipped, ignored, ())
         relative = [image.source.relative_to(folder).as_posix() for image in good]
+    return write_predictions(
+        out, relative, probabilities, classifier.classes, params, proba, skipped, ignored
+    )
 
-    classes = classifier.classes
+
+def write_predictions(
+    out: Path,
+    relative: Sequence[str],
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    params: Params,
+    proba: bool,
+    skipped: tuple[tuple[Path, str], ...],
+    ignored: int,
+) -> PredictSummary:
+    """The CSV of the usable images (`relative` paths, their (n, K) probabilities) at `out`,
+    and the summary, whoever computed the probabilities: here, or a Ray cluster
+    (imgclf.model.cluster_predict)."""
     indices = predicted_indices(probabilities, params.evaluate.threshold)  # THE decision rule
     binary = len(classes) == 2
     if binary:
