@@ -258,6 +258,8 @@ def run_download(paths: Paths, params: DownloadParams, *, progress: bool = True)
             max_pixels=params.max_pixels,
             min_side=params.min_side,
             workers=params.workers,
+            engine=params.engine,
+            ray_address=params.ray_address,
             progress=progress,
         )
     report = summary.report(params.source, time.monotonic() - started)
@@ -277,6 +279,8 @@ def build_dataset(
     max_image_bytes: int = 50_000_000,
     min_side: int = 32,
     workers: int = 0,
+    engine: str = "local",
+    ray_address: str | None = None,
     progress: bool = True,
 ) -> DownloadSummary:
     """Label, validate and standardise every file under `source_dir` into `paths.download_dir`
@@ -286,7 +290,9 @@ def build_dataset(
 
     With `max_per_class`, each class's files are shuffled (sorted first, seeded by `seed` and the
     class name) and decoded in that order until `max_per_class` are kept, so a quick run does not
-    decode the whole source and never depends on file-system order.
+    decode the whole source and never depends on file-system order. `engine` "ray" decodes on
+    the Ray cluster at `ray_address` (imgclf.data.cluster_download) instead of `workers`
+    processes here: the same output.
     """
     files, _ = list_files(source_dir)
     classes = resolve_classes(classes, files)
@@ -316,7 +322,13 @@ def build_dataset(
         "max_bytes": max_image_bytes,
     }
 
-    with atomic_dir(paths.download_dir) as scratch, _Decoder(workers, progress, **options) as dec:
+    if engine == "ray":
+        from imgclf.data.cluster_download import RayDecoder
+
+        decoder = RayDecoder(ray_address, progress, **options)
+    else:
+        decoder = _Decoder(workers, progress, **options)
+    with atomic_dir(paths.download_dir) as scratch, decoder as dec:
         images = scratch / paths.images.relative_to(paths.download_dir)
         for c in classes:
             (images / c).mkdir(parents=True)
