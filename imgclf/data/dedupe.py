@@ -351,14 +351,18 @@ def run_dedupe(paths: Paths, params: DedupeParams, *, progress: bool = True) -> 
     for row in rows:  # identical bytes, identical hash: decode each content once
         by_sha.setdefault(row["sha256"], row["path"])
     unique = sorted(by_sha.items())
-    digests = hash_images(
-        [paths.resolve(path) for _, path in unique],
-        params.algorithm,
-        params.hash_size,
-        workers=params.workers,
-        decode_size=params.decode_size,
-        progress=progress,
-    )
+    files = [paths.resolve(path) for _, path in unique]
+    options = {"decode_size": params.decode_size, "progress": progress}
+    if params.engine == "ray":  # the same hashes, computed on a Ray cluster
+        from imgclf.data.cluster_dedupe import hash_images_on_ray
+
+        digests = hash_images_on_ray(
+            files, params.algorithm, params.hash_size, address=params.ray_address, **options
+        )
+    else:
+        digests = hash_images(
+            files, params.algorithm, params.hash_size, workers=params.workers, **options
+        )
     hash_of = {sha: digest for (sha, _), digest in zip(unique, digests, strict=True)}
     result = dedupe_rows(
         rows,
