@@ -90,7 +90,7 @@ def _one_line(error: Exception) -> str:
 
 
 @cli.command()
-@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("source", metavar="INPUT")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -109,14 +109,36 @@ def _one_line(error: Exception) -> str:
     "default: artifacts/train/model.keras",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), help="default: evaluate.batch_size")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: on a Ray cluster (docs/cluster.md), where INPUT may also be s3://bucket/prefix",
+)
+@click.option("--address", help="ray: the cluster's head host:port; default: $RAY_ADDRESS")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="ray: model actors; default: one per CPU of the cluster",
+)
+@click.option(
+    "--parquet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ray: also write the predictions as Parquet (path, label, confidence, one per class)",
+)
 @click.pass_obj
 def predict(
     project: Project,
-    source: Path,
+    source: str,
     out: Path,
     proba: bool,
     model: str | None,
     batch_size: int | None,
+    engine: str,
+    address: str | None,
+    concurrency: int | None,
+    parquet: Path | None,
 ) -> None:
     """Batch prediction: INPUT, a folder (searched recursively) or a .zip/.tar archive of images,
     to a CSV: a submission `id,label` for two classes, else `path,label,confidence`. A file that
@@ -125,16 +147,25 @@ def predict(
     from imgclf.data.sources import SourceError
     from imgclf.model.batch_predict import run_predict
 
+    if engine == "local" and (address or concurrency or parquet):
+        raise click.UsageError("--address, --concurrency and --parquet go with --engine ray")
+    options = {"model": model, "batch_size": batch_size, "proba": proba}
     with _reported(SourceError, OSError, ClassListError):  # FileNotFoundError is an OSError
-        summary = run_predict(
-            project.paths,
-            project.params,
-            source,
-            out,
-            model=model,
-            batch_size=batch_size,
-            proba=proba,
-        )
+        if engine == "ray":
+            from imgclf.model.cluster_predict import run_predict_on_ray
+
+            summary = run_predict_on_ray(
+                project.paths,
+                project.params,
+                source,
+                out,
+                address=address,
+                concurrency=concurrency,
+                parquet=parquet,
+                **options,
+            )
+        else:
+            summary = run_predict(project.paths, project.params, Path(source), out, **options)
     for path, reason in summary.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not summary.rows:
