@@ -49,7 +49,7 @@ predictions = sa.Table(
     ),
     # Who asked (NULL: auth off, a token without `sub`, or logged before subjects were kept):
     # only that subject may label the prediction, unless its token has the feedback:any scope.
-    sa.Column("subject", sa.String(255), nullable=True, comment="the bearer token's `sub`"),
+    sa.Column("subject", sa.Text, nullable=True, comment="the bearer token's `sub`"),
 )
 labelled = predictions.c.true_label.is_not(None)
 # Live accuracy reads a version's latest labels: a partial index holds only labelled rows, so

@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -40,6 +41,8 @@ from imgclf.model.decision import class_probabilities
 logger = logging.getLogger(__name__)
 
 CLASSES_KEY = "classes"  # the MLflow model metadata key, model-version tag and bento metadata key
+# user:password@ in a URL: problems are told on the open /readyz, never with credentials
+_URL_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -278,12 +281,17 @@ class ChampionHolder:
             self.on_swap(model)
 
     def failed(self, what: str, exc: BaseException | None = None) -> None:
-        """Record a problem. A new one (another `what`) is logged once, with the traceback when
-        it is not a registry that cannot be reached; the same one again only updates its error."""
-        error = None if exc is None else f"{type(exc).__name__}: {exc}"
+        """Record a problem. A new one (another `what`) ends the previous one and is logged
+        once, with the traceback unless it is a registry that cannot be reached; the same one
+        again only updates its latest error."""
+        what = _URL_CREDENTIALS.sub("***@", what)
+        error = (
+            None if exc is None else _URL_CREDENTIALS.sub("***@", f"{type(exc).__name__}: {exc}")
+        )
         if self.problem is not None and self.problem.what == what:
             self.problem = replace(self.problem, error=error)
             return
+        self._recovered()
         self.problem = Problem(what, dt.datetime.now(dt.UTC), error)
         serving = self._current.version if self._current else "none"
         level = logging.WARNING if exc is None else logging.ERROR

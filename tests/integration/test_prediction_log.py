@@ -14,7 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from imgclf.monitoring.schema import PredictionRecord, predictions
-from imgclf.serving.prediction_log import ConflictingLabel, PredictionLog, UnknownPrediction
+from imgclf.serving.prediction_log import (
+    ConflictingLabel,
+    OtherSubject,
+    PredictionLog,
+    UnknownPrediction,
+)
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -48,8 +53,10 @@ def count_rows(url: str) -> int:
         engine.dispose()
 
 
-def record(i: int, label: str = "cat", version: str = "7", item: int = 0) -> PredictionRecord:
-    """A two-class (cat, dog) answer."""
+def record(
+    i: int, label: str = "cat", version: str = "7", item: int = 0, subject: str | None = None
+) -> PredictionRecord:
+    """A two-class (cat, dog) answer, asked for by `subject`."""
     dog = 0.25 if label == "cat" else 0.75
     return PredictionRecord(
         request_id=f"r{i}",
@@ -63,6 +70,7 @@ def record(i: int, label: str = "cat", version: str = "7", item: int = 0) -> Pre
         latency_ms=1.5,
         confidence=max(dog, 1 - dog),
         probabilities={"cat": 1 - dog, "dog": dog},
+        subject=subject,
     )
 
 
@@ -123,6 +131,22 @@ def test_a_label_is_stored_once_and_a_different_one_conflicts(log: PredictionLog
         log.record_label("r2", 2, "cat")
     with pytest.raises(UnknownPrediction):
         log.record_label("nobody", 0, "cat")
+
+
+def test_an_owner_labels_only_its_own_predictions(log: PredictionLog) -> None:
+    log.log(record(1, subject="alice"))
+    log.log(record(2))  # no subject: auth off, or logged before subjects were kept
+    log.flush()
+    with pytest.raises(OtherSubject):
+        log.record_label("r1", 0, "dog", owner="bob")
+    with pytest.raises(OtherSubject):
+        log.record_label("r2", 0, "dog", owner="bob")
+    assert log.record_label("r1", 0, "cat", owner="alice").recorded  # bob's tries took nothing
+    with pytest.raises(OtherSubject):  # not ConflictingLabel: that would tell bob the label
+        log.record_label("r1", 0, "dog", owner="bob")
+    assert log.record_label("r2", 0, "dog").recorded  # no owner: anyone's (feedback:any)
+    with pytest.raises(UnknownPrediction):
+        log.record_label("nobody", 0, "cat", owner="bob")
 
 
 def test_live_scores_are_over_the_latest_labels_of_one_version(log: PredictionLog) -> None:
@@ -217,3 +241,18 @@ def test_a_log_from_before_k_classes_stays_readable(db_url: str) -> None:
         ("r2", 0.75, 0.75),
     ]
     assert rows[0].probabilities is None and json.loads(rows[1].probabilities)["dog"] == 0.75
+
+
+def test_a_log_from_before_subjects_gains_the_column(db_url: str) -> None:
+    """Its rows have no subject: only a labeller of any subject's predictions labels them."""
+    old_release_log(db_url, last_column="probabilities")
+    log = PredictionLog(db_url)
+    try:
+        log.log(record(2, subject="alice"))
+        log.flush()
+        with pytest.raises(OtherSubject):
+            log.record_label("r1", 0, "cat", owner="alice")
+        assert log.record_label("r1", 0, "cat").recorded
+        assert log.record_label("r2", 0, "cat", owner="alice").recorded
+    finally:
+        log.close()

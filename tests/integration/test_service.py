@@ -27,10 +27,13 @@ from tests.support.service import (
     MAX_BYTES,
     MAX_IMAGES,
     MAX_PIXELS,
+    MAX_TOKEN_LIFETIME,
     POLL_SECONDS,
     LiveService,
     Server,
+    answer_on,
     auth,
+    held_request,
     token,
 )
 
@@ -75,6 +78,7 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 def test_not_ready_until_a_champion_exists(live_service: LiveService) -> None:
     startup = live_service.startup
     assert (startup.readyz_before, startup.predict_before) == (503, 503)
+    assert "has the alias champion yet since" in startup.readyz_body_before  # says why
     assert requests.get(live_service.url + "/livez", timeout=5).status_code == 200
     # One poll + loading the model; generous because two busy cores can stall either.
     assert startup.ready_after_s < POLL_SECONDS + 45
@@ -157,6 +161,7 @@ def test_other_formats_and_exif_rotation_are_standardised(
         ("expired", "/predict"),
         ("wrong-audience", "/predict"),
         ("no-exp", "/predict"),
+        ("too-long-lived", "/predict"),
         ("wrong-secret", "/predict"),
         ("alg-none", "/predict_batch"),
         (None, "/predict_batch"),
@@ -169,6 +174,7 @@ def test_auth_rejects(live_service: LiveService, photos: list[Path], header, pat
         "expired": f"Bearer {token(exp=time.time() - 5)}",
         "wrong-audience": f"Bearer {token(aud='someone-else')}",
         "no-exp": f"Bearer {token(exp=None)}",
+        "too-long-lived": f"Bearer {token(exp=time.time() + MAX_TOKEN_LIFETIME + 600)}",
         "wrong-secret": "Bearer "
         + jwt.encode({"aud": AUDIENCE, "exp": time.time() + 60}, "x" * 40, "HS256"),
         "alg-none": "Bearer "
@@ -179,6 +185,15 @@ def test_auth_rejects(live_service: LiveService, photos: list[Path], header, pat
     response = post(live_service, path, files=upload(photos[0], name=field), headers=headers)
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
+
+
+def test_two_authorization_headers_are_refused(live_service: LiveService) -> None:
+    """Even two valid ones: proxies and frameworks disagree on which one counts."""
+    head = {**auth(), "authorization": auth()["Authorization"], "Content-Length": "0"}
+    held = held_request(live_service.url, "/feedback", head)
+    with held:
+        status, _, body = answer_on(held, 30)
+    assert (status, body["error"]) == (401, "unauthorized")
 
 
 def test_health_and_metrics_are_open(live_service: LiveService) -> None:

@@ -6,20 +6,28 @@ It starts before any champion exists; the fixture records that it was not ready 
 a champion and waits for /readyz, so whichever module comes first, the facts are the same.
 
 A pytest plugin (tests/conftest.py lists it). One service per session, shared by
-test_service.py, test_service_classes.py and test_service_fuzz.py: a test must only count what it
-sent itself, and may move the alias only to a version it compares with the answers' own
-`model_version`; a module that serves a model with other classes (test_service_classes.py) puts
-the previous champion back before it ends. `own_server` starts a second server on the same
-registry for a test that stops it.
+test_service.py, test_service_classes.py, test_service_fuzz.py and the hardening tests
+(test_batch_memory.py, test_body_deadline.py, test_feedback_ownership.py, test_decode_cost.py):
+a test must only count what it sent itself, and may move the alias only to a version it compares
+with the answers' own `model_version`; a module that serves a model with other classes
+(test_service_classes.py) puts the previous champion back before it ends, and a test that takes
+every in-flight place gives them back. Its limits are small (a few MB, a 5 s body deadline) so
+that tests reach them quickly. `own_server` starts a second server on the same registry for a
+test that stops it. `held_request` and `answer_on` speak raw HTTP for the tests of clients that
+send part of a body and hold the rest.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,34 @@ POLL_SECONDS = 2
 MAX_BYTES = 2_000_000
 MAX_PIXELS = 4_000_000
 MAX_IMAGES = 8
+MAX_BATCH_BYTES = 4_000_000  # two images at the limit: a batch's body limit is its own
+MAX_DECODED_PIXELS = 10_000_000  # two images at the pixel limit, not three
+MAX_IN_FLIGHT = 8  # over the concurrency any test sends, bar the test of the cap
+BODY_TIMEOUT = 5  # seconds for a whole body: loopback uploads take milliseconds
+MAX_TOKEN_LIFETIME = 3600  # tokens minted here live 600 s
 STARTUP_TIMEOUT = 120
+
+
+def held_request(
+    url: str, path: str, headers: dict[str, str], body_start: bytes = b""
+) -> socket.socket:
+    """A connection that sent a POST's head and the first bytes of its body, holding the rest:
+    a slow or stalled client, or one the server should stop reading."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+    connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body_start)
+    return connection
+
+
+def answer_on(connection: socket.socket, timeout: float) -> tuple[int, Message, dict]:
+    """The status, headers (names in any case) and JSON body the server answers on
+    `connection` within `timeout` seconds (socket.timeout if it does not)."""
+    connection.settimeout(timeout)
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    body = response.read()
+    return response.status, response.headers, json.loads(body) if body else {}
 
 
 def token(**claims: object) -> str:
@@ -63,6 +98,11 @@ class Server(BentoServer):
             "IMGCLF_SERVE_MAX_BYTES": str(MAX_BYTES),
             "IMGCLF_SERVE_MAX_PIXELS": str(MAX_PIXELS),
             "IMGCLF_SERVE_MAX_IMAGES_PER_REQUEST": str(MAX_IMAGES),
+            "IMGCLF_SERVE_MAX_BATCH_BYTES": str(MAX_BATCH_BYTES),
+            "IMGCLF_SERVE_MAX_DECODED_PIXELS": str(MAX_DECODED_PIXELS),
+            "IMGCLF_SERVE_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+            "IMGCLF_SERVE_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+            "IMGCLF_SERVE_MAX_TOKEN_LIFETIME_SECONDS": str(MAX_TOKEN_LIFETIME),
             "IMGCLF_PREDICTION_DB_URL": self.db_url,
             "IMGCLF_JWT_SECRET": SECRET,
             "IMGCLF_JWT_AUDIENCE": AUDIENCE,
@@ -89,6 +129,7 @@ class Startup:
     """What the shared server answered before its first champion, and how soon it was ready."""
 
     readyz_before: int
+    readyz_body_before: str  # why not ready, as /readyz said
     predict_before: int
     first_version: str
     ready_after_s: float  # counted from the alias being set
@@ -122,10 +163,10 @@ def _first_champion(server: Server, registry: ServiceRegistry) -> Startup:
             break
         assert time.monotonic() < deadline, f"no alias poll within {STARTUP_TIMEOUT}s"
         time.sleep(0.2)
-    readyz_before = requests.get(server.url + "/readyz", timeout=5).status_code
+    readyz = requests.get(server.url + "/readyz", timeout=5)
     version = registry.promote(seed=0)
     ready_after_s = server.wait_for("/readyz", 60)
-    return Startup(readyz_before, before.status_code, version, ready_after_s)
+    return Startup(readyz.status_code, readyz.text, before.status_code, version, ready_after_s)
 
 
 @pytest.fixture(scope="session")

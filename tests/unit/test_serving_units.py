@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from imgclf.serving.app import ServedPaths, build_app
 from imgclf.serving.auth import AuthError, JWTAuthMiddleware, JWTVerifier, verifier_from_env
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.errors import CLASSIFY_ERRORS, ErrorCode, ServiceError
-from imgclf.serving.holder import LoadedModel, build_loaded_model, model_classes
+from imgclf.serving.holder import ChampionHolder, LoadedModel, build_loaded_model, model_classes
 from imgclf.serving.settings import AuthSettings, ServeSettings, load_settings
 from imgclf.serving.validation import (
     REASON_CODES,
@@ -344,6 +345,29 @@ def test_a_loaded_model_gives_one_probability_per_class() -> None:
     assert binary[:, 1] == pytest.approx(p) and binary[:, 0] == pytest.approx(1 - p)
     with pytest.raises(ValueError, match="gives 3 probabilities"):
         build_loaded_model(tiny_model(16, 0, classes=3), "1", "m", ("cat", "dog"))
+
+
+def test_a_problem_is_told_without_credentials_logged_once_and_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import requests
+
+    holder = ChampionHolder(registry=None, poll_seconds=1)
+    assert holder.not_ready_reason() == "no model loaded yet"
+    registry = "http://user:secret@mlflow:5000"
+    with caplog.at_level(logging.INFO, logger="imgclf.serving.holder"):
+        for attempt in range(3):  # three polls, one outage
+            refused = requests.ConnectionError(f"{registry}/api refused ({attempt})")
+            holder.failed(f"registry {registry} unreachable", refused)
+        reason = holder.not_ready_reason()
+        holder.failed("no version of m has the alias champion yet")
+    assert "secret" not in reason + caplog.text
+    assert reason.startswith("registry http://***@mlflow:5000 unreachable since 20")
+    assert reason.endswith("refused (2))")  # the latest error
+    levels = [(record.levelname, record.getMessage()) for record in caplog.records]
+    assert [level for level, _ in levels] == ["ERROR", "INFO", "WARNING"], levels
+    assert "unreachable: over after" in levels[1][1]
+    assert "has the alias champion yet since" in holder.not_ready_reason()
 
 
 def test_top_k_keeps_the_most_probable_first() -> None:

@@ -119,6 +119,18 @@ def test_a_bad_value_names_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert load_params().serve.poll_seconds == 30.0  # the pipeline reads no environment
 
 
+def test_the_body_deadline_ends_before_bentomls_request_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from imgclf.serving.settings import REQUEST_TIMEOUT_SECONDS
+
+    monkeypatch.setenv("IMGCLF_SERVE_BODY_TIMEOUT_SECONDS", str(REQUEST_TIMEOUT_SECONDS - 1))
+    assert load_settings().body_timeout_seconds == REQUEST_TIMEOUT_SECONDS - 1
+    monkeypatch.setenv("IMGCLF_SERVE_BODY_TIMEOUT_SECONDS", str(REQUEST_TIMEOUT_SECONDS))
+    with pytest.raises(ValidationError, match="body_timeout_seconds"):
+        load_settings()
+
+
 def test_an_unknown_serve_key_is_refused(tmp_path: Path) -> None:
     params = params_with_serve(tmp_path, "  max_byte: 5\n")
     with pytest.raises(ValidationError, match="max_byte"):
