@@ -7,6 +7,7 @@ poison another's live accuracy. A real prediction log (the server's SQLite file)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,12 @@ import sqlalchemy as sa
 
 from tests.support.service import LiveService, token
 
+Bearer = Callable[[], dict[str, str]]  # a fresh header per call: a token minted at import could
+# expire before a long run reaches this module
 
-def bearer(**claims: object) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(**claims)}"}
+
+def bearer(**claims: object) -> Bearer:
+    return lambda: {"Authorization": f"Bearer {token(**claims)}"}
 
 
 ALICE = bearer(sub="alice")
@@ -31,19 +35,19 @@ def photo(sample_data_dir: Path) -> Path:
     return sorted((sample_data_dir / "cat").glob("*.jpg"))[5]
 
 
-def predict(service: LiveService, photo: Path, headers: dict, path: str = "/predict") -> dict:
+def predict(service: LiveService, photo: Path, caller: Bearer, path: str = "/predict") -> dict:
     count, field = (1, "image") if path == "/predict" else (2, "images")
     files = [(field, (photo.name, photo.read_bytes(), "image/jpeg"))] * count
-    response = requests.post(service.url + path, files=files, headers=headers, timeout=60)
+    response = requests.post(service.url + path, files=files, headers=caller(), timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def label(
-    service: LiveService, headers: dict, request_id: str, index: int = 0
+    service: LiveService, caller: Bearer, request_id: str, index: int = 0, truth: str = "cat"
 ) -> requests.Response:
-    body = {"request_id": request_id, "index": index, "label": "cat"}
-    return requests.post(service.url + "/feedback", json=body, headers=headers, timeout=30)
+    body = {"request_id": request_id, "index": index, "label": truth}
+    return requests.post(service.url + "/feedback", json=body, headers=caller(), timeout=30)
 
 
 def refusal(response: requests.Response) -> tuple[int, str]:
@@ -60,9 +64,10 @@ def test_only_the_subject_that_asked_may_label_its_prediction(
     stored = label(live_service, ALICE, answer["request_id"])
     assert stored.status_code == 200 and stored.json()["recorded"] is True, stored.text
     # A different label from Bob is still a 403, never a 409 that would tell him Alice's.
-    other = {"request_id": answer["request_id"], "label": "dog"}
-    bob = requests.post(live_service.url + "/feedback", json=other, headers=BOB, timeout=30)
-    assert refusal(bob) == (403, "forbidden")
+    assert refusal(label(live_service, BOB, answer["request_id"], truth="dog")) == (
+        403,
+        "forbidden",
+    )
 
 
 def test_a_feedback_any_scope_labels_anyones_prediction(
@@ -78,8 +83,8 @@ def test_the_prediction_log_keeps_the_subject(live_service: LiveService, photo: 
     from imgclf.monitoring.schema import predictions
 
     asked = {
-        predict(live_service, photo, headers)["request_id"]: subject
-        for headers, subject in ((ALICE, "alice"), (BOB, "bob"), (NO_SUBJECT, None))
+        predict(live_service, photo, caller)["request_id"]: subject
+        for caller, subject in ((ALICE, "alice"), (BOB, "bob"), (NO_SUBJECT, None))
     }
     # Feedback on a prediction not written yet flushes the log's queue first: once this is
     # answered, every prediction answered before it is in the database.
