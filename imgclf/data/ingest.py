@@ -126,20 +126,33 @@ def ingest_file(
         data = read_bounded(Path(src), max_bytes)
     except OSError as exc:
         return _reject(UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}")
+    result, clean = ingest_bytes(
+        data, limits=limits, jpeg_quality=jpeg_quality, max_bytes=max_bytes
+    )
+    if result.kept:
+        dest.write_bytes(clean)
+    return result
+
+
+def ingest_bytes(
+    data: bytes, *, limits: Limits, jpeg_quality: int, max_bytes: int
+) -> tuple[ImageResult, bytes]:
+    """`ingest_file` on bytes read by `read_bounded`: the result, and the clean JPEG (empty when
+    quarantined). The ray engine runs it on a worker (imgclf.data.cluster_download)."""
     if len(data) > max_bytes:
-        return _reject(TOO_LARGE, f"over download.max_image_bytes ({max_bytes} bytes)")
+        return _reject(TOO_LARGE, f"over download.max_image_bytes ({max_bytes} bytes)"), b""
     try:
         clean = standardise(data, limits, jpeg_quality=jpeg_quality)
     except ImageRejected as exc:
-        return _reject(exc.reason, exc.detail)
-    dest.write_bytes(clean.data)
-    return ImageResult(
+        return _reject(exc.reason, exc.detail), b""
+    result = ImageResult(
         width=clean.width,
         height=clean.height,
         bytes=len(clean.data),
         sha256=hashlib.sha256(clean.data).hexdigest(),
         converted=clean.changes,
     )
+    return result, clean.data
 
 
 def _process_task(task: tuple[str, str], **options: Any) -> ImageResult:
