@@ -39,8 +39,8 @@ from tqdm import tqdm
 # cores) stay small beside its work (decoding 256 photos: ~1 s on one core). Fewer files make
 # as many batches as the cluster has CPUs, so a small input still spreads over every node.
 BATCH_SIZE = 256
-# Read tasks on the driver's node at a time: reading is I/O, so they hold no CPU (the head of a
-# big cluster usually offers none), and this bound keeps them from flooding the object store.
+# Readers on the driver's node: reading is I/O, so they hold no CPU (the head of a big cluster
+# usually offers none), and this bound keeps them from flooding the object store.
 READERS = 2
 
 Rows = list[dict[str, Any]]
@@ -94,17 +94,17 @@ def run_pipeline(
 
     batch_size = files_per_task(len(rows))
     blocks = max(1, math.ceil(len(rows) / batch_size))
-    # Ray's own way to keep a task on the driver's node (as for its `local://` reads).
+    # Ray's own way to keep work on the driver's node (as for its `local://` reads).
     here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
     dataset = (
         ray.data.from_items(rows, override_num_blocks=blocks)
         .map_batches(
-            read,
-            fn_kwargs=read_kwargs,
+            _Reader,
+            fn_constructor_kwargs={"read": read, "options": read_kwargs or {}},
             batch_format="pyarrow",
             batch_size=batch_size,
             num_cpus=0,
-            compute=ray.data.TaskPoolStrategy(size=min(READERS, blocks)),
+            compute=ray.data.ActorPoolStrategy(size=min(READERS, blocks)),
             label_selector=None if read_anywhere else here,
         )
         .map_batches(
@@ -112,6 +112,18 @@ def run_pipeline(
         )
     )
     yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+class _Reader:
+    """The read stage's workers: actors, alive for the whole pipeline. Tasks on a node that
+    offers no CPU (the head) would each wait for a new worker process: Ray keeps no idle ones
+    there."""
+
+    def __init__(self, read: BatchFunction, options: dict[str, Any]) -> None:
+        self.read, self.options = read, options
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.read(batch, **self.options)
 
 
 def files_per_task(files: int) -> int:

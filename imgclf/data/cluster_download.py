@@ -1,13 +1,13 @@
 """The download stage's decoding on a Ray cluster (`download.engine: ray`): `RayDecoder` stands
 in for imgclf.data.ingest's `_Decoder` and gives the same results in the same order, each file
-standardised by `ingest_file` on a worker (imgclf.data.cluster runs the pipeline). The kept
+standardised by `ingest_file`'s own steps: read here (`read_bounded`), standardised on a worker
+(`ingest_bytes`); imgclf.data.cluster runs the pipeline. The kept
 images come back as bytes and are written here, into the stage's output."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from imgclf.data.cluster import connected, in_input_order, run_pipeline
-from imgclf.data.ingest import ImageResult, ingest_file, read_bounded
+from imgclf.data.ingest import ImageResult, ingest_bytes, ingest_file, read_bounded
 
 
 class RayDecoder:
@@ -86,23 +86,18 @@ def _read_or_report(batch: pa.Table, options: dict[str, Any]) -> pa.Table:
 
 
 def _ingest_batch(batch: pa.Table, options: dict[str, Any]) -> pa.Table:
-    """Work stage of the download: `ingest_file` on each file, through this worker's scratch
-    folder; the clean image travels back as `data`."""
+    """Work stage of the download: `ingest_bytes` (`ingest_file` after its read) on each file's
+    bytes; the clean image travels back as `data`."""
     results, clean = [], []
-    with tempfile.TemporaryDirectory(prefix="imgclf-ingest-") as scratch:
-        source, dest = Path(scratch, "source"), Path(scratch, "clean.jpg")
-        for data, report in zip(
-            batch["data"].to_pylist(), batch["result"].to_pylist(), strict=True
-        ):
-            if report:  # already reported by the read stage
-                results.append(report)
-                clean.append(b"")
-                continue
-            source.write_bytes(data)
-            result = ingest_file(source, dest, **options)
-            results.append(_encoded(result))
-            clean.append(dest.read_bytes() if result.kept else b"")
-            dest.unlink(missing_ok=True)
+    reported = batch["result"].to_pylist()
+    for data, report in zip(batch["data"].to_pylist(), reported, strict=True):
+        if report:  # already reported by the read stage
+            results.append(report)
+            clean.append(b"")
+            continue
+        result, image = ingest_bytes(data, **options)
+        results.append(_encoded(result))
+        clean.append(image)
     return pa.table(
         {
             "index": batch["index"],
