@@ -25,7 +25,7 @@ from tests.support.helpers import REPO_ROOT
 
 SERVE = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["serve"]
 ONE_IMAGE = SERVE["max_bytes"] + MULTIPART_OVERHEAD  # the service's own limits (app.py)
-BATCH = SERVE["max_images_per_request"] * ONE_IMAGE
+BATCH = SERVE["max_batch_bytes"]
 PROTECTED = ("/predict", "/predict_batch", "/feedback")
 COMMENT = b"\xff\xfe"  # a JPEG COM segment: skipped by every decoder
 

@@ -14,6 +14,7 @@ import requests
 from imgclf.config import Paths, load_params
 from imgclf.model.batch_predict import run_predict
 from tests.support.champion_service import ChampionService
+from tests.support.helpers import mlflow_uris
 from tests.support.photos import (
     FLOAT_NOISE,
     PHONE_JPEG,
@@ -95,12 +96,13 @@ def test_service_equals_predict_cli_for_every_file(
     champion_service: ChampionService, served, variant_files: Path, tmp_path: Path
 ) -> None:
     """Every variant (EXIF-turned, PNG, re-encoded) gets the same probability from the service and
-    from batch prediction (`imgclf predict`) with the same model."""
+    from batch prediction (`imgclf predict`) with the same registered version (its engine)."""
     probabilities, version = served
-    model = tmp_path / "champion.keras"
-    champion_service.registry.models[version].save(model)
+    registry = champion_service.registry
     out = tmp_path / "submission.csv"
-    run_predict(Paths(), load_params(), variant_files, out, model=str(model), proba=True)
+    with mlflow_uris(registry.uri):
+        model = f"models:/{registry.model_name}/{version}"
+        run_predict(Paths(), load_params(), variant_files, out, model=model, proba=True)
     predicted = submission_probabilities(out)
     assert predicted.keys() == probabilities.keys()
     for ident, probability in probabilities.items():
