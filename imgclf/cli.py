@@ -319,11 +319,18 @@ def _build_bento(root: Path, bentofile: str) -> str:
 @click.option("--subject", default="imgclf-cli", show_default=True, help="the `sub` claim")
 @click.option("--ttl", default=3600, show_default=True, type=click.IntRange(min=1), help="seconds")
 @click.option("--audience", help="the `aud` claim; default: IMGCLF_JWT_AUDIENCE or imgclf")
-def token(subject: str, ttl: int, audience: str | None) -> None:
+@click.option(
+    "--scope", "scopes", multiple=True, help="a `scope` entry, e.g. feedback:any (repeatable)"
+)
+@click.pass_obj
+def token(
+    project: Project, subject: str, ttl: int, audience: str | None, scopes: tuple[str, ...]
+) -> None:
     """Mint an HS256 JWT from IMGCLF_JWT_SECRET for testing the service, e.g.
 
     \b
     curl -H "Authorization: Bearer $(imgclf token)" -F image=@cat.jpg 127.0.0.1:3000/predict
+    imgclf token --subject labellers --scope feedback:any   # may label anyone's predictions
     """
     import jwt
 
@@ -333,12 +340,18 @@ def token(subject: str, ttl: int, audience: str | None) -> None:
         settings = AuthSettings()
     if settings.jwt_secret is None:
         raise click.ClickException("minting needs IMGCLF_JWT_SECRET (HS256)")
+    longest = project.params.serve.max_token_lifetime_seconds
+    if ttl > longest:  # the service would refuse it
+        raise click.ClickException(
+            f"--ttl {ttl} is over serve.max_token_lifetime_seconds {longest}"
+        )
     now = int(time.time())
     claims = {
         "sub": subject,
         "aud": audience or settings.jwt_audience,
         "iat": now,
         "exp": now + ttl,
+        **({"scope": " ".join(scopes)} if scopes else {}),
         **({"iss": settings.jwt_issuer} if settings.jwt_issuer else {}),
     }
     click.echo(jwt.encode(claims, settings.jwt_secret.get_secret_value(), "HS256"))

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from imgclf.cli import cli
-from imgclf.config import PARAMS_FILE
+from imgclf.config import PARAMS_FILE, load_params
 from imgclf.serving.auth import AuthError, JWTVerifier, verifier_from_env
 
 SECRET = "s" * 32
@@ -59,6 +59,15 @@ def test_token_is_accepted_by_the_service_verifier(monkeypatch: pytest.MonkeyPat
     claims = service_verifier(monkeypatch).verify(output.strip())
     assert claims["sub"] == "alice" and claims["aud"] == "imgclf"
     assert claims["exp"] - claims["iat"] == 60
+
+
+def test_token_scopes_and_its_lifetime_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, output = invoke("token", "--scope", "feedback:any", "--scope", "extra")
+    assert code == 0
+    assert service_verifier(monkeypatch).verify(output.strip())["scope"] == "feedback:any extra"
+    longest = load_params().serve.max_token_lifetime_seconds
+    code, output = invoke("token", "--ttl", str(longest + 1))
+    assert code == 1 and f"over serve.max_token_lifetime_seconds {longest}" in output
 
 
 def test_token_is_refused_with_another_secret_or_audience(monkeypatch: pytest.MonkeyPatch) -> None:
