@@ -302,6 +302,8 @@ def train_classifier(
             unfreeze_top(backbone, params.backbones, tune.blocks)
             history += fit_images(tune.lr, tune.epochs, initial_epoch=len(history))
             val_features = None  # the backbone moved
+    if head is None:  # seed_cnn: one Sequential, its own output
+        return Trained(classifier.model, history, Calibration())
     calibration = Calibration()
     if params.calibration == "temperature":
         if val_features is None:

@@ -141,7 +141,7 @@ def _backbone_weights(classifier: Classifier) -> list[np.ndarray]:
 
 def test_cached_feature_training_leaves_the_backbone_untouched(splits) -> None:
     train, val = splits
-    params = _params(epochs=3)
+    params = _params(epochs=3, linear_head={"enabled": False})  # the Adam-trained head
     classifier = _pretrained_like(params, _n_classes(train))
     before = _backbone_weights(classifier)
     train_classifier(classifier, train, val, params)
@@ -188,7 +188,9 @@ def _val_log_loss(model: keras.Model, val: LabelledFiles) -> float:
 def test_linear_head_keeps_the_strength_with_the_lowest_validation_loss(splits) -> None:
     train, val = splits
     strengths = [1e-4, 0.1, 10.0]
-    params = _frozen_pretrained_params(linear_head={"enabled": True, "c": strengths})
+    params = _frozen_pretrained_params(
+        linear_head={"enabled": True, "c": strengths}, calibration="none"
+    )
     classifier = _pretrained_like(params, _n_classes(train))
     before = _backbone_weights(classifier)
     trained = train_classifier(classifier, train, val, params)
