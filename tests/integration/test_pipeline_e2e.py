@@ -77,7 +77,7 @@ def _stages_with_changed_dep(repo: Path, run_dvc, dep: str) -> set[str]:
     }
 
 
-def test_editing_a_module_train_runs_makes_train_and_evaluate_stale(
+def test_editing_a_module_train_runs_makes_train_export_and_evaluate_stale(
     trained_repo: Path, run_dvc
 ) -> None:
     module = "imgclf/model/inference.py"
@@ -85,7 +85,8 @@ def test_editing_a_module_train_runs_makes_train_and_evaluate_stale(
     original = source.read_bytes()
     try:
         source.write_bytes(original + b"# an edit\n")
-        assert _stages_with_changed_dep(trained_repo, run_dvc, module) == {"train", "evaluate"}
+        stale = _stages_with_changed_dep(trained_repo, run_dvc, module)
+        assert stale == {"train", "export", "evaluate"}
     finally:
         source.write_bytes(original)
     assert _stages_with_changed_dep(trained_repo, run_dvc, module) == set()
