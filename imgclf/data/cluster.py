@@ -89,6 +89,8 @@ def run_pipeline(
     node can reach, such as S3 objects); `work` is a function run in CPU tasks, or a callable
     class run in actors, with `work_options` for Ray Data's `map_batches` (`fn_kwargs`,
     `compute`, `fn_constructor_kwargs`, ...)."""
+    if not rows:  # nothing to read: no Ray Data job at all
+        return
     import ray
     import ray.data
 

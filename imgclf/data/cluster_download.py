@@ -1,13 +1,15 @@
 """The download stage's decoding on a Ray cluster (`download.engine: ray`): `RayDecoder` stands
 in for imgclf.data.ingest's `_Decoder` and gives the same results in the same order, each file
 standardised by `ingest_file`'s own steps: read here (`read_bounded`), standardised on a worker
-(`ingest_bytes`); imgclf.data.cluster runs the pipeline. The kept
-images come back as bytes and are written here, into the stage's output."""
+(`ingest_bytes`); imgclf.data.cluster runs the pipeline. The kept images are written here, into
+the stage's output: re-encoded ones from the bytes that come back, the others (most JPEGs, kept
+byte for byte) copied from their source."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -54,12 +56,14 @@ class RayDecoder:
             fn_kwargs={"options": self.options},
         )
         results = []
-        for row, (_, dest) in zip(
+        for row, (src, dest) in zip(
             in_input_order(batches, len(tasks), self.bar), tasks, strict=True
         ):
             result = _decoded(row["result"])
-            if result.kept:
+            if result.kept and result.converted:
                 Path(dest).write_bytes(row["data"])
+            elif result.kept:  # kept byte for byte: the source is the clean image
+                shutil.copyfile(src, dest)
             results.append(result)
         return results
 
@@ -97,7 +101,9 @@ def _ingest_batch(batch: pa.Table, options: dict[str, Any]) -> pa.Table:
             continue
         result, image = ingest_bytes(data, **options)
         results.append(_encoded(result))
-        clean.append(image)
+        # Unconverted, the clean image is the source's bytes (standardise's contract), which
+        # the driver has: only re-encoded images travel back.
+        clean.append(image if result.converted else b"")
     return pa.table(
         {
             "index": batch["index"],

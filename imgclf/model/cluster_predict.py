@@ -144,6 +144,8 @@ def _predictions(
     concurrency: int | None,
 ) -> Iterator[pa.Table]:
     """Result batches (index, probabilities, reason) of the pipeline read -> `_Predictor`."""
+    if not rows:  # no image file: no actor to start
+        return
     import mlflow
     import ray
     import ray.data

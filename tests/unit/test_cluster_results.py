@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from tqdm import tqdm
 
-from imgclf.data.cluster import connected, in_input_order
+from imgclf.data.cluster import connected, in_input_order, read_bytes, run_pipeline
 
 
 def batch(*indices: int) -> pa.Table:
@@ -42,3 +42,9 @@ def test_a_ray_client_address_is_refused_before_connecting() -> None:
         connected("ray://h:1"),
     ):
         pass
+
+
+def test_no_files_run_nothing() -> None:
+    """An empty input (no image in a folder, an empty manifest) never reaches Ray."""
+    assert list(run_pipeline([], read_bytes, read_bytes)) == []
+    assert placed(total=0) == []
