@@ -1,6 +1,8 @@
 """`imgclf`: the everyday commands, one thin verb per library call (`imgclf --help`).
 
     imgclf predict photos/ --out submission.csv     batch prediction (a folder or an archive)
+    imgclf select --candidate '{arch: efficientnet_lite2, image_size: 260}' ...
+                                                    compare backbones by cross-validation
     imgclf promote --version 3 --reason "..."       point `champion` at a registry version
     imgclf rollback                                 `champion` back to the one it replaced
     imgclf history                                  every move of `champion` (JSON lines)
@@ -181,6 +183,46 @@ def predict(
         f"predict: {summary.rows} images -> {out} ({counts}); skipped {len(summary.skipped)} "
         f"unreadable, ignored {summary.ignored} non-image files"
     )
+
+
+@cli.command()
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    required=True,
+    help="train params that differ from params.yaml's, a YAML mapping, e.g. "
+    "'{arch: efficientnet_lite2, image_size: 260, tta: flip}'; repeat for each",
+)
+@click.option("--folds", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also as JSON")
+@click.pass_obj
+def select(project: Project, candidates: tuple[str, ...], folds: int, out: Path | None) -> None:
+    """Compare frozen-backbone candidates by cross-validated log loss on the split's train + val
+    photos (never test) and name the cheapest within one standard error of the best. Needs the
+    split and pretrained stages' outputs."""
+    from imgclf.data.labels import read_classes
+    from imgclf.model.selection import run_selection
+
+    with _reported(ValidationError, yaml.YAMLError, ValueError, OSError):
+        base = project.params.train.model_dump()
+        trials = {text: type(project.params.train).model_validate(base | yaml.safe_load(text))
+                  for text in candidates}  # fmt: skip
+        compared, chosen = run_selection(
+            project.paths, trials, read_classes(project.paths.split_classes), folds
+        )
+    click.echo(f"{'candidate':<60} {'c':>5} {'log loss':>9} {'accuracy':>9} "
+               f"{'vs best ± 1 SE':>18} {'s/photo':>8} {'cost':>5}")  # fmt: skip
+    for row in compared:
+        s = row.scored
+        click.echo(f"{s.name:<60} {s.c:5.2g} {s.log_loss:9.4f} {s.accuracy:9.2%} "
+                   f"{row.difference:+9.4f} ± {row.standard_error:.4f} "
+                   f"{s.seconds_per_photo:8.4f} {row.cost:5.2f}")  # fmt: skip
+    click.echo(f"chosen: {chosen.scored.name} (the cheapest within one SE of the best)")
+    if out:
+        rows = [row.summary() for row in compared]
+        report = {"folds": folds, "candidates": rows, "chosen": chosen.scored.name}
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 # -------------------------------------------------------------------------------- registry

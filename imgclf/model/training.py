@@ -293,7 +293,7 @@ def train_classifier(
     else:
         backbone.trainable = False
         if params.cache_features:
-            train_features, val_features = _frozen_features(backbone, (train, val), params)
+            train_features, val_features = frozen_features(backbone, (train, val), params)
             history = _fit_head(head, train_features, val_features, params)
         else:
             history = fit_images(params.lr, params.epochs)
@@ -307,7 +307,7 @@ def train_classifier(
     calibration = Calibration()
     if params.calibration == "temperature":
         if val_features is None:
-            [val_features] = _frozen_features(backbone, (val,), params)
+            [val_features] = frozen_features(backbone, (val,), params)
         calibration = _calibrate(head, val_features)
     model = inference_model(classifier, calibration.temperature, params.tta == "flip")
     return Trained(model, history, calibration)
@@ -347,7 +347,7 @@ class Features:
         return self.values.reshape(-1, dim), np.tile(self.labels, views)
 
 
-def _frozen_features(
+def frozen_features(
     backbone: keras.Model, splits: Sequence[LabelledFiles], params: TrainParams
 ) -> list[Features]:
     """Per split, the frozen backbone's features of every view (`_views`)."""
@@ -403,32 +403,41 @@ def head_probabilities(
     return class_probabilities(probabilities.mean(axis=0))
 
 
-def _fit_linear_head(
-    head: keras.Model, train: Features, val: Features, params: TrainParams
-) -> list[dict[str, float]]:
-    """L2-regularised logistic regression on standardised features, one fit per strength in
-    `linear_head.c` (weakest regularisation last, warm-started); the lowest validation log loss
-    wins and goes into the head's Dense. One history row per strength."""
-    dense = head.get_layer(HEAD_OUTPUT)
+def linear_head_path(
+    train: Features, strengths: Sequence[float], class_weight_mode: str, units: int
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """L2-regularised logistic regression on standardised features, one fit per inverse strength
+    (weakest regularisation last, warm-started), each as (c, kernel, bias) of a head's Dense of
+    `units` on raw features."""
     x, y = train.rows()
     scaler = StandardScaler().fit(x)
     regression = LogisticRegression(
         max_iter=2000,
         warm_start=True,
-        class_weight=class_weights(train.labels, params.class_weights),
+        class_weight=class_weights(train.labels, class_weight_mode),
     )
-    rows, fitted = [], []
-    for index, c in enumerate(sorted(params.linear_head.c)):
+    fitted = []
+    for c in sorted(strengths):
         regression.set_params(C=c).fit(scaler.transform(x), y)
-        kernel, bias = _dense_weights(regression, scaler, dense.units)
-        fitted.append((kernel, bias))
-        rows.append(
-            {"epoch": index, "c": c}
-            | _scores("", head_probabilities(train.values, kernel, bias), train.labels)
-            | _scores("val_", head_probabilities(val.values, kernel, bias), val.labels)
-        )
+        fitted.append((c, *_dense_weights(regression, scaler, units)))
+    return fitted
+
+
+def _fit_linear_head(
+    head: keras.Model, train: Features, val: Features, params: TrainParams
+) -> list[dict[str, float]]:
+    """The linear head's path (`linear_head_path`); the strength with the lowest validation log
+    loss goes into the head's Dense. One history row per strength."""
+    dense = head.get_layer(HEAD_OUTPUT)
+    fitted = linear_head_path(train, params.linear_head.c, params.class_weights, dense.units)
+    rows = [
+        {"epoch": index, "c": c}
+        | _scores("", head_probabilities(train.values, kernel, bias), train.labels)
+        | _scores("val_", head_probabilities(val.values, kernel, bias), val.labels)
+        for index, (c, kernel, bias) in enumerate(fitted)
+    ]
     best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
-    dense.set_weights(list(fitted[best]))
+    dense.set_weights(list(fitted[best][1:]))
     return rows
 
 
