@@ -167,6 +167,15 @@ class ExportParams(_Section):
     check_images: int = Field(default=200, ge=1)  # real photos compared with Keras
     tolerance: float = Field(default=1e-5, gt=0)  # largest |p_engine - p_keras| accepted
     threads: int = Field(default=0, ge=0)  # engine threads; 0 = all cores
+    # float16 (LiteRT) / int8: smaller weights; gated on the test metric instead of tolerance
+    precision: Literal["float32", "float16", "int8"] = "float32"
+    max_metric_drop: float = Field(default=0.001, ge=0)  # engine's test metric below the float's
+
+    @model_validator(mode="after")
+    def _float16_needs_litert(self) -> ExportParams:
+        if self.precision == "float16" and self.engine != "litert":
+            raise ValueError("export.precision float16 needs engine litert")
+        return self
 
 
 class MlflowParams(_Section):

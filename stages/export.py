@@ -14,11 +14,13 @@ from imgclf.model.export import run_export
 def main() -> None:
     params, paths = load_params(), Paths()
     report = run_export(paths, params.export, read_classes(paths.split_classes))
-    verdict = "agrees with" if report["passed"] else "DISAGREES with"
+    verdict = {True: "agrees with", False: "DISAGREES with", None: "differs from"}[report["passed"]]
+    gate = "" if report["passed"] is not None else " (register gates it on the test metric)"
     print(
-        f"export: {report['engine']} {report['file']} ({report['bytes'] / 1e6:.1f} MB) {verdict} "
-        f"Keras on {report['images']} photos: max |dp| {report['max_abs_diff']:.1e}, "
-        f"{report['flipped']} labels changed, {report['seconds']:.0f} s -> {paths.export_report}"
+        f"export: {report['engine']} {report['precision']} {report['file']} "
+        f"({report['bytes'] / 1e6:.1f} MB) {verdict} Keras on {report['images']} photos: "
+        f"max |dp| {report['max_abs_diff']:.1e}, {report['flipped']} labels changed{gate}, "
+        f"{report['seconds']:.0f} s -> {paths.export_report}"
     )
 
 

@@ -1,5 +1,6 @@
 """The export stage: a trained model converted to LiteRT or ONNX Runtime answers what Keras answers
-on real photos, for two classes and for K, and the engines serve any batch size."""
+on real photos, for two classes and for K, and the engines serve any batch size; at reduced
+precision (float16, int8) the engine is smaller and keeps the labels of clear cases."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from imgclf.config import ExportParams, Paths
 from imgclf.io import read_json, write_tsv
-from imgclf.model.decision import class_probabilities
+from imgclf.model.decision import class_probabilities, predicted_indices
 from imgclf.model.engines import ENGINE_FILES, KerasEngine, load_engine
 from imgclf.model.export import exported_engine, run_export
 from imgclf.model.preprocess import load_images
@@ -83,3 +85,63 @@ def test_a_file_that_is_not_an_engine_is_refused(tmp_path: Path) -> None:
         load_engine(tmp_path / "model.keras")
     with pytest.raises(FileNotFoundError, match="no exported engine"):
         load_engine(tmp_path / "model.onnx")
+
+
+def quantisable_model(images: np.ndarray):
+    """A two-class model with weight tensors of over 1024 values (the smallest LiteRT
+    quantises) and a wide final layer centred on `images`: half of them on each side of the
+    threshold, most far from it."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(images.shape[1:])
+    x = keras.layers.Conv2D(16, 3, activation="relu")(inputs)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)  # 4608 weights
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    features = keras.layers.Dense(64, activation="relu")(x)  # 2048 weights
+    wide = keras.initializers.RandomNormal(stddev=3.0)
+    head = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=wide)
+    model = keras.Model(inputs, head(features))
+    kernel, _ = head.get_weights()
+    logits = keras.Model(inputs, features)(images).numpy() @ kernel
+    head.set_weights([kernel, -np.median(logits, axis=0)])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("engine", "precision"), [("litert", "float16"), ("litert", "int8"), ("onnx", "int8")]
+)
+def test_a_reduced_precision_engine_is_smaller_and_keeps_clear_labels(
+    tmp_path: Path, sample_data_dir: Path, engine: str, precision: str
+) -> None:
+    classes = ["cat", "dog"]
+    files = sorted(str(f) for f in (sample_data_dir / "dog").glob("*.jpg"))[:20]
+    files += sorted(str(f) for f in (sample_data_dir / "cat").glob("*.jpg"))[:20]
+    images = load_images(files, 64)
+    model = quantisable_model(images)
+    sizes = {}
+    for exported_precision in ("float32", precision):
+        paths = project(tmp_path / exported_precision, sample_data_dir, classes)
+        model.save(paths.model)
+        params = ExportParams(engine=engine, precision=exported_precision, check_images=PHOTOS)
+        report = run_export(paths, params, classes)
+        sizes[exported_precision] = report["bytes"]
+
+    assert sizes[precision] < 0.7 * sizes["float32"]
+    assert (report["precision"], report["max_metric_drop"]) == (precision, 0.001)
+    assert report["passed"] is None  # the agreement check is reported, not the gate
+    keras_says = class_probabilities(KerasEngine(model)(images))
+    engine_says = class_probabilities(exported_engine(paths)(images))
+    difference = np.abs(engine_says - keras_says)
+    assert 1e-6 < difference.max() < 0.05  # weights changed, answers barely
+    clear = np.abs(keras_says[:, 1] - 0.5) > 0.1  # far from the threshold, on both sides
+    assert clear.sum() >= 20 and set(predicted_indices(keras_says[clear], 0.5)) == {0, 1}
+    np.testing.assert_array_equal(
+        predicted_indices(engine_says[clear], 0.5), predicted_indices(keras_says[clear], 0.5)
+    )
+
+
+def test_onnx_float16_is_refused_at_params_validation() -> None:
+    with pytest.raises(ValidationError, match=r"export\.precision float16 needs engine litert"):
+        ExportParams(engine="onnx", precision="float16")
+    assert ExportParams(engine="onnx", precision="int8").precision == "int8"
