@@ -27,6 +27,12 @@ def main() -> None:
         f"{f1} {test.get('f1' if len(classes) == 2 else 'macro_f1', float('nan')):.4f} "
         f"AUC {auc} (val accuracy {val.get('accuracy', float('nan')):.4f}) -> {paths.metrics}"
     )
+    if reduced := result.metrics.get("reduced_precision"):
+        print(
+            f"evaluate: {reduced['precision']} {reduced['engine']} engine test accuracy "
+            f"{test.get('accuracy', float('nan')):.4f}, float32 Keras model "
+            f"{reduced['float32_test'].get('accuracy', float('nan')):.4f}"
+        )
 
 
 if __name__ == "__main__":

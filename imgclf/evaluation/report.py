@@ -22,7 +22,9 @@ top-level (`compute_metrics`: the registry gate can compare any of them) and, fo
 images, its `per_class` table {class: {precision, recall, f1, support}}, which `flat_metrics`
 leaves out of MLflow's metrics. Curves and calibration are of the second class for two
 classes; for more, the curves are the one-vs-rest micro average and calibration is of the top
-class.
+class. An engine exported at reduced precision adds "reduced_precision": {"engine",
+"precision", "float32_test": the float Keras model's test scalars}, which the register gate
+compares the engine's test metric with.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ from imgclf.evaluation.metrics import (
 from imgclf.io import atomic_dir, read_json, write_json, write_tsv
 from imgclf.model.dataset import LabelledFiles, read_split
 from imgclf.model.decision import confidences, predicted_indices
+from imgclf.model.engines import KerasEngine
 from imgclf.model.export import exported_engine
-from imgclf.model.inference import predict_probabilities
+from imgclf.model.inference import load_model, predict_probabilities
 
 SPLITS = ("train", "val", "test")
 PNG_NAMES = (
@@ -164,6 +167,8 @@ def run_evaluate(
         write_plot_data(out, test, curves, classes)
         draw_test_pngs(out, test, curves, tables.get("test"), metrics["test"], classes, params)
         plots.plot_training_curves(out / "training_curves.png", paths.history)
+    if precision_check := reduced_precision_check(paths, test.data, params):
+        metrics["reduced_precision"] = precision_check
     write_json(paths.metrics, metrics)
     if mlflow_params is None or not paths.mlflow_run.is_file():
         return Evaluation(metrics, None)
@@ -184,6 +189,27 @@ def split_metrics(
         params.top_k,
     )
     return scalars if tables is None else scalars | {"per_class": tables.per_class}
+
+
+def reduced_precision_check(
+    paths: Paths, test: LabelledFiles, params: EvaluateParams
+) -> dict[str, Any] | None:
+    """For an engine exported at reduced precision (export.precision float16 or int8): its
+    engine and precision, and the float Keras model's metrics on the same test split, which the
+    register gate compares with the engine's. None for float32: that engine agrees with Keras
+    to export.tolerance, so Keras is not run again."""
+    export = read_json(paths.export_report)
+    if export["precision"] == "float32":
+        return None
+    keras = KerasEngine(load_model(paths.model))
+    probabilities = predict_probabilities(keras, test.files, params.batch_size, "evaluate keras")
+    return {
+        "engine": export["engine"],
+        "precision": export["precision"],
+        "float32_test": split_metrics(
+            SplitPredictions.of(test, probabilities, params.threshold), None, params
+        ),
+    }
 
 
 def predict_splits(

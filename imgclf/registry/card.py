@@ -1,5 +1,6 @@
-"""The model card: a version's identity and classes, metrics (per class where metrics.json holds
-them), data, intended use, limits and parameters.
+"""The model card: a version's identity and classes, the engine's precision when reduced (its
+test metric beside the float model's), metrics (per class where metrics.json holds them), data,
+intended use, limits and parameters.
 
 Each registered version's description is its card (cut to the SQL column's size), and the full
 card is logged to its run as `model_card.md`.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgclf.config import RegisterParams
 from imgclf.registry.client import utc_now
-from imgclf.registry.gate import higher_is_better
+from imgclf.registry.gate import higher_is_better, metric_drop
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -131,6 +132,7 @@ def model_card(
         f"| Gate metric | test {params.metric} "
         f"({'higher' if higher_is_better(params.metric, params.direction) else 'lower'} "
         f"is better) |",
+        *_precision_rows(metrics, params),
         "",
         "## Metrics",
         "",
@@ -204,6 +206,25 @@ def model_card(
     for key in sorted(run_params):
         lines.append(f"| {key} | {_cell(run_params[key])} |")
     return "\n".join(lines) + "\n"
+
+
+def _precision_rows(metrics: Mapping[str, Any], params: RegisterParams) -> list[str]:
+    """An engine exported at reduced precision: its precision, its test metric beside the float
+    Keras model's, and the drop the gate allowed (evaluate's `reduced_precision` block)."""
+    check = metrics.get("reduced_precision")
+    if not check:
+        return []
+    metric = params.metric
+    engine_value = metrics.get("test", {}).get(metric)
+    float_value = check["float32_test"].get(metric)
+    if engine_value is None or float_value is None:
+        measured = f"test {metric} not measured"
+    else:
+        drop = metric_drop(engine_value, float_value, params)
+        measured = (
+            f"test {metric} {engine_value:.4f}, float32 model {float_value:.4f}, drop {drop:.4f}"
+        )
+    return [f"| Engine precision | {check['precision']} ({check['engine']}): {measured} |"]
 
 
 def _classes_cell(classes: Sequence[str]) -> str:

@@ -150,9 +150,30 @@ def _verdict(
     )
 
 
-def engine_problem(report: Mapping[str, Any]) -> str | None:
+def metric_drop(engine_value: float, float_value: float, params: RegisterParams) -> float:
+    """How far a reduced-precision engine's test metric falls short of the float model's, in the
+    metric's units (negative: the engine scores better)."""
+    higher = higher_is_better(params.metric, params.direction)
+    return float_value - engine_value if higher else engine_value - float_value
+
+
+def engine_problem(
+    report: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    params: RegisterParams | None = None,
+) -> str | None:
     """Why the export stage's report (reports/export.json) keeps its model out of the registry,
-    or None: the engine that would answer must say what Keras says."""
+    or None. A float32 engine must say what Keras says. A reduced-precision one (float16, int8)
+    changes the numbers by design, so its test `params.metric` (reports/metrics.json, `metrics`)
+    must instead stay within export.max_metric_drop of the float Keras model's (no `metrics`:
+    refused; no `params`: the default register params)."""
+    precision = report.get("precision", "float32")  # reports from before precision: float32
+    if precision == "float32":
+        return _disagreement(report)
+    return _precision_loss(report, precision, metrics or {}, params or RegisterParams())
+
+
+def _disagreement(report: Mapping[str, Any]) -> str | None:
     if report["flipped"]:
         return (
             f"the {report['engine']} engine changes {report['flipped']} of {report['images']} "
@@ -164,3 +185,30 @@ def engine_problem(report: Mapping[str, Any]) -> str | None:
             f"(> export.tolerance {report['tolerance']:.0e}) on {report['images']} photos"
         )
     return None
+
+
+def _precision_loss(
+    report: Mapping[str, Any], precision: str, metrics: Mapping[str, Any], params: RegisterParams
+) -> str | None:
+    engine = f"the {precision} {report['engine']} engine"
+    check = metrics.get("reduced_precision", {})
+    engine_value = metrics.get("test", {}).get(params.metric)
+    float_value = check.get("float32_test", {}).get(params.metric)
+    if check.get("precision") != precision or not _finite(engine_value, float_value):
+        return (
+            f"{engine} has no test {params.metric} beside the float32 model's in "
+            f"reports/metrics.json: run evaluate"
+        )
+    drop = metric_drop(engine_value, float_value, params)
+    # Rounded: 0.972 - 0.971 is 0.0010000000000000009 in binary floating point.
+    if round(drop, 12) > report["max_metric_drop"]:
+        return (
+            f"{engine}'s test {params.metric} {engine_value:.4f} is {drop:.4f} worse than the "
+            f"float32 model's {float_value:.4f} (> export.max_metric_drop "
+            f"{report['max_metric_drop']:g})"
+        )
+    return None
+
+
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
