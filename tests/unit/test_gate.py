@@ -1,9 +1,9 @@
-"""The promotion gate (imgclf/registry/gate.py): pure, no MLflow."""
+"""The promotion gate and the engine check (imgclf/registry/gate.py): pure, no MLflow."""
 
 from __future__ import annotations
 
 from imgclf.config import RegisterParams
-from imgclf.registry.gate import Candidate, GateDecision, decide
+from imgclf.registry.gate import Candidate, GateDecision, decide, engine_problem
 
 
 def _gate(value, champion_value=None, *, same_data=True, **params) -> GateDecision:
@@ -65,3 +65,66 @@ def test_a_champion_without_a_class_list_is_compared_on_its_metric() -> None:
     assert decide(Candidate("2", 0.99, "dv1", ("cat", "dog")), old_champion, params).promote
     worse = decide(Candidate("2", 0.70, "dv1", ("cat", "dog")), old_champion, params)
     assert worse.rule == "not_better"
+
+
+EXPORT = {"engine": "litert", "images": 200, "tolerance": 1e-5, "max_abs_diff": 2e-7}
+
+
+def _reduced(engine: float, float32: float, metric: str = "accuracy", **params) -> str | None:
+    """engine_problem for an int8 engine whose test `metric` is `engine` and the float Keras
+    model's `float32`, as export.json and metrics.json hold them."""
+    report = EXPORT | {"precision": "int8", "flipped": 3, "max_abs_diff": 0.02}
+    metrics = {
+        "test": {metric: engine},
+        "reduced_precision": {
+            "engine": "litert",
+            "precision": "int8",
+            "float32_test": {metric: float32},
+        },
+    }
+    return engine_problem(
+        report | {"max_metric_drop": 0.001}, metrics, RegisterParams(metric=metric, **params)
+    )
+
+
+def test_a_float32_engine_is_judged_by_its_agreement_with_keras() -> None:
+    assert engine_problem(EXPORT | {"flipped": 0}) is None
+    assert engine_problem(EXPORT | {"precision": "float32", "flipped": 0}) is None
+    assert "changes 1 of 200 labels" in engine_problem(EXPORT | {"flipped": 1})
+    assert "by 3.00e-05" in engine_problem(EXPORT | {"flipped": 0, "max_abs_diff": 3e-5})
+
+
+def test_a_reduced_precision_engine_is_judged_by_its_test_metric() -> None:
+    """Changed labels and |dp| beyond the tolerance are expected at int8: not the gate."""
+    assert _reduced(0.9720, 0.9720) is None
+    assert _reduced(0.9710, 0.9720) is None  # 0.1 point: the limit, reached not passed
+    assert _reduced(0.9800, 0.9720) is None  # better than the float model
+    refused = _reduced(0.9700, 0.9720)
+    assert refused == (
+        "the int8 litert engine's test accuracy 0.9700 is 0.0020 worse than the float32 "
+        "model's 0.9720 (> export.max_metric_drop 0.001)"
+    )
+
+
+def test_the_drop_follows_the_metrics_direction() -> None:
+    assert _reduced(0.1005, 0.1000, metric="log_loss") is None
+    assert "log_loss 0.1020 is 0.0020 worse" in _reduced(0.1020, 0.1000, metric="log_loss")
+    assert _reduced(0.1020, 0.1000, metric="log_loss", direction="higher") is None
+
+
+def test_a_reduced_precision_engine_without_the_float_models_metric_is_refused() -> None:
+    report = EXPORT | {"precision": "float16", "flipped": 0, "max_metric_drop": 0.001}
+    stale = {
+        "test": {"accuracy": 0.97},
+        "reduced_precision": {
+            "engine": "litert",
+            "precision": "int8",
+            "float32_test": {"accuracy": 0.97},
+        },
+    }
+    for metrics in (None, {"test": {"accuracy": 0.97}}, stale):
+        problem = engine_problem(report, metrics, RegisterParams())
+        assert problem == (
+            "the float16 litert engine has no test accuracy beside the float32 model's in "
+            "reports/metrics.json: run evaluate"
+        )
