@@ -16,6 +16,11 @@ The gate (`register:` in params.yaml) decides whether a new version becomes cham
     manifests, so a change to the training data alone also blocks automatic promotion: the
     conservative side.)
   * `auto_promote: false` never moves `champion`; the report says what the gate would have done.
+
+Before any of that, `engine_problem` keeps out a version whose exported engine would answer
+differently: a float32 engine must agree with Keras (export.tolerance, no changed label); a
+reduced-precision one (export.precision float16 or int8) must keep its test `register.metric`
+within export.max_metric_drop of the float Keras model's, both measured by evaluate.
 """
 
 from __future__ import annotations
