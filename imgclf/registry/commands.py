@@ -36,20 +36,22 @@ def run_register(
 ) -> dict[str, Any]:
     """Register train's run (artifacts/train/mlflow_run.json) with its exported engine, run the
     gate, write reports/register.json; returns that report. An engine that disagrees with Keras
-    (reports/export.json) is refused: nothing is registered."""
+    (reports/export.json), or a reduced-precision one that loses more than export.max_metric_drop
+    of the test metric, is refused: nothing is registered."""
     if not paths.mlflow_run.is_file():
         raise RegistryError(f"{paths.mlflow_run} missing: run train and evaluate first")
     if not paths.export_report.is_file():
         raise RegistryError(f"{paths.export_report} missing: run the export stage first")
     export = read_json(paths.export_report)
-    if problem := engine_problem(export):
+    metrics = _optional_json(paths.metrics)
+    if problem := engine_problem(export, metrics, params):
         raise RegistryError(f"not registered: {problem}")
     with mlflow_errors():
         report = register_run(
             _client(paths, mlflow_params),
             read_json(paths.mlflow_run)["run_id"],
             params,
-            metrics=_optional_json(paths.metrics),
+            metrics=metrics,
             split_counts=_optional_json(paths.split_report),
             classes=classes,
             engine=(paths.export_dir / export["file"], export),

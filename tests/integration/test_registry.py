@@ -331,6 +331,36 @@ def test_an_engine_that_disagrees_with_keras_is_not_registered(
     assert not (root / "reports" / "register.json").exists()
 
 
+@pytest.mark.parametrize(("float_accuracy", "registered"), [(0.904, True), (0.906, False)])
+def test_a_reduced_precision_engine_is_gated_on_the_test_metric(
+    client,
+    runs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    float_accuracy: float,
+    registered: bool,
+) -> None:
+    # the int8 engine's test accuracy is _project's 0.9; the float model's is 0.4 or 0.6 point
+    # better, against a max_metric_drop of 0.5 point
+    name = f"int8-{registered}"
+    root = _project(tmp_path, runs["base"][0], name)
+    report = json.loads((root / "reports" / "export.json").read_text())
+    report |= {"precision": "int8", "max_metric_drop": 0.005, "max_abs_diff": 3e-3}
+    (root / "reports" / "export.json").write_text(json.dumps(report))
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics["reduced_precision"] = {
+        "engine": "litert", "precision": "int8", "float32_test": {"accuracy": float_accuracy}
+    }  # fmt: skip
+    (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert run_stage(monkeypatch, root) == (0 if registered else 1)
+    assert len(client.search_model_versions(f"name = '{name}'")) == int(registered)
+    if not registered:
+        refusal = "int8 litert engine's test accuracy 0.9000 is 0.0060 worse"
+        assert refusal in capsys.readouterr().err
+
+
 def test_unreachable_server_is_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
