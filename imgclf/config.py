@@ -114,9 +114,9 @@ class LinearHeadParams(_Section):
 
 class TrainParams(_Section):
     # one arch, or a list of pretrained backbones whose pooled features are concatenated
-    arch: Arch | Annotated[list[PretrainedArch], Field(min_length=2)] = "efficientnet_lite1"
+    arch: Arch | Annotated[list[PretrainedArch], Field(min_length=2)] = "efficientnet_lite2"
     weights: Literal["imagenet"] | None = "imagenet"  # pretrained backbones only; null = random
-    image_size: int = Field(default=240, ge=32)
+    image_size: int = Field(default=260, ge=32)
     batch_size: int = Field(default=32, ge=1)
     epochs: int = Field(default=30, ge=1)
     lr: float = Field(default=1e-3, gt=0)
@@ -134,7 +134,7 @@ class TrainParams(_Section):
     fine_tune: FineTuneParams = FineTuneParams()
     linear_head: LinearHeadParams = LinearHeadParams()
     # Both need a backbone + head: seed_cnn keeps its own output.
-    tta: Literal["none", "flip"] = "none"  # flip: the saved model averages image and mirror
+    tta: Literal["none", "flip"] = "flip"  # flip: the saved model averages image and mirror
     calibration: Literal["none", "temperature"] = "temperature"  # T fitted on validation
     feature_engine: Literal["litert", "keras"] = "litert"  # runs the frozen backbone once
 

@@ -23,6 +23,7 @@ AUDIENCE = "imgclf"
 PARAMS = {
     "download.classes": "auto",
     "train.image_size": 96,  # 64 px digits: 224 px would only cost time
+    "train.tta": "none",  # a mirrored digit is not the same digit
     "evaluate.misclassified_grid": 9,
     "register.model_name": "digits",
     # LiteRT's float32 softmax over ten classes lands ~1e-5 from Keras's (XNNPACK's summation
