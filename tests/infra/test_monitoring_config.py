@@ -35,6 +35,7 @@ CLOUDWATCH = MONITORING / "cloudwatch" / "amazon-cloudwatch-agent.json"
 EXPORTED_METRICS = frozenset(
     {
         "imgclf_requests_total",
+        "imgclf_overloaded_total",
         "imgclf_request_latency_seconds_bucket",
         "imgclf_request_latency_seconds_count",
         "imgclf_request_latency_seconds_sum",
