@@ -5,18 +5,34 @@ Inside the bento the service runs with IMGCLF_MODEL_SOURCE=bento (set by bentofi
 and loads this packaged copy instead of polling the registry; the registry version number is
 kept as the model's `registered_version` label, so responses still name it, and its classes as
 the model's metadata `classes`, so the bento serves them without the registry.
+
+The packaged model holds the version's MLflow model (folder `mlflow_model`) and, when the version
+has one, its exported engine (the file the metadata `engine` names, e.g. model.tflite): the bento
+then serves that engine, as registry mode does, so what answers is what evaluate measured.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
 from imgclf.registry.client import RegistryError
 from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+MLFLOW_MODEL_FOLDER = "mlflow_model"  # the packaged MLflow model, as bentoml.mlflow names it
+ENGINE_KEY = "engine"  # bento metadata: the packaged engine's file name in the model folder
 
 
 def import_champion(settings: ServeSettings) -> tuple[str, str]:
     """(bento model tag, registry version) of `settings`' champion (model_name@alias in
     tracking_uri's registry), imported into the model store. Raises RegistryError when the alias
     points nowhere."""
+    from imgclf.registry.client import engine_artifact_of
     from imgclf.serving.holder import CLASSES_KEY, RegistryChampion
 
     registry = RegistryChampion(
@@ -34,10 +50,22 @@ def import_champion(settings: ServeSettings) -> tuple[str, str]:
     labels = {"registered_model": settings.model_name, "registered_version": version}
     if accuracy is not None:  # the live-accuracy alarm's bar travels with the packaged model
         labels["test_accuracy"] = repr(accuracy)
-    model = bentoml.mlflow.import_model(
-        BENTO_MODEL_NAME,
-        registry.uri(version),
-        labels=labels,
-        metadata={CLASSES_KEY: list(registry.classes(version))},
-    )
+    metadata: dict[str, object] = {CLASSES_KEY: list(registry.classes(version))}
+    registered = registry.client.get_model_version(settings.model_name, version)
+    engine = engine_artifact_of(registered)  # None: registered before engines were exported
+    if engine is not None:  # its name tells load_engine which runtime reads it
+        metadata[ENGINE_KEY] = PurePosixPath(engine).name
+    with bentoml.models.create(BENTO_MODEL_NAME, labels=labels, metadata=metadata) as model:
+        folder = Path(model.path_of(MLFLOW_MODEL_FOLDER))
+        folder.mkdir()  # a models:/ download writes the model's files straight into it
+        mlflow.artifacts.download_artifacts(registry.uri(version), dst_path=str(folder))
+        if engine is not None:
+            _download_engine(registry.client, registered.run_id, engine, Path(model.path))
     return str(model.tag), version
+
+
+def _download_engine(client: MlflowClient, run_id: str, artifact: str, folder: Path) -> None:
+    """The run's engine `artifact`, downloaded into `folder` under its file name."""
+    with tempfile.TemporaryDirectory(prefix="imgclf-engine-") as scratch:
+        downloaded = client.download_artifacts(run_id, artifact, scratch)
+        shutil.move(downloaded, folder / PurePosixPath(artifact).name)

@@ -224,21 +224,29 @@ class RegistryChampion:
 
 
 def load_bento_model(tag: str, fallback_classes: Sequence[str] | None) -> LoadedModel | None:
-    """The champion packaged in this bento (see bento_model.py), or None when absent; its classes
-    are in the bento model's metadata (`fallback_classes` for a bento built before)."""
+    """The champion packaged in this bento (see bento_model.py), or None when absent: its
+    exported engine when it carries one (as registry mode serves), else its Keras model. Its
+    classes are in the bento model's metadata (`fallback_classes` for a bento built before)."""
     import bentoml
 
+    from imgclf.model.engines import load_engine
     from imgclf.model.inference import load_mlflow_model
+    from imgclf.serving.bento_model import ENGINE_KEY, MLFLOW_MODEL_FOLDER
 
     try:
         stored = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         return None
-    model = load_mlflow_model(stored.path_of("mlflow_model"))
+    source = f"bento:{stored.tag}"
+    engine = stored.info.metadata.get(ENGINE_KEY)
+    if engine is None:  # packaged before engines were exported, or from a version without one
+        model = load_mlflow_model(stored.path_of(MLFLOW_MODEL_FOLDER))
+    else:
+        model = load_engine(Path(stored.path_of(engine)))
+        source = f"{source}/{engine}"  # the log line and errors name the file that answers
     labels = stored.info.labels
     version = labels.get("registered_version") or f"bento:{stored.tag.version}"
     accuracy = float(labels["test_accuracy"]) if "test_accuracy" in labels else None
-    source = f"bento:{stored.tag}"
     classes = model_classes(stored.info.metadata, {}, fallback_classes, source)
     return build_loaded_model(model, str(version), source, classes, accuracy)
 
