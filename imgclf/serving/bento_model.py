@@ -13,16 +13,10 @@ then serves that engine, as registry mode does, so what answers is what evaluate
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from imgclf.registry.client import RegistryError
 from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
 
 MLFLOW_MODEL_FOLDER = "mlflow_model"  # the packaged MLflow model, as bentoml.mlflow names it
 ENGINE_KEY = "engine"  # bento metadata: the packaged engine's file name in the model folder
@@ -59,13 +53,5 @@ def import_champion(settings: ServeSettings) -> tuple[str, str]:
         folder = Path(model.path_of(MLFLOW_MODEL_FOLDER))
         folder.mkdir()  # a models:/ download writes the model's files straight into it
         mlflow.artifacts.download_artifacts(registry.uri(version), dst_path=str(folder))
-        if engine is not None:
-            _download_engine(registry.client, registered.run_id, engine, Path(model.path))
+        registry.engine_file(version, Path(model.path))
     return str(model.tag), version
-
-
-def _download_engine(client: MlflowClient, run_id: str, artifact: str, folder: Path) -> None:
-    """The run's engine `artifact`, downloaded into `folder` under its file name."""
-    with tempfile.TemporaryDirectory(prefix="imgclf-engine-") as scratch:
-        downloaded = client.download_artifacts(run_id, artifact, scratch)
-        shutil.move(downloaded, folder / PurePosixPath(artifact).name)

@@ -26,12 +26,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -186,17 +187,25 @@ class RegistryChampion:
         """The version's exported engine (tag `engine`), or its Keras model when it has none."""
         from imgclf.model.engines import load_engine
         from imgclf.model.inference import load_model
+
+        # The engine reads its file while loading (LiteRT maps it, and a mapping outlives the
+        # unlinked file), so the download need not outlive this call.
+        with tempfile.TemporaryDirectory(prefix="imgclf-engine-") as scratch:
+            path = self.engine_file(version, Path(scratch))
+            return load_model(self.uri(version)) if path is None else load_engine(path)
+
+    def engine_file(self, version: str, folder: Path) -> Path | None:
+        """The version's exported engine downloaded as `folder`/<its file name>, or None for a
+        version registered before engines were exported (its Keras model answers)."""
         from imgclf.registry.client import engine_artifact_of
 
         registered = self.client.get_model_version(self.name, version)
         artifact = engine_artifact_of(registered)
         if artifact is None:
-            return load_model(self.uri(version))
-        # The engine reads its file while loading (LiteRT maps it, and a mapping outlives the
-        # unlinked file), so the download need not outlive this call.
+            return None
         with tempfile.TemporaryDirectory(prefix="imgclf-engine-") as scratch:
-            path = self.client.download_artifacts(registered.run_id, artifact, scratch)
-            return load_engine(Path(path))
+            downloaded = self.client.download_artifacts(registered.run_id, artifact, scratch)
+            return Path(shutil.move(downloaded, folder / PurePosixPath(artifact).name))
 
     def uri(self, version: str) -> str:
         return f"models:/{self.name}/{version}"  # by number: the alias may move meanwhile
