@@ -1,6 +1,7 @@
 """Serving overhead: HTTP /predict latency vs the bare forward call, and throughput under load.
 
     python benchmarks/serving_latency.py [--photo FILE] [--requests 100] [--image-size 224]
+        [--arch efficientnet_lite2 --image-size 260 --tta]   # the default model's shape
 
 Registers the default architecture (EfficientNet-Lite0 at 224 px, random weights: same speed as
 trained ones; `--arch` picks another of imgclf.config.Arch) with its exported engine (`--engine
@@ -36,14 +37,16 @@ NAME = "imgclf-benchmark"
 READY_TIMEOUT_S = 180
 
 
-def build_model(arch: str, size: int):
+def build_model(arch: str, size: int, tta: bool):
+    """The saved model's shape: the classifier, with the mirror averaged in when `tta`."""
     from imgclf.config import TrainParams
-    from imgclf.model.architectures.factory import build_classifier
+    from imgclf.model.architectures.factory import build_classifier, inference_model
 
-    return build_classifier(TrainParams(arch=arch, weights=None, image_size=size), 2).model
+    classifier = build_classifier(TrainParams(arch=arch, weights=None, image_size=size), 2)
+    return inference_model(classifier, 1.0, tta)
 
 
-def register(tmp: Path, arch: str, size: int, engine: str):
+def register(tmp: Path, arch: str, size: int, engine: str, tta: bool):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -53,7 +56,7 @@ def register(tmp: Path, arch: str, size: int, engine: str):
     from imgclf.tracking import log_classifier, open_run
 
     params = MlflowParams(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench")
-    model = build_model(arch, size)
+    model = build_model(arch, size, tta)
     with open_run(params, tmp) as run:
         log_classifier(model, np.zeros((1, size, size, 3), "float32"), ["cat", "dog"])
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", NAME).version
@@ -81,6 +84,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--engine", choices=["litert", "onnx", "keras"], default="litert")
+    parser.add_argument("--tta", action="store_true", help="flip TTA in the model (2 views)")
     args = parser.parse_args()
     import tensorflow as tf
 
@@ -90,7 +94,7 @@ def main() -> int:
     photo = args.photo.read_bytes()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        model, uri = register(tmp, args.arch, args.image_size, args.engine)
+        model, uri = register(tmp, args.arch, args.image_size, args.engine, args.tta)
         # Bare engine: the service's own forward on a preprocessed image.
         loaded = build_loaded_model(model, "bare", "memory", ("cat", "dog"))
         x = preprocess_bytes(tf.constant(photo), args.image_size).numpy()[None]
@@ -138,7 +142,8 @@ def main() -> int:
 
     h, b = percentiles(http), percentiles(bare)
     print(
-        f"{args.arch} at {args.image_size}px, engine {args.engine}; photo {args.photo.name}; "
+        f"{args.arch} at {args.image_size}px{' + flip TTA' * args.tta}, engine {args.engine}; "
+        f"photo {args.photo.name}; "
         f"{args.requests} requests"
     )
     print("concurrency 1 latency (ms)   p50      p95      p99")
