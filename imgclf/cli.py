@@ -202,12 +202,11 @@ def select(project: Project, candidates: tuple[str, ...], folds: int, out: Path 
     photos (never test) and name the cheapest within one standard error of the best. Needs the
     split and pretrained stages' outputs."""
     from imgclf.data.labels import read_classes
-    from imgclf.model.selection import run_selection
 
     with _reported(ValidationError, yaml.YAMLError, ValueError, OSError):
-        base = project.params.train.model_dump()
-        trials = {text: type(project.params.train).model_validate(base | yaml.safe_load(text))
-                  for text in candidates}  # fmt: skip
+        trials = {text: _candidate(project.params.train, text) for text in candidates}
+        from imgclf.model.selection import run_selection  # TensorFlow: once the input is sound
+
         compared, chosen = run_selection(
             project.paths, trials, read_classes(project.paths.split_classes), folds
         )
@@ -223,6 +222,14 @@ def select(project: Project, candidates: tuple[str, ...], folds: int, out: Path 
         rows = [row.summary() for row in compared]
         report = {"folds": folds, "candidates": rows, "chosen": chosen.scored.name}
         out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _candidate(train: Any, text: str) -> Any:
+    """params.yaml's train section with the YAML mapping `text` laid over it, validated."""
+    overrides = yaml.safe_load(text)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--candidate {text!r} is not a mapping of train params")
+    return type(train).model_validate(train.model_dump() | overrides)
 
 
 # -------------------------------------------------------------------------------- registry

@@ -19,7 +19,7 @@ from imgclf.config import PARAMS_FILE, load_params
 from imgclf.serving.auth import AuthError, JWTVerifier, verifier_from_env
 
 SECRET = "s" * 32
-VERBS = ("predict", "promote", "rollback", "history", "monitor", "bento", "token")
+VERBS = ("predict", "select", "promote", "rollback", "history", "monitor", "bento", "token")
 # Every auth variable, so the caller's own environment cannot leak in (None: unset).
 AUTH_ENV = {
     "IMGCLF_AUTH": None,
@@ -51,6 +51,19 @@ def test_help_lists_every_verb() -> None:
     code, output = invoke("--help")
     listed = {line.split()[0] for line in output.split("Commands:")[1].strip().splitlines()}
     assert code == 0 and listed == set(VERBS), output
+
+
+@pytest.mark.parametrize(
+    ("candidate", "error"),
+    [
+        ("{arch: resnet9000}", "Error: arch"),
+        ("efficientnet_lite2", "Error: --candidate 'efficientnet_lite2' is not a mapping"),
+        ("{arch: [", "Error: while parsing a flow"),
+    ],
+)
+def test_select_refuses_a_bad_candidate_in_one_line(candidate: str, error: str) -> None:
+    code, output = invoke("select", "--candidate", candidate)
+    assert code == 1 and output.startswith(error) and output.count("\n") == 1, output
 
 
 def test_token_is_accepted_by_the_service_verifier(monkeypatch: pytest.MonkeyPatch) -> None:
