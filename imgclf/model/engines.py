@@ -77,17 +77,15 @@ def _export_onnx(model, path: Path, precision: Precision) -> None:
     spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images")]
     # tf2onnx traces `model.output_names`, which Keras 3 functional models lack.
     model.output_names = [model.outputs[0].name.split("/")[0]]
-    if precision == "float32":
-        tf2onnx.convert.from_keras(model, input_signature=spec, opset=ONNX_OPSET, output_path=path)
-        return
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     with tempfile.TemporaryDirectory(prefix="imgclf-onnx-") as scratch:
-        float_path = Path(scratch) / path.name
+        float_path = path if precision == "float32" else Path(scratch) / path.name
         tf2onnx.convert.from_keras(
             model, input_signature=spec, opset=ONNX_OPSET, output_path=float_path
         )
-        quantize_dynamic(float_path, path, weight_type=QuantType.QUInt8)
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(float_path, path, weight_type=QuantType.QUInt8)
 
 
 @dataclass
