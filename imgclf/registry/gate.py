@@ -163,19 +163,17 @@ def metric_drop(engine_value: float, float_value: float, params: RegisterParams)
 
 
 def engine_problem(
-    report: Mapping[str, Any],
-    metrics: Mapping[str, Any] | None = None,
-    params: RegisterParams | None = None,
+    report: Mapping[str, Any], metrics: Mapping[str, Any] | None, params: RegisterParams
 ) -> str | None:
     """Why the export stage's report (reports/export.json) keeps its model out of the registry,
     or None. A float32 engine must say what Keras says. A reduced-precision one (float16, int8)
     changes the numbers by design, so its test `params.metric` (reports/metrics.json, `metrics`)
     must instead stay within export.max_metric_drop of the float Keras model's (no `metrics`:
-    refused; no `params`: the default register params)."""
+    refused)."""
     precision = report.get("precision", "float32")  # reports from before precision: float32
     if precision == "float32":
         return _disagreement(report)
-    return _precision_loss(report, precision, metrics or {}, params or RegisterParams())
+    return _precision_loss(report, precision, metrics or {}, params)
 
 
 def _disagreement(report: Mapping[str, Any]) -> str | None:

@@ -68,7 +68,7 @@ def test_the_gate_and_the_card_read_the_engine_and_float_metrics(int8: tuple[Pat
     float32 = metrics["reduced_precision"]["float32_test"]["accuracy"]
     for engine, refused in ((float32, False), (float32 - 0.001, False), (float32 - 0.002, True)):
         scored = metrics | {"test": metrics["test"] | {"accuracy": engine}}
-        assert (engine_problem(export, scored) is not None) == refused
+        assert (engine_problem(export, scored, RegisterParams()) is not None) == refused
     engine = metrics["test"]["accuracy"]
     card = model_card("m", "1", fake_run(), metrics, None, RegisterParams(), CLASSES)
     assert (
