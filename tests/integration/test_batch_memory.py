@@ -15,8 +15,8 @@ import socket
 import time
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.helpers import metric_samples
 from tests.support.service import (
     BODY_TIMEOUT,
     MAX_BATCH_BYTES,
@@ -95,13 +95,8 @@ def test_an_image_over_its_limit_is_refused_while_it_arrives(live_service: LiveS
 
 
 def overloaded_count(service: LiveService, endpoint: str) -> float:
-    text = requests.get(service.url + "/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "imgclf_overloaded_total" and sample.labels["endpoint"] == endpoint
-    )
+    samples = metric_samples(service.url, "imgclf_overloaded_total")
+    return sum(value for labels, value in samples if labels["endpoint"] == endpoint)
 
 
 def test_past_the_in_flight_cap_a_request_gets_503_with_retry_after(

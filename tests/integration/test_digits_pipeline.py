@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.io import read_json, read_tsv
 from tests.conftest import copy_project
 from tests.support.digits import write_digits
-from tests.support.helpers import VENV_BIN, BentoServer, mint_token
+from tests.support.helpers import VENV_BIN, BentoServer, metric_samples, mint_token
 
 DIGITS = [str(d) for d in range(10)]
 SECRET = "digits-secret-0123456789abcdef01234567"
@@ -86,13 +85,8 @@ def auth() -> dict[str, str]:
 
 
 def feedback_count(server: BentoServer, label: str) -> float:
-    text = requests.get(server.url + "/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "imgclf_feedback_total" and sample.labels.get("label") == label
-    )
+    samples = metric_samples(server.url, "imgclf_feedback_total")
+    return sum(value for labels, value in samples if labels.get("label") == label)
 
 
 def test_a_digit_is_answered_among_ten_and_its_feedback_counted(

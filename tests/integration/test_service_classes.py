@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from imgclf.serving.holder import RegistryChampion
-from tests.support.helpers import Registry, mlflow_uris
+from tests.support.helpers import Registry, metric_samples, mlflow_uris
 from tests.support.service import POLL_SECONDS, LiveService, auth
 
 CLASSES = ("owl", "cat", "fox")  # not sorted: answers must keep the model's own order
@@ -49,12 +48,8 @@ def serving(service: LiveService, photo: Path, version: str) -> None:
 
 def samples(service: LiveService, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """/metrics' samples called `name`, by their sorted label pairs."""
-    text = requests.get(service.url + "/metrics", timeout=10).text
     return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
+        tuple(sorted(labels.items())): value for labels, value in metric_samples(service.url, name)
     }
 
 

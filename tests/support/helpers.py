@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -110,6 +111,17 @@ def mint_token(secret: str, audience: str, **claims: object) -> str:
 
     payload = {"aud": audience, "exp": time.time() + 600, "sub": "tests", **claims}
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
+
+
+def metric_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples called `name` on the /metrics of the service at `url`: (labels, value)."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def free_port() -> int:
