@@ -32,7 +32,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
-from imgclf.config import PARAMS_FILE, Params, Paths, load_params
+from imgclf.config import PARAMS_FILE, Params, Paths, TrainParams, load_params
 
 
 @dataclass(frozen=True)
@@ -224,12 +224,12 @@ def select(project: Project, candidates: tuple[str, ...], folds: int, out: Path 
         out.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _candidate(train: Any, text: str) -> Any:
+def _candidate(train: TrainParams, text: str) -> TrainParams:
     """params.yaml's train section with the YAML mapping `text` laid over it, validated."""
     overrides = yaml.safe_load(text)
     if not isinstance(overrides, dict):
         raise ValueError(f"--candidate {text!r} is not a mapping of train params")
-    return type(train).model_validate(train.model_dump() | overrides)
+    return TrainParams.model_validate(train.model_dump() | overrides)
 
 
 # -------------------------------------------------------------------------------- registry
