@@ -354,16 +354,19 @@ def test_alias_move_switches_version_without_dropping_requests(
     registry = live_service.registry
     old_version = post(live_service, "/predict", files=upload(photos[1])).json()["model_version"]
     stop = threading.Event()
-    seen: list[tuple[int, str | None]] = []
+    # (sent, answered, status, version) per request: with two clients, answers arrive out of
+    # send order, so "no flapping" is judged by send time against the first new answer.
+    seen: list[tuple[float, float, int, str | None]] = []
 
     def hammer() -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             response = post(live_service, "/predict", files=upload(photos[1]))
-            seen.append((response.status_code, response.json().get("model_version")))
+            version = response.json().get("model_version")
+            seen.append((sent, time.monotonic(), response.status_code, version))
 
-    def answers_after_switch(version: str) -> int:
-        versions = [v for _, v in list(seen)]
-        return len(versions) - versions.index(version) if version in versions else 0
+    def answers_from(version: str) -> int:
+        return sum(v == version for *_, v in list(seen))
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         workers = [pool.submit(hammer) for _ in range(2)]
@@ -371,17 +374,17 @@ def test_alias_move_switches_version_without_dropping_requests(
         # Until several answers came from the new version (enough to see any flapping back),
         # polling with a deadline; a stuck hammer fails the test instead of hanging it.
         deadline = time.monotonic() + POLL_SECONDS + 60
-        while time.monotonic() < deadline and answers_after_switch(new_version) < 6:
+        while time.monotonic() < deadline and answers_from(new_version) < 6:
             assert not any(w.done() for w in workers), [w.exception() for w in workers]
             time.sleep(0.1)
         stop.set()
         for worker in workers:
             worker.result(timeout=120)
-    assert all(status == 200 for status, _ in seen), seen
-    versions = [v for _, v in seen]
-    assert versions[-1] == new_version != old_version
-    switch = versions.index(new_version)
-    assert set(versions[switch:]) == {new_version}  # no flapping back after the swap
+    assert all(status == 200 for _, _, status, _ in seen), seen
+    assert new_version != old_version and seen[-1][3] == new_version
+    first_new_answer = min(answered for _, answered, _, v in seen if v == new_version)
+    sent_later = {v for sent, _, _, v in seen if sent > first_new_answer}
+    assert sent_later == {new_version}  # no flapping back after the swap
     body = post(live_service, "/predict", files=upload(photos[2])).json()
     expected = float(registry.expected(new_version, [photos[2]])[0, 1])
     assert body["probability"] == pytest.approx(expected, abs=1e-5)
