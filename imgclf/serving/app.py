@@ -96,8 +96,9 @@ bearer_jwt = HTTPBearer(
 )
 
 
-def current_runtime(request: Request) -> ServingRuntime:
-    """The worker's runtime, from the callable `build_app` was given."""
+async def current_runtime(request: Request) -> ServingRuntime:
+    """The worker's runtime, from the callable `build_app` was given (async: FastAPI would run a
+    plain function in its thread pool, a thread hop per request for an attribute read)."""
     return request.app.state.runtime()
 
 
