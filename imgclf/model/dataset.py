@@ -1,7 +1,9 @@
-"""tf.data input pipelines from the split manifests, built on THE preprocessing."""
+"""tf.data input pipelines from the split manifests, built on THE preprocessing (Pillow, called
+through `tf.numpy_function`)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,13 @@ def image_dataset(
         dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def load(path: tf.Tensor, *target: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, ...]:
-        image = preprocess_bytes(tf.io.read_file(path), image_size)
+        image = tf.numpy_function(
+            functools.partial(_preprocess_file, image_size=image_size),
+            [path],
+            tf.float32,
+            stateful=False,
+        )
+        image.set_shape((image_size, image_size, 3))
         return (image, *target) if target else image
 
     batches = (
@@ -70,3 +78,9 @@ def image_dataset(
     options = tf.data.Options()
     options.autotune.enabled = False
     return batches.with_options(options)
+
+
+def _preprocess_file(path: bytes, image_size: int) -> np.ndarray:
+    """THE preprocessing of one file, inside tf.data (Pillow releases the GIL while it decodes
+    and resizes, so parallel calls overlap)."""
+    return preprocess_bytes(Path(path.decode()).read_bytes(), image_size)

@@ -10,13 +10,12 @@ import math
 import operator
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.model.decision import decide
+from imgclf.model.preprocess import resize_and_scale
 from imgclf.monitoring.schema import PredictionRecord
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.caller import Caller
@@ -226,11 +225,10 @@ class ServingRuntime:
     ) -> tuple[list[ValidatedImage], list[np.ndarray]]:
         """Each upload decoded and through THE resize, one at a time: a request holds only its
         model inputs, never every decoded image at once."""
-        resize = _traced_resize(model.image_size)
         images, inputs = [], []
         for image, pixels in decoded_uploads(uploads, self.upload_limits, model.image_size):
             images.append(image)
-            inputs.append(resize(pixels).numpy())
+            inputs.append(resize_and_scale(pixels, model.image_size))
         return images, inputs
 
     def _answered(
@@ -287,19 +285,3 @@ def _most_probable(by_class: dict[str, float], top_k: int | None) -> dict[str, f
 def _gauge_value(share: float | None) -> float:
     """A share for a gauge: NaN for none (not 0, which would read as a real, bad score)."""
     return math.nan if share is None else share
-
-
-@functools.cache
-def _traced_resize(image_size: int) -> Callable[[np.ndarray], Any]:
-    """THE resize (imgclf.model.preprocess.resize_and_scale, unchanged: the pipeline's, after its
-    decode) as one graph, traced once per model size for uint8 RGB pixels of any shape: eager
-    op-by-op dispatch costs more per image."""
-    import tensorflow as tf
-
-    from imgclf.model.preprocess import resize_and_scale
-
-    def resize(pixels: tf.Tensor) -> tf.Tensor:
-        return resize_and_scale(pixels, image_size)
-
-    signature = [tf.TensorSpec([None, None, 3], tf.uint8)]
-    return tf.function(resize, input_signature=signature, autograph=False)

@@ -1,5 +1,5 @@
 """An upload's decoding costs what the model needs, not what the image claims: the service decodes
-straight to pixels (no re-encoded file for TensorFlow to decode again), a JPEG at the DCT scale
+straight to pixels (no re-encoded file to decode again), a JPEG at the DCT scale
 and any other image reduced by a whole factor when it is far larger than the model's input, and
 one request's images decode to at most serve.max_decoded_pixels in all.
 
@@ -41,19 +41,17 @@ def service_input(data: bytes, side: int) -> np.ndarray:
     from imgclf.model.preprocess import resize_and_scale
 
     ((_, pixels),) = decoded_uploads([Upload(data, None)], LIMITS, side)
-    return resize_and_scale(pixels, side).numpy()
+    return resize_and_scale(pixels, side)
 
 
 def pipeline_input(data: bytes, side: int) -> np.ndarray:
     """What batch prediction feeds the model: the standardised file through THE preprocessing."""
-    import tensorflow as tf
-
     from imgclf.data.standardise import standardise
     from imgclf.model.preprocess import preprocess_bytes
     from imgclf.serving.validation import service_limits
 
     clean = standardise(data, service_limits(LIMITS.max_pixels))
-    return preprocess_bytes(tf.constant(clean.data), side).numpy()
+    return preprocess_bytes(clean.data, side)
 
 
 @pytest.fixture(scope="module")

@@ -106,12 +106,10 @@ def stored_with_tag(upright: Image.Image, orientation: int, fmt: str, **options:
 
 
 def decoded_as_model_sees(jpeg: bytes) -> Image.Image:
-    """The RGB pixels THE preprocessing decodes from `jpeg` (its decoder, not Pillow's)."""
-    import tensorflow as tf
-
+    """The RGB pixels THE preprocessing decodes from `jpeg` (the pipeline's decoder)."""
     from imgclf.model.preprocess import decode_image
 
-    return Image.fromarray(decode_image(tf.constant(jpeg)).numpy())
+    return Image.fromarray(decode_image(jpeg))
 
 
 def brighter_half_on_top(width: int = 64, height: int = 48) -> Image.Image:
