@@ -202,10 +202,11 @@ class ServeParams(_Section):
     body_timeout_seconds: float = Field(default=30.0, gt=0)  # a request body must arrive by then
     max_token_lifetime_seconds: int = Field(default=86_400, ge=1)  # JWT exp - iat (or exp - now)
     registry_timeout_seconds: int = Field(default=10, ge=1)  # each HTTP call to the registry
-    max_batch_size: int = Field(default=32, ge=1)  # adaptive batching: images per forward pass
+    max_batch_size: int = Field(default=8, ge=1)  # adaptive batching: images per forward pass
     prediction_db: str = "predictions.db"  # prediction log: SQLAlchemy URL or SQLite file (cwd)
     feedback_window: int = Field(default=500, ge=1)  # live accuracy: last N labelled predictions
     log_format: Literal["json", "text"] = "json"  # the service's own log lines
+    tracing: bool = False  # BentoML's OpenTelemetry span per request (export: BentoML's config)
 
 
 class RegisterParams(_Section):
