@@ -1,8 +1,8 @@
 """Inference engines: the trained Keras model exported to LiteRT (default) or ONNX Runtime, and the
 one interface every forward pass goes through (evaluate, batch prediction, the service).
 
-TensorFlow stays for training and for THE preprocessing; the forward pass of a trained model is
-2-4x faster on an exported engine on CPU (benchmarks/engines.py), with outputs within 1e-5 of Keras.
+TensorFlow stays for training (THE preprocessing is Pillow's); the forward pass of a trained model
+is 2-4x faster on an exported engine on CPU (benchmarks/engines.py), outputs within 1e-5 of Keras.
 `agreement` is the export stage's check that an export did not change what the model says. A
 reduced-precision export (float16, int8) changes the numbers by design: the register gate judges
 it by its test metric against the float model's instead (imgclf.registry.gate.engine_problem).
