@@ -3,13 +3,13 @@
     python benchmarks/serving_latency.py [--photo FILE] [--requests 100] [--image-size 224]
         [--arch efficientnet_lite2 --image-size 260 --tta]   # the default model's shape
 
-Registers the default architecture (EfficientNet-Lite0 at 224 px, random weights: same speed as
+Registers an architecture (EfficientNet-Lite0 at 224 px unless told, random weights: same speed as
 trained ones; `--arch` picks another of imgclf.config.Arch) with its exported engine (`--engine
 litert|onnx`, as the register stage logs it; `keras`: none, the Keras model is served) as
 @champion in a temp MLflow store, starts `bentoml serve` (auth disabled) on 127.0.0.1 and prints:
   * concurrency 1: p50/p95/p99 of /predict (one JPEG) vs the bare engine (batch 1, the service's
-    own forward on an already-preprocessed image), their ratio, and the target
-    p50 <= 1.3 x bare + 3 ms;
+    own forward on an already-preprocessed image) and vs the service's validation, decoding,
+    THE resize and forward called in one thread (no HTTP), and the target p50 <= 1.3 x bare + 3 ms;
   * concurrency 32: images/s through /predict (adaptive batching) vs the bare engine at its best
     batch size of 1, 8, 16, 32, and the target ratio >= 0.8.
 Both through the Python `requests` client (threads, on the same 2 cores as the service) and, when
@@ -120,10 +120,9 @@ def main() -> int:
     parser.add_argument("--engine", choices=["litert", "onnx", "keras"], default="litert")
     parser.add_argument("--tta", action="store_true", help="flip TTA in the model (2 views)")
     args = parser.parse_args()
-    import tensorflow as tf
-
-    from imgclf.model.preprocess import preprocess_bytes
+    from imgclf.model.preprocess import resize_and_scale
     from imgclf.serving.holder import build_loaded_model
+    from imgclf.serving.validation import Upload, UploadLimits, decoded_uploads
 
     photo = args.photo.read_bytes()
     with tempfile.TemporaryDirectory() as scratch:
@@ -131,12 +130,22 @@ def main() -> int:
         model, uri = register(tmp, args.arch, args.image_size, args.engine, args.tta)
         # Bare engine: the service's own forward on a preprocessed image.
         loaded = build_loaded_model(model, "bare", "memory", ("cat", "dog"))
-        x = preprocess_bytes(tf.constant(photo), args.image_size).numpy()[None]
-        bare = []
+        limits = UploadLimits(len(photo), 10**9, 10**9)
+
+        def model_input() -> np.ndarray:
+            """The service's own validation, decoding and THE resize of the photo."""
+            ((_, pixels),) = decoded_uploads([Upload(photo, "image/jpeg")], limits, args.image_size)
+            return resize_and_scale(pixels, args.image_size)[None]
+
+        x = model_input()
+        bare, serial = [], []
         for _ in range(args.requests):
             t = time.perf_counter()
             loaded.forward(x)
             bare.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            loaded.forward(model_input())
+            serial.append(time.perf_counter() - t)
         batches = [np.repeat(x, size, axis=0) for size in (1, 8, 16, args.concurrency)]
         bare_throughput = max(
             best_rate(lambda b=b: loaded.forward(b), len(b), repeats=5) for b in batches
@@ -179,7 +188,7 @@ def main() -> int:
         finally:
             server.stop()
 
-    h, b = percentiles(http), percentiles(bare)
+    h, b, s = percentiles(http), percentiles(bare), percentiles(serial)
     print(
         f"{args.arch} at {args.image_size}px{' + flip TTA' * args.tta}, engine {args.engine}; "
         f"photo {args.photo.name}; "
@@ -188,6 +197,7 @@ def main() -> int:
     print("concurrency 1 latency (ms)        p50      p95      p99")
     print(f"  HTTP /predict (Python client) {h['p50']:8.2f} {h['p95']:8.2f} {h['p99']:8.2f}")
     print(f"  bare forward (batch 1)        {b['p50']:8.2f} {b['p95']:8.2f} {b['p99']:8.2f}")
+    print(f"  decode + resize + forward     {s['p50']:8.2f} {s['p95']:8.2f} {s['p99']:8.2f}")
     print(f"concurrency {args.concurrency} throughput (img/s)")
     print(f"  HTTP /predict (Python client) {http_throughput:8.1f}")
     print(f"  bare forward (best batch)     {bare_throughput:8.1f}")
