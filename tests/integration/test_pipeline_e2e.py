@@ -15,9 +15,15 @@ from imgclf.io import read_json
 from tests.conftest import copy_project, stages_ran
 from tests.support.helpers import free_port
 
+# The DAG's mechanics on the default model's shape (a frozen pretrained backbone, linear head,
+# temperature, flip TTA), at the least cost: Lite2's features are not what is tested here, and
+# on 32 photos exporting the backbone to LiteRT for its features (~15 s per train) costs more
+# than Keras computing them. The LiteRT feature engine runs in test_digits_pipeline.py.
 TINY = {
     "download.max_per_class": 16,
+    "train.arch": "efficientnet_lite0",
     "train.image_size": 96,
+    "train.feature_engine": "keras",
     "train.epochs": 3,
     "train.batch_size": 8,
     "evaluate.misclassified_grid": 4,
