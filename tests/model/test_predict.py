@@ -141,9 +141,9 @@ def test_predict_skips_bad_files_and_writes_a_sorted_submission(
 
 
 def damaged_jpeg() -> bytes:
-    """A JPEG with a run of 0xFF bytes in its entropy-coded data: Pillow decodes it (with a
-    warning it swallows) and TensorFlow's decoder refuses it; the strict decode in `standardise`
-    refuses it first, so the model's decoder never meets it."""
+    """A JPEG with a run of 0xFF bytes in its entropy-coded data: Pillow, THE preprocessing's
+    decoder, decodes it (with a warning it swallows) into damaged pixels; the strict decode in
+    `standardise` refuses it first, so the model never sees it."""
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (96, 128, 3), np.uint8))
     data = bytearray(encode(noise, "JPEG", quality=90))
