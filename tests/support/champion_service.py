@@ -4,7 +4,8 @@ The whole chain is real, on loopback: a moto S3 API (tests/support/s3_server.py)
 `mlflow server` whose artifact store is an S3 bucket in it (`--artifacts-destination s3://...`) -> a
 tiny champion registered there with a test accuracy tag -> `bentoml serve` polling `@champion` and
 loading the model through the tracking server (the service holds no S3 credentials: the server
-proxies).
+proxies). The service starts with the tracking server, before the champion exists, and loads it
+at a poll.
 
 A pytest plugin (tests/conftest.py lists it). One service per session, shared by the nginx,
 Prometheus, feedback and S3 tests: other modules' requests land in the same prediction log, so a
@@ -88,11 +89,12 @@ def champion_service(
     ).start()
     server = None
     try:
-        uri = mlflow.wait()
-        with mlflow_uris(uri):
-            registry = Registry(tmp / "registry", uri, image_size=IMAGE_SIZE)
+        # The two servers boot side by side (tens of seconds of imports each on two busy cores),
+        # and the champion is made while the service still boots: it finds it at a poll.
+        registry = Registry(tmp / "registry", mlflow.url, image_size=IMAGE_SIZE)
+        server, db_url = _start_service(tmp, mlflow.url, registry.model_name)
+        with mlflow_uris(mlflow.wait()):
             version = registry.promote(seed=1, tags={"test_accuracy": repr(TEST_ACCURACY)})
-        server, db_url = _start_service(tmp, uri, registry.model_name)
         server.wait_for("/readyz", STARTUP_TIMEOUT)
         yield ChampionService(server, registry, mlflow, s3_server, bucket, version, db_url)
     finally:

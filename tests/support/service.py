@@ -36,6 +36,7 @@ import requests
 from PIL import Image
 
 from tests.support.helpers import VENV_BIN, BentoServer, Registry, mint_token, mlflow_uris
+from tests.support.mlflow_server import MlflowServer
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 AUDIENCE = "imgclf"
@@ -148,7 +149,8 @@ class LiveService:
 
 def _first_champion(server: Server, registry: ServiceRegistry) -> Startup:
     """Wait (polling, with a deadline) until a poll has found no champion: the 503's detail turns
-    from "no model loaded yet" into the poller's "no model has the alias yet"; then promote one."""
+    from "no model loaded yet" (or the registry unreachable while it still boots) into the
+    poller's "no model has the alias yet"; then promote one."""
     photo = io.BytesIO()
     Image.new("RGB", (64, 64), "gray").save(photo, "JPEG")
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -171,9 +173,12 @@ def _first_champion(server: Server, registry: ServiceRegistry) -> Startup:
 
 @pytest.fixture(scope="session")
 def live_service(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server_process: MlflowServer
 ) -> Iterator[LiveService]:
-    registry = ServiceRegistry(tmp_path_factory.mktemp("registry"), mlflow_server)
+    # The service boots beside the session's tracking server, if that is still booting: tens of
+    # seconds of imports each on two busy cores. The first champion waits for a poll that reached
+    # the registry.
+    registry = ServiceRegistry(tmp_path_factory.mktemp("registry"), mlflow_server_process.url)
     server = Server(tmp_path_factory.mktemp("live_service"), registry)
     try:
         yield LiveService(server, registry, _first_champion(server, registry))
