@@ -1,10 +1,8 @@
 """A registry outage is told, not silent, and ends within one poll: a `bentoml serve` of its own
 (tests/support/service.py's Server) starts against a registry port where nothing listens;
 /readyz and /predict say why they answer 503 (the registry unreachable since when, the last
-error), the log says it once, not once per poll; then the registry comes up on that port (a
-loopback forwarder to the session's `mlflow server`, booted meanwhile: what the service sees is
-a registry that starts answering there), a champion is registered, and the service serves it
-within a poll plus its load time.
+error), the log says it once, not once per poll; then a dedicated `mlflow server` starts on that
+port, a champion is registered, and the service serves it within a poll plus its load time.
 
 Stopping never waits for a poll in progress: a registry that accepts connections and never
 answers holds a poll, and the holder stops at once anyway.
@@ -14,9 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-import selectors
 import socket
-import socketserver
 import threading
 import time
 from pathlib import Path
@@ -56,56 +52,12 @@ def log_records(server: Server) -> list[dict]:
     return records
 
 
-class _Pipe(socketserver.BaseRequestHandler):
-    """One client connection piped both ways to the upstream until either end closes."""
-
-    def handle(self) -> None:
-        with socket.create_connection(self.server.upstream) as upstream:
-            peer = {self.request: upstream, upstream: self.request}
-            with selectors.DefaultSelector() as selector:
-                for end in peer:
-                    selector.register(end, selectors.EVENT_READ)
-                while True:
-                    for key, _ in selector.select():
-                        data = key.fileobj.recv(65536)
-                        if not data:
-                            return
-                        peer[key.fileobj].sendall(data)
-
-
-class RegistryPort(socketserver.ThreadingTCPServer):
-    """The registry coming up on `port`: from `start()` on, connections there reach the tracking
-    server at `upstream` (http://host:port); before, nothing listens."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, upstream: str) -> None:
-        host, upstream_port = upstream.removeprefix("http://").rsplit(":", 1)
-        self.upstream = (host, int(upstream_port))
-        super().__init__(("127.0.0.1", port), _Pipe, bind_and_activate=False)
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.server_bind()
-        self.server_activate()
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread is not None:  # shutdown() waits for serve_forever, so only once started
-            self.shutdown()
-        self.server_close()
-
-
-def test_an_outage_is_reported_and_ends_within_a_poll(
-    tmp_path: Path, mlflow_server_process: MlflowServer
-) -> None:
+def test_an_outage_is_reported_and_ends_within_a_poll(tmp_path: Path) -> None:
     port = free_port()  # nothing listens here until the registry starts
     registry = ServiceRegistry(tmp_path / "registry", f"http://127.0.0.1:{port}")
     (tmp_path / "service").mkdir()
     server = Server(tmp_path / "service", registry)
-    registry_port = RegistryPort(port, mlflow_server_process.url)  # booting meanwhile, if first
+    mlflow = MlflowServer(tmp_path / "mlflow", port=port)
     try:
         body = not_ready(server, timeout=120)
         assert body["error"] == "not_ready"
@@ -120,8 +72,7 @@ def test_an_outage_is_reported_and_ends_within_a_poll(
         )
         assert predict.status_code == 503 and "unreachable since" in predict.json()["detail"]
         time.sleep(OUTAGE_POLLS * POLL_SECONDS)
-        mlflow_server_process.wait()
-        registry_port.start()
+        mlflow.start().wait()
         version = registry.promote(seed=0)
         recovered_s = server.wait_for("/readyz", POLL_SECONDS + LOAD_MARGIN)
         print(f"served {recovered_s:.1f} s after the alias was set (poll {POLL_SECONDS} s)")
@@ -134,7 +85,7 @@ def test_an_outage_is_reported_and_ends_within_a_poll(
         assert served.status_code == 200 and served.json()["model_version"] == version
     finally:
         server.stop()
-        registry_port.stop()
+        mlflow.stop()
     ours = [r for r in log_records(server) if r.get("logger", "").startswith("imgclf.")]
     errors = [r["message"] for r in ours if r["level"] == "ERROR"]
     assert len(errors) == 1 and "unreachable since" in errors[0], errors  # not one per poll
