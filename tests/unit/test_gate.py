@@ -88,17 +88,13 @@ def _reduced(engine: float, float32: float, metric: str = "accuracy", **params) 
 
 
 def test_a_float32_engine_is_judged_by_its_agreement_with_keras() -> None:
-    assert engine_problem(EXPORT | {"flipped": 0}, None, RegisterParams()) is None
-    assert (
-        engine_problem(EXPORT | {"precision": "float32", "flipped": 0}, None, RegisterParams())
-        is None
-    )
-    assert "changes 1 of 200 labels" in engine_problem(
-        EXPORT | {"flipped": 1}, None, RegisterParams()
-    )
-    assert "by 3.00e-05" in engine_problem(
-        EXPORT | {"flipped": 0, "max_abs_diff": 3e-5}, None, RegisterParams()
-    )
+    def problem(report: dict) -> str | None:  # a float32 engine: no float-model metrics to read
+        return engine_problem(report, None, RegisterParams())
+
+    assert problem(EXPORT | {"flipped": 0}) is None
+    assert problem(EXPORT | {"precision": "float32", "flipped": 0}) is None
+    assert "changes 1 of 200 labels" in problem(EXPORT | {"flipped": 1})
+    assert "by 3.00e-05" in problem(EXPORT | {"flipped": 0, "max_abs_diff": 3e-5})
 
 
 def test_a_reduced_precision_engine_is_judged_by_its_test_metric() -> None:
