@@ -120,9 +120,8 @@ def main() -> int:
     parser.add_argument("--engine", choices=["litert", "onnx", "keras"], default="litert")
     parser.add_argument("--tta", action="store_true", help="flip TTA in the model (2 views)")
     args = parser.parse_args()
-    from imgclf.model.preprocess import resize_and_scale
     from imgclf.serving.holder import build_loaded_model
-    from imgclf.serving.validation import Upload, UploadLimits, decoded_uploads
+    from imgclf.serving.validation import Upload, UploadLimits, model_inputs
 
     photo = args.photo.read_bytes()
     with tempfile.TemporaryDirectory() as scratch:
@@ -134,8 +133,8 @@ def main() -> int:
 
         def model_input() -> np.ndarray:
             """The service's own validation, decoding and THE resize of the photo."""
-            ((_, pixels),) = decoded_uploads([Upload(photo, "image/jpeg")], limits, args.image_size)
-            return resize_and_scale(pixels, args.image_size)[None]
+            _, inputs = model_inputs([Upload(photo, "image/jpeg")], limits, args.image_size)
+            return inputs[0][None]
 
         x = model_input()
         bare, serial = [], []

@@ -15,7 +15,6 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.model.decision import decide
-from imgclf.model.preprocess import resize_and_scale
 from imgclf.monitoring.schema import PredictionRecord
 from imgclf.serving.batcher import Batcher
 from imgclf.serving.caller import Caller
@@ -38,7 +37,7 @@ from imgclf.serving.prediction_log import (
 )
 from imgclf.serving.schemas import Feedback, Prediction
 from imgclf.serving.settings import BENTO_MODEL_NAME, ServeSettings, bento_tag
-from imgclf.serving.validation import Upload, UploadLimits, ValidatedImage, decoded_uploads
+from imgclf.serving.validation import Upload, UploadLimits, ValidatedImage, model_inputs
 
 logger = logging.getLogger(__name__)
 _PROCESS_SAMPLE_SECONDS = 5.0
@@ -211,7 +210,9 @@ class ServingRuntime:
         if top_k is not None and top_k > len(model.classes):
             detail = f"top_k {top_k} > {len(model.classes)} classes ({', '.join(model.classes)})"
             raise ServiceError(ErrorCode.INVALID_TOP_K, detail)
-        images, inputs = await run_in_threadpool(self._model_inputs, uploads, model)
+        images, inputs = await run_in_threadpool(
+            model_inputs, uploads, self.upload_limits, model.image_size
+        )
         futures = self.batcher.submit_many(inputs, model)
         rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -219,17 +220,6 @@ class ServingRuntime:
             self._answered(image, index, row, model, request_id, latency_ms, top_k, subject)
             for index, (image, row) in enumerate(zip(images, rows, strict=True))
         ]
-
-    def _model_inputs(
-        self, uploads: list[Upload], model: LoadedModel
-    ) -> tuple[list[ValidatedImage], list[np.ndarray]]:
-        """Each upload decoded and through THE resize, one at a time: a request holds only its
-        model inputs, never every decoded image at once."""
-        images, inputs = [], []
-        for image, pixels in decoded_uploads(uploads, self.upload_limits, model.image_size):
-            images.append(image)
-            inputs.append(resize_and_scale(pixels, model.image_size))
-        return images, inputs
 
     def _answered(
         self,

@@ -4,8 +4,8 @@ The byte limit, the declared content type and the decode budget are the service'
 everything about the image itself is `imgclf.data.standardise`, the same checks and cleaning the
 download stage and batch prediction use, so an upload reaches the model as the same file does
 through `imgclf predict`. Unlike them the service decodes straight to pixels (no re-encoded file
-for TensorFlow to decode again), reduced when the image is far larger than the model's input;
-THE resize (imgclf.model.preprocess) then takes them (runtime.py). The service takes the stills
+to decode again), reduced when the image is far larger than the model's input; THE resize
+(imgclf.model.preprocess) then takes them (`model_inputs`). The service takes the stills
 of formats.py of at most 8 bits a channel, and sets no minimum side; each rejection reason has
 its error code (`REASON_CODES`; errors.py gives its HTTP status). Never raises anything but
 `ServiceError`.
@@ -27,6 +27,7 @@ from imgclf.data.standardise import (
     Reason,
     open_for_model,
 )
+from imgclf.model.preprocess import resize_and_scale
 from imgclf.serving.errors import ErrorCode, ServiceError
 from imgclf.serving.formats import ACCEPTED_MEDIA_TYPES, FORMAT_NAMES, PILLOW_NAMES
 
@@ -106,6 +107,18 @@ def decoded_uploads(
             raise ServiceError(exc.code, exc.detail, index) from exc
         sha256 = hashlib.sha256(upload.data).hexdigest()
         yield ValidatedImage(sha256, decoded.width, decoded.height), decoded.pixels
+
+
+def model_inputs(
+    uploads: Sequence[Upload], limits: UploadLimits, side: int
+) -> tuple[list[ValidatedImage], list[np.ndarray]]:
+    """Each upload checked, decoded and through THE resize, one at a time: a request holds only
+    its model inputs, never every decoded image at once."""
+    images, inputs = [], []
+    for image, pixels in decoded_uploads(uploads, limits, side):
+        images.append(image)
+        inputs.append(resize_and_scale(pixels, side))
+    return images, inputs
 
 
 def open_upload(upload: Upload, limits: UploadLimits, side: int) -> ForModel:
